@@ -1,0 +1,1 @@
+"""fedcare: federated learning for healthcare."""

@@ -1,0 +1,114 @@
+"""FedAvg (McMahan et al. 2017): the new global model is the sample-weighted mean of site models.
+
+    w_{t+1} = sum_k (n_k / n) * w_k,   n = sum_k n_k
+
+computed incrementally: one float64 accumulator per parameter holds sum_k n_k * w_k, so memory is
+one model copy whatever the number of sites, and summation error stays far below float32 noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fedcare.core.errors import ConfigError
+from fedcare.core.message import Config, TrainResult, check_scalars
+from fedcare.core.strategy import Aggregator, Strategy
+from fedcare.core.weights import Weights
+
+
+def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], scale: float) -> None:
+    """acc[name] += scale * weights[name], in place, in float64."""
+    for name, array in weights.items():
+        if name in acc:
+            acc[name] += scale * np.asarray(array, dtype=np.float64)
+        else:
+            acc[name] = scale * np.asarray(array, dtype=np.float64)
+
+
+def finalize_mean(acc: Mapping[str, np.ndarray], total: float, like: Weights) -> Weights:
+    """acc / total cast back to each parameter's dtype (integers and flags rounded)."""
+    out: dict[str, np.ndarray] = {}
+    for name, ref in like.items():
+        mean = acc[name] / total
+        if np.issubdtype(ref.dtype, np.floating):
+            out[name] = mean.astype(ref.dtype)
+        elif ref.dtype == np.bool_:
+            out[name] = mean >= 0.5
+        else:
+            out[name] = np.rint(mean).astype(ref.dtype)
+    return Weights(out)
+
+
+class WeightedMeanAggregator(Aggregator):
+    """Running sample-weighted mean of site models."""
+
+    def __init__(self, global_weights: Weights) -> None:
+        self._like = global_weights
+        self._acc: dict[str, np.ndarray] = {}
+        self._total = 0
+        self._count = 0
+
+    def add(self, site_id: str, result: TrainResult) -> None:
+        accumulate(self._acc, result.weights, float(result.num_samples))
+        self._total += result.num_samples
+        self._count += 1
+
+    @property
+    def num_results(self) -> int:
+        return self._count
+
+    def finish(self) -> Weights:
+        if self._count == 0:
+            raise RuntimeError("finish() called before any result was added")
+        return finalize_mean(self._acc, float(self._total), self._like)
+
+
+class FedAvg(Strategy):
+    """Federated averaging with optional random site sampling.
+
+    Args:
+        fraction: Share of available sites asked to train each round, in (0, 1]. Sampling is
+            seeded by (seed, round_num), so a resumed job samples the same sites.
+        seed: Seed for site sampling.
+        train_config: Sent to every site with each training task (e.g. ``{"local_steps": 50}``).
+        evaluate_config: Sent with each evaluation task.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction: float = 1.0,
+        seed: int = 0,
+        train_config: Config | None = None,
+        evaluate_config: Config | None = None,
+    ) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"FedAvg fraction must be in (0, 1], got {fraction}")
+        self.fraction = fraction
+        self.seed = seed
+        self.train_config = dict(train_config or {})
+        self.evaluate_config = dict(evaluate_config or {})
+        try:
+            check_scalars(self.train_config, "train_config")
+            check_scalars(self.evaluate_config, "evaluate_config")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"FedAvg: {exc}") from None
+
+    def select_sites(self, round_num: int, available: Sequence[str]) -> list[str]:
+        if self.fraction >= 1.0:
+            return list(available)
+        count = max(1, round(self.fraction * len(available)))
+        rng = np.random.default_rng([self.seed, round_num])
+        chosen = rng.choice(len(available), size=count, replace=False)
+        return [available[i] for i in sorted(chosen)]
+
+    def configure_train(self, round_num: int, site_id: str) -> Config:
+        return dict(self.train_config)
+
+    def configure_evaluate(self, round_num: int, site_id: str) -> Config:
+        return dict(self.evaluate_config)
+
+    def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
+        return WeightedMeanAggregator(global_weights)

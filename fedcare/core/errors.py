@@ -1,0 +1,61 @@
+"""The one exception tree of fedcare.
+
+::
+
+    FedcareError
+    ├── ConfigError        a job, strategy or CLI setting is invalid (raised before anything runs)
+    ├── TransportError     a site could not be reached or answered out of protocol
+    ├── SiteError          a site's trainer raised, or its result failed validation
+    └── AggregationError   a round could not produce a new global model (e.g. too few sites)
+
+Every error can carry the job, round and site it concerns, and prints them first, so an operator
+reading a log line knows *who* failed *when*: ``job heart round 3: site va: trainer raised ...``.
+Only the CLI turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class FedcareError(Exception):
+    """Base of every error fedcare raises on purpose."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        round_num: int | None = None,
+        site_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.job_id = job_id
+        self.round_num = round_num
+        self.site_id = site_id
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = []
+        if self.job_id is not None:
+            where.append(f"job {self.job_id}")
+        if self.round_num is not None:
+            where.append(f"round {self.round_num}")
+        prefix = " ".join(where)
+        if self.site_id is not None:
+            prefix = f"{prefix}: site {self.site_id}" if prefix else f"site {self.site_id}"
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ConfigError(FedcareError):
+    """A setting is invalid; raised at construction, before any site is contacted."""
+
+
+class TransportError(FedcareError):
+    """A message could not be delivered, decoded or answered in time."""
+
+
+class SiteError(FedcareError):
+    """A site's trainer failed or returned a result that cannot be aggregated."""
+
+
+class AggregationError(FedcareError):
+    """A round could not produce a new global model; the previous one stays in force."""

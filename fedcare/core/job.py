@@ -1,0 +1,93 @@
+"""A Job bundles everything one federated run needs, defined once in Python.
+
+The same Job object drives the in-process simulator, one process per site, and (with another
+transport) real hospitals: nothing in it names a transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fedcare.core.errors import ConfigError
+from fedcare.core.strategy import Strategy
+from fedcare.core.trainer import SiteContext, Trainer
+from fedcare.core.weights import Weights
+
+
+class FederatedStatistic(Protocol):
+    """A statistics task run before the first round, e.g. global feature means and variances.
+
+    Each site returns additive values (``StatsResult``); the controller sums them as they arrive
+    (so a later secure-aggregation layer can hide each site's contribution) and calls
+    ``finalize`` once with the totals.
+    """
+
+    name: str
+
+    def finalize(self, totals: Weights, num_samples: int, weights: Weights) -> Weights:
+        """The initial global model updated with what the totals say (e.g. scaler parameters)."""
+        ...
+
+
+@dataclass(frozen=True)
+class JobSource:
+    """Where a job came from, so a site process can rebuild the very same job by itself."""
+
+    entry_point: str
+    params: dict[str, object] = field(default_factory=dict)
+    search_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One federated training run.
+
+    Attributes:
+        name: Short id used in logs, errors and run folders.
+        initial_weights: Builds the starting global model (same on every call for a seed).
+        trainer: Builds one site's trainer; called once per site, kept for the whole job.
+        strategy: The aggregation algorithm.
+        num_rounds: Training rounds after the optional statistics task.
+        min_sites: A round fails unless at least this many sites return a valid result.
+        round_timeout_s: Results arriving later than this after a round starts are discarded.
+        site_ids: The sites the job is written for (a natural partition, e.g. real hospitals),
+            or None when any number of sites will do.
+        statistics: Optional federated statistics computed before round 1.
+        seed: Seeds model initialisation, site selection and simulated partitions.
+        source: Set when the job was loaded from an entry point; needed to rebuild it in a
+            separate site process.
+    """
+
+    name: str
+    initial_weights: Callable[[], Weights]
+    trainer: Callable[[SiteContext], Trainer]
+    strategy: Strategy
+    num_rounds: int
+    min_sites: int = 1
+    round_timeout_s: float = 600.0
+    site_ids: tuple[str, ...] | None = None
+    statistics: FederatedStatistic | None = None
+    seed: int = 0
+    source: JobSource | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"job name must be letters, digits, '-' or '_', got {self.name!r}")
+        if self.num_rounds < 1:
+            raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}", job_id=self.name)
+        if self.min_sites < 1:
+            raise ConfigError(f"min_sites must be >= 1, got {self.min_sites}", job_id=self.name)
+        if not self.round_timeout_s > 0:
+            raise ConfigError(
+                f"round_timeout_s must be > 0, got {self.round_timeout_s}", job_id=self.name
+            )
+        if self.site_ids is not None:
+            if len(set(self.site_ids)) != len(self.site_ids):
+                raise ConfigError(f"duplicate site ids {list(self.site_ids)}", job_id=self.name)
+            if self.min_sites > len(self.site_ids):
+                raise ConfigError(
+                    f"min_sites={self.min_sites} exceeds the {len(self.site_ids)} sites",
+                    job_id=self.name,
+                )

@@ -1,0 +1,51 @@
+"""The server side of a job: how sites are chosen, configured, and their results combined.
+
+Aggregation is incremental: the controller feeds an :class:`Aggregator` one result at a time as
+results arrive and drops each one after ``add``, so server memory does not grow with the number of
+sites. Algorithms that cannot be computed this way (median, Krum) must say so and bound memory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from fedcare.core.message import Config, TrainResult
+from fedcare.core.weights import Weights
+
+
+class Aggregator(ABC):
+    """Combines one round's site results into the next global model."""
+
+    @abstractmethod
+    def add(self, site_id: str, result: TrainResult) -> None:
+        """Fold in one validated result; the caller may drop ``result`` afterwards."""
+
+    @property
+    @abstractmethod
+    def num_results(self) -> int:
+        """How many results have been folded in."""
+
+    @abstractmethod
+    def finish(self) -> Weights:
+        """The new global model; only called when at least one result was added."""
+
+
+class Strategy(ABC):
+    """An aggregation algorithm: site selection, per-round configuration and aggregation."""
+
+    def select_sites(self, round_num: int, available: Sequence[str]) -> list[str]:
+        """Sites asked to train this round; all of them by default."""
+        return list(available)
+
+    def configure_train(self, round_num: int, site_id: str) -> Config:
+        """Settings sent with the training task (e.g. learning rate, local steps)."""
+        return {}
+
+    def configure_evaluate(self, round_num: int, site_id: str) -> Config:
+        """Settings sent with the evaluation task."""
+        return {}
+
+    @abstractmethod
+    def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
+        """A fresh aggregator for one round, starting from the current global model."""

@@ -1,0 +1,197 @@
+"""Fed-Heart-Disease: logistic regression across four real hospitals (FLamby's benchmark).
+
+The model carries its own input standardisation (``scaler_mean``/``scaler_std`` buffers), and
+those are computed federatedly before round 1: each site reports only the count, sum and sum of
+squares of its training features; the server combines them into global means and standard
+deviations. No patient row leaves a site, and every hospital standardises the same way, which
+keeps real differences between hospitals visible to the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedcare.algorithms.fedavg import FedAvg
+from fedcare.core.errors import ConfigError
+from fedcare.core.job import Job
+from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
+from fedcare.core.trainer import SiteContext
+from fedcare.core.weights import Weights
+from fedcare.datasets.heart import FEATURE_NAMES, HOSPITALS, load_all, load_hospital
+from fedcare.pytorch import get_weights, set_weights
+from fedcare.sim import partition
+
+NUM_FEATURES = len(FEATURE_NAMES)
+PARTITIONS = ("natural", "iid", "label_skew", "quantity_skew")
+
+
+class HeartModel(nn.Module):
+    """Standardise, then one linear layer; outputs the logit of heart disease."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scaler_mean", torch.zeros(NUM_FEATURES))
+        self.register_buffer("scaler_std", torch.ones(NUM_FEATURES))
+        self.linear = nn.Linear(NUM_FEATURES, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - self.scaler_mean) / self.scaler_std).squeeze(-1)
+
+
+def standardisation(count: float, total: np.ndarray, total_sq: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation from sufficient statistics; constant features get std 1."""
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean, np.where(std > 1e-8, std, 1.0)
+
+
+def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: float,
+        batch_size: int, weight_decay: float, generator: torch.Generator) -> float:
+    """Plain SGD on binary cross-entropy; ``batch_size`` 0 means full batch. Returns last loss."""
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    loss = torch.zeros(())
+    for _ in range(steps):
+        if 0 < batch_size < len(yt):
+            idx = torch.randint(len(yt), (batch_size,), generator=generator)
+            xb, yb = xt[idx], yt[idx]
+        else:
+            xb, yb = xt, yt
+        loss = nn.functional.binary_cross_entropy_with_logits(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def score(model: HeartModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy (threshold 0.5) and mean binary cross-entropy."""
+    model.eval()
+    logits = model(torch.from_numpy(x))
+    yt = torch.from_numpy(y)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, yt)
+    accuracy = ((logits > 0).float() == yt).float().mean()
+    return {"accuracy": float(accuracy), "loss": float(loss)}
+
+
+class HeartTrainer:
+    """One hospital's trainer: sees only that hospital's train and test rows."""
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                 y_test: np.ndarray, *, seed: int = 0) -> None:
+        self.x_train, self.y_train = x_train, y_train
+        self.x_test, self.y_test = x_test, y_test
+        self.model = HeartModel()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def train(self, weights: Weights, config: Config) -> TrainResult:
+        set_weights(self.model, weights)
+        loss = fit(self.model, self.x_train, self.y_train,
+                   steps=int(config["local_steps"]), lr=float(config["lr"]),
+                   batch_size=int(config.get("batch_size", 0)),
+                   weight_decay=float(config.get("weight_decay", 0.0)),
+                   generator=self.generator)
+        return TrainResult(get_weights(self.model), len(self.y_train), {"loss": loss})
+
+    def evaluate(self, weights: Weights, config: Config) -> EvalResult:
+        set_weights(self.model, weights)
+        return EvalResult(len(self.y_test), score(self.model, self.x_test, self.y_test))
+
+    def statistics(self, config: Config) -> StatsResult:
+        if config.get("name") != FeatureMoments.name:
+            raise ValueError(f"unknown statistic {config.get('name')!r}")
+        x = self.x_train.astype(np.float64)
+        values = {"count": np.array([len(x)], dtype=np.float64),
+                  "sum": x.sum(axis=0), "sum_sq": (x**2).sum(axis=0)}
+        return StatsResult(Weights(values), len(x))
+
+
+class FeatureMoments:
+    """Global feature means and standard deviations from per-site sums."""
+
+    name = "feature_moments"
+
+    def finalize(self, totals: Weights, num_samples: int, weights: Weights) -> Weights:
+        mean, std = standardisation(float(totals["count"][0]), totals["sum"], totals["sum_sq"])
+        updated = dict(weights)
+        updated["scaler_mean"] = mean.astype(np.float32)
+        updated["scaler_std"] = std.astype(np.float32)
+        return Weights(updated)
+
+
+def _site_data(ctx: SiteContext, split_seed: int, partition_name: str, alpha: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if partition_name == "natural":
+        d = load_hospital(ctx.site_id, seed=split_seed)
+        return d.x_train, d.y_train, d.x_test, d.y_test
+    # Simulated sites: pool the hospitals' splits, then re-partition them.
+    hospitals = load_all(seed=split_seed).values()
+    x_tr = np.concatenate([h.x_train for h in hospitals])
+    y_tr = np.concatenate([h.y_train for h in hospitals])
+    x_te = np.concatenate([h.x_test for h in hospitals])
+    y_te = np.concatenate([h.y_test for h in hospitals])
+    n, seed = ctx.num_sites, ctx.seed
+    if partition_name == "iid":
+        train_parts = partition.iid(len(y_tr), n, seed=seed)
+    elif partition_name == "label_skew":
+        train_parts = partition.label_skew(y_tr, n, alpha=alpha, seed=seed, min_size=2)
+    else:
+        train_parts = partition.quantity_skew(len(y_tr), n, alpha=alpha, seed=seed, min_size=2)
+    test_parts = partition.iid(len(y_te), n, seed=seed)
+    tr, te = train_parts[ctx.site_index], test_parts[ctx.site_index]
+    return x_tr[tr], y_tr[tr], x_te[te], y_te[te]
+
+
+def initial_weights(seed: int) -> Weights:
+    torch.manual_seed(seed)
+    return get_weights(HeartModel())
+
+
+def make_job(
+    *,
+    num_rounds: int = 40,
+    local_steps: int = 5,
+    lr: float = 0.1,
+    batch_size: int = 0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    split_seed: int | None = None,
+    partition: str = "natural",
+    alpha: float = 0.5,
+    min_sites: int = 2,
+    round_timeout_s: float = 120.0,
+) -> Job:
+    """The heart-disease job; ``split_seed`` defaults to ``seed`` (train/test split per centre)."""
+    if partition not in PARTITIONS:
+        raise ConfigError(f"heart job: partition must be one of {PARTITIONS}, got {partition!r}")
+    if local_steps < 1 or not lr > 0 or batch_size < 0 or weight_decay < 0:
+        raise ConfigError("heart job: need local_steps >= 1, lr > 0, batch_size >= 0, "
+                          f"weight_decay >= 0 (got {local_steps}, {lr}, {batch_size}, "
+                          f"{weight_decay})")
+    split = seed if split_seed is None else split_seed
+
+    def trainer(ctx: SiteContext) -> HeartTrainer:
+        x_tr, y_tr, x_te, y_te = _site_data(ctx, split, partition, alpha)
+        return HeartTrainer(x_tr, y_tr, x_te, y_te, seed=seed * 1000 + ctx.site_index)
+
+    strategy = FedAvg(seed=seed, train_config={
+        "local_steps": local_steps, "lr": lr, "batch_size": batch_size,
+        "weight_decay": weight_decay,
+    })
+    return Job(
+        name="heart",
+        initial_weights=lambda: initial_weights(seed),
+        trainer=trainer,
+        strategy=strategy,
+        num_rounds=num_rounds,
+        min_sites=min_sites,
+        round_timeout_s=round_timeout_s,
+        site_ids=HOSPITALS if partition == "natural" else None,
+        statistics=FeatureMoments(),
+        seed=seed,
+    )

@@ -1,0 +1,43 @@
+"""PyTorch adapters: Weights <-> ``state_dict``, and small helpers for plain PyTorch trainers.
+
+The only module of the core package that imports torch: everything else sees numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from fedcare.core.validation import incompatibilities
+from fedcare.core.weights import Weights
+
+
+def weights_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Weights:
+    """Copy a ``state_dict`` (parameters and buffers) to CPU numpy arrays, in order."""
+    arrays = {}
+    for name, tensor in state_dict.items():
+        if tensor.dtype == torch.bfloat16:
+            raise TypeError(f"parameter {name!r} is bfloat16, which numpy cannot hold; "
+                            "convert the model to float32 first")
+        arrays[name] = tensor.detach().cpu().numpy().copy()
+    return Weights(arrays)
+
+
+def state_dict_from_weights(weights: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Tensors that own writable copies of the arrays (Weights arrays are read-only)."""
+    return {name: torch.from_numpy(np.array(array, copy=True)) for name, array in weights.items()}
+
+
+def get_weights(module: torch.nn.Module) -> Weights:
+    """The module's state as Weights."""
+    return weights_from_state_dict(module.state_dict())
+
+
+def set_weights(module: torch.nn.Module, weights: Weights) -> None:
+    """Load Weights into ``module``, refusing any name, shape or dtype mismatch by name."""
+    problems = incompatibilities(get_weights(module), weights)
+    if problems:
+        raise ValueError(f"weights do not fit {type(module).__name__}: " + "; ".join(problems))
+    module.load_state_dict(state_dict_from_weights(weights), strict=True)

@@ -1,0 +1,267 @@
+"""The round controller: drives a Job over any Transport.
+
+Per round: select sites, send training tasks, validate and fold in results as they arrive (at
+most ``round_timeout_s``), require ``min_sites`` valid results, aggregate, checkpoint, then run
+federated evaluation on every site's held-out data. A site that fails is recorded and the round
+goes on without it; a round that cannot meet ``min_sites`` stops the job with an
+AggregationError, and the last good global model stays on disk untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedcare.core.errors import AggregationError, FedcareError, SiteError
+from fedcare.core.job import Job
+from fedcare.core.message import (
+    EvalResult,
+    Reply,
+    Result,
+    StatsResult,
+    Task,
+    TaskKind,
+    TrainResult,
+)
+from fedcare.core.validation import incompatibilities, non_finite
+from fedcare.core.weights import Weights
+from fedcare.server.checkpoint import Checkpointer
+from fedcare.server.events import RunListener, RunState, RunStatus
+from fedcare.server.history import History, RoundRecord, SiteEval, SiteFailure
+from fedcare.server.metrics import WeightedMetrics
+from fedcare.server.statistics import SumAggregator
+from fedcare.transport.base import Transport
+
+log = logging.getLogger(__name__)
+_RESULT_TYPES: dict[TaskKind, type] = {
+    TaskKind.TRAIN: TrainResult, TaskKind.EVALUATE: EvalResult, TaskKind.STATISTICS: StatsResult,
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The final global model and the per-round history of a run."""
+
+    weights: Weights
+    history: History
+    run_dir: Path | None
+
+
+class RoundController:
+    """Runs one job to completion over a transport."""
+
+    def __init__(
+        self,
+        job: Job,
+        transport: Transport,
+        *,
+        run_dir: Path | None = None,
+        listener: RunListener | None = None,
+        job_id: str | None = None,
+        connect_timeout_s: float = 120.0,
+    ) -> None:
+        self.job = job
+        self.job_id = job_id or job.name
+        self.transport = transport
+        self.run_dir = run_dir
+        self.listener = listener or RunListener()
+        self.connect_timeout_s = connect_timeout_s
+        self.history = History()
+        self._checkpointer = Checkpointer(run_dir / "checkpoints") if run_dir else None
+        self._state = RunState.PENDING
+        self._round = 0
+        self._error: str | None = None
+
+    # -- read-only view -------------------------------------------------------------------
+    def status(self) -> RunStatus:
+        last = self.history.rounds[-1].eval_metrics if self.history.rounds else {}
+        return RunStatus(self.job_id, self._state, self._round, self.job.num_rounds,
+                         self.transport.site_ids(), dict(last), self._error)
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        self._state = RunState.RUNNING
+        try:
+            weights = self._run()
+        except FedcareError as exc:
+            self._state, self._error = RunState.FAILED, str(exc)
+            raise
+        self._state = RunState.FINISHED
+        return RunResult(weights, self.history, self.run_dir)
+
+    def _run(self) -> Weights:
+        job = self.job
+        expected = len(job.site_ids) if job.site_ids else job.min_sites
+        sites = self.transport.wait_for_sites(expected, self.connect_timeout_s)
+        if len(sites) < job.min_sites:
+            raise AggregationError(
+                f"only {len(sites)} site(s) connected {sites}, min_sites={job.min_sites}",
+                job_id=self.job_id,
+            )
+        weights = Weights(job.initial_weights())
+        if job.statistics is not None:
+            weights = self._statistics(weights)
+        self._finish_round(0, weights, [], {}, [], time.monotonic())
+        for round_num in range(1, job.num_rounds + 1):
+            weights = self._train_round(round_num, weights)
+        return weights
+
+    def _statistics(self, weights: Weights) -> Weights:
+        stat = self.job.statistics
+        assert stat is not None
+        totals = SumAggregator()
+        failures: list[SiteFailure] = []
+        sites = self.transport.site_ids()
+        for site_id, result in self._gather(TaskKind.STATISTICS, 0, sites, None,
+                                            lambda s: {"name": stat.name}, failures):
+            assert isinstance(result, StatsResult)
+            try:
+                totals.add(result.values, result.num_samples)
+            except ValueError as exc:
+                self._fail(failures, SiteFailure(site_id, 0, "statistics", str(exc)))
+        self._require(totals.num_results, 0, "statistics", failures)
+        return Weights(stat.finalize(totals.totals(), totals.num_samples, weights))
+
+    def _train_round(self, round_num: int, weights: Weights) -> Weights:
+        started = time.monotonic()
+        self._round = round_num
+        strategy = self.job.strategy
+        selected = strategy.select_sites(round_num, self.transport.site_ids())
+        self.listener.on_round_start(round_num, self.job.num_rounds, selected)
+        aggregator = strategy.aggregator(round_num, weights)
+        train_metrics = WeightedMetrics()
+        failures: list[SiteFailure] = []
+        trained: list[str] = []
+        configure = lambda s: strategy.configure_train(round_num, s)  # noqa: E731
+        for site_id, result in self._gather(TaskKind.TRAIN, round_num, selected, weights,
+                                            configure, failures):
+            assert isinstance(result, TrainResult)
+            problems = incompatibilities(weights, result.weights)
+            if problems:
+                self._fail(failures, SiteFailure(
+                    site_id, round_num, "train", "model does not match: " + "; ".join(problems)))
+                continue
+            aggregator.add(site_id, result)  # the result is dropped after this
+            train_metrics.add(result.num_samples, result.metrics)
+            trained.append(site_id)
+        self._require(aggregator.num_results, round_num, "train", failures)
+        new_weights = aggregator.finish()
+        bad = non_finite(new_weights)
+        if bad:
+            raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
+                                   "good model", job_id=self.job_id, round_num=round_num)
+        self._finish_round(round_num, new_weights, trained, train_metrics.result(), failures,
+                           started)
+        return new_weights
+
+    def _finish_round(self, round_num: int, weights: Weights, trained: list[str],
+                      train_metrics: dict[str, float], failures: list[SiteFailure],
+                      started: float) -> None:
+        if round_num == 0:
+            self.listener.on_round_start(0, self.job.num_rounds, self.transport.site_ids())
+        if self._checkpointer is not None:
+            self._checkpointer.save(round_num, weights)
+        site_eval: dict[str, SiteEval] = {}
+        overall = WeightedMetrics()
+        strategy = self.job.strategy
+        for site_id, result in self._gather(
+            TaskKind.EVALUATE, round_num, self.transport.site_ids(), weights,
+            lambda s: strategy.configure_evaluate(round_num, s), failures,
+        ):
+            assert isinstance(result, EvalResult)
+            site_eval[site_id] = SiteEval(result.num_samples, dict(result.metrics))
+            overall.add(result.num_samples, result.metrics)
+        record = RoundRecord(round_num, trained, train_metrics, overall.result(), site_eval,
+                             failures, time.monotonic() - started)
+        self.history.append(record)
+        if self.run_dir is not None:
+            self.history.write(self.run_dir)
+        self.listener.on_round_end(record)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _gather(
+        self,
+        kind: TaskKind,
+        round_num: int,
+        site_ids: list[str],
+        weights: Weights | None,
+        configure: Callable[[str], object],
+        failures: list[SiteFailure],
+    ) -> Iterator[tuple[str, Result]]:
+        """Send one task per site; yield each valid result as it arrives, until the deadline."""
+        deadline = time.monotonic() + self.job.round_timeout_s
+        pending: dict[str, str] = {}
+        for site_id in site_ids:
+            task_id = f"{self.job_id}/r{round_num}/{kind.value}/{site_id}"
+            task = Task(task_id, self.job_id, round_num, kind, weights, configure(site_id))  # type: ignore[arg-type]
+            try:
+                self.transport.send(site_id, task)
+                pending[task_id] = site_id
+            except FedcareError as exc:
+                self._fail(failures, SiteFailure(site_id, round_num, kind.value, exc.message))
+        while pending:
+            remaining = deadline - time.monotonic()
+            reply = self.transport.receive(remaining) if remaining > 0 else None
+            if reply is None:
+                break
+            site_id = pending.get(reply.task_id)
+            if site_id is None or site_id != reply.site_id:
+                log.warning("job %s: discarding late or unknown reply %s from site %s",
+                            self.job_id, reply.task_id, reply.site_id)
+                continue
+            del pending[reply.task_id]
+            problem = self._check(kind, reply)
+            self.listener.on_reply(round_num, site_id, problem is None)
+            if problem is not None:
+                self._fail(failures, SiteFailure(site_id, round_num, kind.value, problem))
+                continue
+            assert reply.result is not None
+            yield site_id, reply.result
+        for site_id in pending.values():
+            self._fail(failures, SiteFailure(
+                site_id, round_num, kind.value,
+                f"no result within round_timeout_s={self.job.round_timeout_s}"))
+
+    @staticmethod
+    def _check(kind: TaskKind, reply: Reply) -> str | None:
+        """Why a reply cannot be used, or None. Names the offending field."""
+        if reply.error is not None:
+            return f"trainer failed: {reply.error}"
+        result = reply.result
+        if not isinstance(result, _RESULT_TYPES[kind]):
+            return f"sent {type(result).__name__} for a {kind.value} task"
+        n = result.num_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            return f"num_samples must be a positive integer, got {n!r}"
+        if isinstance(result, TrainResult | EvalResult):
+            bad = [k for k, v in result.metrics.items()
+                   if not isinstance(v, int | float) or not math.isfinite(v)]
+            if bad:
+                return f"metrics {bad} are not finite numbers"
+        if isinstance(result, TrainResult | StatsResult):
+            values = result.weights if isinstance(result, TrainResult) else result.values
+            bad = non_finite(values)
+            if bad:
+                return f"returned NaN or infinity in {bad}"
+        return None
+
+    def _fail(self, failures: list[SiteFailure], failure: SiteFailure) -> None:
+        error = SiteError(failure.message, job_id=self.job_id, round_num=failure.round_num,
+                          site_id=failure.site_id)
+        log.error("%s", error)
+        failures.append(failure)
+        self.listener.on_failure(failure)
+
+    def _require(self, count: int, round_num: int, kind: str, failures: list[SiteFailure]) -> None:
+        if count >= self.job.min_sites:
+            return
+        details = "; ".join(f"site {f.site_id}: {f.message}" for f in failures) or "no sites"
+        raise AggregationError(
+            f"{kind}: only {count} valid result(s), min_sites={self.job.min_sites} ({details}); "
+            "the last good global model is kept",
+            job_id=self.job_id, round_num=round_num,
+        )

@@ -1,0 +1,44 @@
+"""What a run reports while it goes: hooks for progress bars, logs and a status view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fedcare.server.history import RoundRecord, SiteFailure
+
+
+class RunListener:
+    """Receives run events; override what you need. Called from the controller's thread."""
+
+    def on_round_start(self, round_num: int, num_rounds: int, site_ids: list[str]) -> None:
+        """A round (0 = initial evaluation) starts with these sites."""
+
+    def on_reply(self, round_num: int, site_id: str, ok: bool) -> None:
+        """A site answered a task of this round."""
+
+    def on_failure(self, failure: SiteFailure) -> None:
+        """A site failed a task; the round goes on while min_sites is met."""
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        """A round completed and its model was checkpointed."""
+
+
+class RunState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A read-only snapshot of a run, safe to hand to a dashboard."""
+
+    job_id: str
+    state: RunState
+    round_num: int
+    num_rounds: int
+    connected_sites: list[str]
+    last_eval_metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None

@@ -1,0 +1,7 @@
+"""Transports: how tasks reach sites. Only this package knows how bytes move."""
+
+from fedcare.transport.base import Transport
+from fedcare.transport.memory import MemoryTransport
+from fedcare.transport.pipe import PipeTransport
+
+__all__ = ["MemoryTransport", "PipeTransport", "Transport"]

@@ -1,0 +1,209 @@
+"""Binary encoding of Tasks and Replies without pickle.
+
+A message is ``MAGIC | u32 header length | JSON header | raw tensor bytes``. The header lists
+every tensor's name, dtype and shape in payload order and the payload's SHA-256; decoding checks
+each field against a schema, each dtype against an allow-list, that the shapes account for every
+payload byte, and the checksum. Nothing in a message can make the decoder run code. Arrays are
+decoded as zero-copy read-only views of the received buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError as _PydanticValidationError
+
+from fedcare.core.errors import TransportError
+from fedcare.core.message import (
+    EvalResult,
+    Reply,
+    Result,
+    StatsResult,
+    Task,
+    TaskKind,
+    TrainResult,
+)
+from fedcare.core.weights import ALLOWED_DTYPES, Weights
+
+MAGIC = b"FCM1"
+_HEADER_LEN = struct.Struct("<I")
+#: Default refusal size for one decoded message (the gRPC transport streams larger models).
+DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
+
+_Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+_Name = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+
+class _TensorHeader(_Model):
+    name: _Name
+    dtype: str
+    shape: list[Annotated[int, Field(ge=0)]]
+
+
+class _ResultHeader(_Model):
+    kind: Literal["train", "evaluate", "statistics"]
+    num_samples: Annotated[int, Field(ge=0)]
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class _Header(_Model):
+    type: Literal["task", "reply", "hello"]
+    task_id: str = ""
+    site_id: str = ""
+    job_id: str = ""
+    round_num: int = 0
+    kind: Literal["train", "evaluate", "statistics"] | None = None
+    config: dict[str, _Scalar] = Field(default_factory=dict)
+    result: _ResultHeader | None = None
+    error: str | None = None
+    tensors: list[_TensorHeader] | None = None
+    payload_sha256: str
+
+
+class Hello(_Model):
+    """First message of a site connection: who is there, or why it cannot serve."""
+
+    site_id: str
+    error: str | None = None
+
+
+def _tensors(weights: Weights | None) -> tuple[list[_TensorHeader] | None, list[memoryview]]:
+    if weights is None:
+        return None, []
+    headers, buffers = [], []
+    for name, array in weights.items():
+        contiguous = np.ascontiguousarray(array)
+        headers.append(
+            _TensorHeader(name=name, dtype=contiguous.dtype.str, shape=list(contiguous.shape))
+        )
+        buffers.append(memoryview(contiguous).cast("B"))
+    return headers, buffers
+
+
+def _frame(header: _Header, buffers: list[memoryview]) -> bytes:
+    head = header.model_dump_json(exclude_none=True).encode()
+    return b"".join([MAGIC, _HEADER_LEN.pack(len(head)), head, *buffers])
+
+
+def _digest(buffers: list[memoryview]) -> str:
+    h = hashlib.sha256()
+    for b in buffers:
+        h.update(b)
+    return h.hexdigest()
+
+
+def encode(message: Task | Reply | Hello) -> bytes:
+    """One message as bytes; the tensors are copied once, into the output."""
+    if isinstance(message, Hello):
+        header = _Header(type="hello", site_id=message.site_id, error=message.error,
+                         payload_sha256=_digest([]))
+        return _frame(header, [])
+    if isinstance(message, Task):
+        tensors, buffers = _tensors(message.weights)
+        header = _Header(
+            type="task", task_id=message.task_id, job_id=message.job_id,
+            round_num=message.round_num, kind=message.kind.value, config=dict(message.config),
+            tensors=tensors, payload_sha256=_digest(buffers),
+        )
+        return _frame(header, buffers)
+    result = message.result
+    weights = None
+    result_header = None
+    if result is not None:
+        if isinstance(result, TrainResult):
+            kind, weights, metrics = "train", result.weights, dict(result.metrics)
+        elif isinstance(result, EvalResult):
+            kind, metrics = "evaluate", dict(result.metrics)
+        else:
+            kind, weights, metrics = "statistics", result.values, {}
+        result_header = _ResultHeader(kind=kind, num_samples=result.num_samples, metrics=metrics)
+    tensors, buffers = _tensors(weights)
+    header = _Header(
+        type="reply", task_id=message.task_id, site_id=message.site_id, result=result_header,
+        error=message.error, tensors=tensors, payload_sha256=_digest(buffers),
+    )
+    return _frame(header, buffers)
+
+
+def _decode_tensors(specs: list[_TensorHeader], payload: memoryview) -> Weights:
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in specs:
+        try:
+            dtype = np.dtype(spec.dtype)
+        except TypeError:
+            raise TransportError(f"tensor {spec.name!r}: unknown dtype {spec.dtype!r}") from None
+        if dtype not in ALLOWED_DTYPES:
+            raise TransportError(f"tensor {spec.name!r}: dtype {dtype} is not allowed")
+        if spec.name in arrays:
+            raise TransportError(f"tensor {spec.name!r} appears twice")
+        nbytes = math.prod(spec.shape) * dtype.itemsize
+        if offset + nbytes > len(payload):
+            raise TransportError(
+                f"tensor {spec.name!r}: shape {spec.shape} needs {nbytes} bytes, "
+                f"only {len(payload) - offset} left in the message"
+            )
+        flat = np.frombuffer(payload, dtype=dtype, count=math.prod(spec.shape), offset=offset)
+        arrays[spec.name] = flat.reshape(spec.shape)
+        offset += nbytes
+    if offset != len(payload):
+        raise TransportError(f"{len(payload) - offset} payload bytes not described by the header")
+    return Weights(arrays)
+
+
+def decode(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+           ) -> Task | Reply | Hello:
+    """Parse one message, refusing anything malformed with a TransportError saying what."""
+    view = memoryview(data)
+    if len(view) > max_bytes:
+        raise TransportError(f"message of {len(view)} bytes exceeds the limit of {max_bytes}")
+    if len(view) < len(MAGIC) + _HEADER_LEN.size or bytes(view[:4]) != MAGIC:
+        raise TransportError("not a fedcare message (bad magic or truncated)")
+    (head_len,) = _HEADER_LEN.unpack_from(view, 4)
+    start = 4 + _HEADER_LEN.size
+    if start + head_len > len(view):
+        raise TransportError(f"truncated message: header of {head_len} bytes announced")
+    try:
+        header = _Header.model_validate(json.loads(bytes(view[start:start + head_len])))
+    except (ValueError, _PydanticValidationError) as exc:
+        raise TransportError(f"malformed message header: {exc}") from None
+    payload = view[start + head_len:]
+    if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
+        raise TransportError("payload checksum mismatch (corrupted or truncated message)")
+    weights = _decode_tensors(header.tensors, payload) if header.tensors is not None else None
+    if header.type == "hello":
+        return Hello(site_id=header.site_id, error=header.error)
+    if header.type == "task":
+        if header.kind is None:
+            raise TransportError("task message without a kind")
+        return Task(task_id=header.task_id, job_id=header.job_id, round_num=header.round_num,
+                    kind=TaskKind(header.kind), weights=weights, config=header.config)
+    return _decode_reply(header, weights)
+
+
+def _decode_reply(header: _Header, weights: Weights | None) -> Reply:
+    r = header.result
+    if (r is None) == (header.error is None):
+        raise TransportError("reply must hold exactly one of result and error")
+    if r is None:
+        return Reply(task_id=header.task_id, site_id=header.site_id, error=header.error)
+    result: Result
+    if r.kind == "evaluate":
+        result = EvalResult(num_samples=r.num_samples, metrics=r.metrics)
+    elif weights is None:
+        raise TransportError(f"{r.kind} reply without tensors")
+    elif r.kind == "train":
+        result = TrainResult(weights=weights, num_samples=r.num_samples, metrics=r.metrics)
+    else:
+        result = StatsResult(values=weights, num_samples=r.num_samples)
+    return Reply(task_id=header.task_id, site_id=header.site_id, result=result)

@@ -1,0 +1,194 @@
+"""Process transport: each site is a child process spoken to over its stdin/stdout pipes.
+
+Frames are ``u64 length | codec message``. Pipes to our own children need no authentication, and
+the codec means nothing that crosses them is unpickled. A site process first says Hello (or why
+it cannot serve); the controller waits for that readiness instead of sleeping. A site that dies
+turns each of its outstanding tasks into an error Reply, so a round goes on without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import BinaryIO
+
+from fedcare.core.errors import TransportError
+from fedcare.core.message import Reply, Task
+from fedcare.transport.base import Transport
+from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode
+
+log = logging.getLogger(__name__)
+_LEN = struct.Struct("<Q")
+
+
+def write_frame(stream: BinaryIO, data: bytes) -> None:
+    stream.write(_LEN.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(stream: BinaryIO, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes | None:
+    """The next frame, or None at a clean end of stream."""
+    head = _read_exact(stream, _LEN.size)
+    if not head:
+        return None
+    if len(head) < _LEN.size:
+        raise TransportError("stream ended inside a frame header")
+    (size,) = _LEN.unpack(head)
+    if size > max_bytes:
+        raise TransportError(f"frame of {size} bytes exceeds the limit of {max_bytes}")
+    data = _read_exact(stream, size)
+    if len(data) != size:
+        raise TransportError(f"truncated frame: {len(data)} of {size} bytes")
+    return data
+
+
+class PipeTransport(Transport):
+    """One child process per site, started from a command line each."""
+
+    def __init__(
+        self,
+        commands: Mapping[str, Sequence[str]],
+        *,
+        env: Mapping[str, str] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__()
+        self._max = max_message_bytes
+        self._replies: queue.Queue[Reply] = queue.Queue()
+        self._outstanding: dict[str, set[str]] = {s: set() for s in commands}
+        self._lock = threading.Lock()
+        self._outboxes: dict[str, queue.Queue[bytes | None]] = {}
+        self.failures: dict[str, str] = {}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        for site_id, command in commands.items():
+            proc = subprocess.Popen(
+                list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                env=dict(env) if env is not None else None,
+            )
+            self.processes[site_id] = proc
+            outbox: queue.Queue[bytes | None] = queue.Queue()
+            self._outboxes[site_id] = outbox
+            threading.Thread(target=self._write, args=(proc, outbox), daemon=True,
+                             name=f"pipe-write-{site_id}").start()
+            threading.Thread(target=self._read, args=(site_id, proc), daemon=True,
+                             name=f"pipe-read-{site_id}").start()
+
+    def _write(self, proc: subprocess.Popen[bytes], outbox: queue.Queue[bytes | None]) -> None:
+        assert proc.stdin is not None
+        while (data := outbox.get()) is not None:
+            try:
+                write_frame(proc.stdin, data)  # type: ignore[arg-type]
+            except (BrokenPipeError, OSError):
+                return  # the reader reports the dead site
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+    def _read(self, site_id: str, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        reason = "site process closed its connection"
+        try:
+            self._read_messages(site_id, proc.stdout)  # type: ignore[arg-type]
+        except TransportError as exc:
+            reason = f"protocol violation: {exc}"
+            log.error("site %s: %s; stopping it", site_id, exc)
+            proc.kill()
+        code = proc.wait()
+        reason = f"{reason} (exit code {code})"
+        self.failures.setdefault(site_id, reason)
+        self._set_connected(site_id, False)
+        with self._lock:
+            lost, self._outstanding[site_id] = self._outstanding[site_id], set()
+        for task_id in sorted(lost):
+            self._replies.put(Reply(task_id, site_id, error=reason))
+
+    def _read_messages(self, site_id: str, stream: BinaryIO) -> None:
+        first = True
+        while (frame := read_frame(stream, self._max)) is not None:
+            message = decode(frame, max_bytes=self._max)
+            if first:
+                if not isinstance(message, Hello) or message.site_id != site_id:
+                    raise TransportError(f"expected Hello from {site_id}, got {message!r:.200}")
+                if message.error:
+                    self.failures[site_id] = message.error
+                    log.error("site %s cannot serve: %s", site_id, message.error)
+                    return
+                self._set_connected(site_id, True)
+                first = False
+                continue
+            if not isinstance(message, Reply) or message.site_id != site_id:
+                raise TransportError(f"expected a Reply from {site_id}, got {message!r:.200}")
+            with self._lock:
+                if message.task_id not in self._outstanding[site_id]:
+                    log.warning("site %s: discarding reply to unknown task %s",
+                                site_id, message.task_id)
+                    continue
+                self._outstanding[site_id].discard(message.task_id)
+            self._replies.put(message)
+
+    def send(self, site_id: str, task: Task) -> None:
+        if site_id not in self.site_ids():
+            raise TransportError(f"unknown or disconnected site, task {task.task_id}",
+                                 site_id=site_id)
+        with self._lock:
+            self._outstanding[site_id].add(task.task_id)
+        self._outboxes[site_id].put(encode(task))
+
+    def receive(self, timeout_s: float) -> Reply | None:
+        try:
+            return self._replies.get(timeout=max(timeout_s, 0.0))
+        except queue.Empty:
+            return None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        for outbox in self._outboxes.values():
+            outbox.put(None)  # closes stdin: the site process exits at end of input
+        for site_id, proc in self.processes.items():
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("site %s (pid %d) did not exit; killing it", site_id, proc.pid)
+                proc.kill()
+                proc.wait()
+            self._set_connected(site_id, False)
+
+
+def serve_stdio(site_id: str, build_handler: Callable[[], Callable[[Task], Reply]]) -> int:
+    """Site-process side: answer tasks from stdin on stdout until stdin ends.
+
+    The protocol keeps the real stdout; ``print`` in user code goes to stderr instead, so a
+    trainer that prints cannot corrupt the stream.
+    """
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    stdin = sys.stdin.buffer
+    try:
+        handler = build_handler()
+    except Exception as exc:
+        write_frame(out, encode(Hello(site_id=site_id, error=f"{type(exc).__name__}: {exc}")))
+        return 1
+    write_frame(out, encode(Hello(site_id=site_id)))
+    while (frame := read_frame(stdin)) is not None:
+        task = decode(frame)
+        if not isinstance(task, Task):
+            raise TransportError(f"site {site_id} expected a Task, got {type(task).__name__}")
+        write_frame(out, encode(handler(task)))
+    return 0
