@@ -1,0 +1,1 @@
+"""Ready-made jobs on the shipped medical data sets."""

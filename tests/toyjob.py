@@ -1,0 +1,93 @@
+"""A tiny numpy job whose every number can be computed by hand, with switchable misbehaviour.
+
+Site i (0-based) has n_i = 10 * (i + 1) training samples and "trains" by returning a model whose
+every entry equals its target t_i = i + 1, so FedAvg must give sum(n_i t_i) / sum(n_i).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from fedcare import EvalResult, FedAvg, Job, SiteContext, StatsResult, TrainResult, Weights
+
+MODES = ("ok", "raise", "nan", "inf", "wrong_name", "wrong_shape", "wrong_dtype",
+         "zero_samples", "hang", "nan_metric", "not_a_result")
+RELEASE = threading.Event()  # lets a test end a "hang" early
+
+
+def initial() -> Weights:
+    return Weights({"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32),
+                    "count": np.zeros((), np.int64)})
+
+
+class ToyTrainer:
+    def __init__(self, index: int, mode: str, fail_from_round: int = 1) -> None:
+        self.n = 10 * (index + 1)
+        self.target = float(index + 1)
+        self.mode = mode
+        self.fail_from_round = fail_from_round
+        self.rounds_trained = 0  # site state that persists across rounds
+
+    def train(self, weights, config):
+        self.rounds_trained += 1
+        mode = self.mode if self.rounds_trained >= self.fail_from_round else "ok"
+        out = {k: np.full_like(v, self.target) for k, v in weights.items()}
+        out["count"] = np.asarray(weights["count"] + 1)
+        n, metrics = self.n, {"loss": 1.0 / self.target}
+        if mode == "raise":
+            raise RuntimeError("disk full while reading images")
+        if mode == "nan":
+            out["w"][0, 0] = np.nan
+        elif mode == "inf":
+            out["b"][1] = np.inf
+        elif mode == "wrong_name":
+            out["extra"] = out.pop("b")
+        elif mode == "wrong_shape":
+            out["w"] = np.zeros((3, 2), np.float32)
+        elif mode == "wrong_dtype":
+            out["w"] = out["w"].astype(np.float64)
+        elif mode == "zero_samples":
+            n = 0
+        elif mode == "hang":
+            RELEASE.wait(timeout=30)
+        elif mode == "nan_metric":
+            metrics = {"loss": float("nan")}
+        elif mode == "not_a_result":
+            return {"w": out["w"]}
+        return TrainResult(Weights(out), n, metrics)
+
+    def evaluate(self, weights, config):
+        mse = float(np.mean((np.asarray(weights["w"], np.float64) - self.target) ** 2))
+        return EvalResult(self.n // 2, {"mse": mse})
+
+    def statistics(self, config):
+        return StatsResult(Weights({"n": np.array([self.n], np.float64),
+                                    "sum": np.array([self.n * self.target])}), self.n)
+
+
+class MeanTarget:
+    """Federated statistic: sets every entry of b to the sample-weighted mean target."""
+
+    name = "mean_target"
+
+    def finalize(self, totals, num_samples, weights):
+        out = dict(weights)
+        out["b"] = np.full(3, totals["sum"][0] / totals["n"][0], np.float32)
+        return Weights(out)
+
+
+def make_job(num_rounds: int = 3, modes: dict[str, str] | None = None, num_sites: int = 3,
+             min_sites: int = 1, round_timeout_s: float = 20.0, statistics: bool = False,
+             fail_from_round: int = 1, fraction: float = 1.0) -> Job:
+    modes = modes or {}
+
+    def trainer(ctx: SiteContext) -> ToyTrainer:
+        return ToyTrainer(ctx.site_index, modes.get(ctx.site_id, "ok"), fail_from_round)
+
+    return Job(name="toy", initial_weights=initial, trainer=trainer,
+               strategy=FedAvg(fraction=fraction, seed=1), num_rounds=num_rounds,
+               min_sites=min_sites, round_timeout_s=round_timeout_s,
+               site_ids=tuple(f"site-{i}" for i in range(num_sites)),
+               statistics=MeanTarget() if statistics else None)

@@ -1,0 +1,132 @@
+"""Round controller behaviour on the toy job: maths, bad input, min_sites, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import toyjob
+
+from fedcare import AggregationError, simulate
+from fedcare.server import Checkpointer, RunListener, load_weights
+
+# FedAvg of targets 1, 2, 3 with 10, 20, 30 samples.
+MEAN_ALL = (10 * 1 + 20 * 2 + 30 * 3) / 60
+
+
+def test_fedavg_rounds_history_and_checkpoints(tmp_path):
+    result = simulate(toyjob.make_job(num_rounds=3), run_dir=tmp_path)
+    np.testing.assert_allclose(result.weights["w"], MEAN_ALL, rtol=1e-6)
+    assert int(result.weights["count"]) == 3  # one increment per round, averaged
+    rounds = result.history.rounds
+    assert [r.round_num for r in rounds] == [0, 1, 2, 3]
+    assert sorted(rounds[1].trained_sites) == ["site-0", "site-1", "site-2"]
+    # train loss 1/target, sample-weighted: (10*1 + 20/2 + 30/3) / 60
+    assert rounds[1].train_metrics["loss"] == pytest.approx(30 / 60)
+    # federated evaluation is sample-weighted over n/2 = 5, 10, 15 test samples
+    expected_mse = sum(n * (MEAN_ALL - t) ** 2 for n, t in [(5, 1), (10, 2), (15, 3)]) / 30
+    assert rounds[3].eval_metrics["mse"] == pytest.approx(expected_mse, rel=1e-5)
+    assert rounds[0].eval_metrics["mse"] == pytest.approx((5 * 1 + 10 * 4 + 15 * 9) / 30)
+    saved = Checkpointer(tmp_path / "checkpoints").load_latest()
+    assert saved is not None and saved[0] == 3
+    assert saved[1].allclose(result.weights)
+    assert len(list((tmp_path / "checkpoints").glob("*.npz"))) == 1
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "eval_mse@site-1" in header
+    assert len(json.loads((tmp_path / "metrics.json").read_text())) == 4
+
+
+def test_federated_statistics_run_before_round_one():
+    result = simulate(toyjob.make_job(num_rounds=1, statistics=True))
+    # b comes from the statistic (weighted mean target) and then from training
+    assert result.history.rounds[0].round_num == 0
+    np.testing.assert_allclose(result.weights["b"], MEAN_ALL, rtol=1e-6)
+
+
+BAD_MODES = {
+    "raise": "RuntimeError: disk full",
+    "nan": "NaN or infinity in ['w']",
+    "inf": "NaN or infinity in ['b']",
+    "wrong_name": "missing parameters ['b']; unexpected parameters ['extra']",
+    "wrong_shape": "w: shape [3, 2], expected [2, 3]",
+    "wrong_dtype": "w: dtype float64, expected float32",
+    "zero_samples": "num_samples must be a positive integer, got 0",
+    "nan_metric": "metrics ['loss'] are not finite",
+    "not_a_result": "train() returned dict, expected TrainResult",
+}
+
+
+class Recorder(RunListener):
+    def __init__(self):
+        self.failures = []
+
+    def on_failure(self, failure):
+        self.failures.append(failure)
+
+
+@pytest.mark.parametrize("mode", sorted(BAD_MODES))
+def test_a_bad_site_is_named_and_the_round_goes_on(mode, caplog):
+    recorder = Recorder()
+    job = toyjob.make_job(num_rounds=2, modes={"site-2": mode}, min_sites=2)
+    result = simulate(job, listener=recorder)
+    # only sites 0 and 1 count: (10*1 + 20*2) / 30
+    np.testing.assert_allclose(result.weights["w"], 50 / 30, rtol=1e-6)
+    assert [(f.site_id, f.round_num) for f in recorder.failures] == [("site-2", 1),
+                                                                     ("site-2", 2)]
+    assert BAD_MODES[mode] in recorder.failures[0].message
+    assert result.history.rounds[1].failures[0].site_id == "site-2"
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(m.startswith("job toy round 1: site site-2:") and BAD_MODES[mode] in m
+               for m in logged)
+
+
+def test_too_few_good_sites_stops_the_job_and_keeps_the_last_good_model(tmp_path):
+    # sites 1 and 2 start failing in round 2; min_sites=2 cannot be met
+    job = toyjob.make_job(num_rounds=4, modes={"site-1": "nan", "site-2": "raise"},
+                          min_sites=2, fail_from_round=2)
+    with pytest.raises(AggregationError) as info:
+        simulate(job, run_dir=tmp_path)
+    message = str(info.value)
+    assert message.startswith("job toy round 2: train: only 1 valid result(s), min_sites=2")
+    assert "site site-1: returned NaN" in message and "site site-2: trainer failed" in message
+    round_num, weights = Checkpointer(tmp_path / "checkpoints").load_latest()
+    assert round_num == 1
+    np.testing.assert_allclose(weights["w"], MEAN_ALL, rtol=1e-6)
+    assert np.isfinite(weights["w"]).all()
+    assert [r["round_num"] for r in json.loads((tmp_path / "metrics.json").read_text())] == [0, 1]
+
+
+class ReleaseAfterRoundOne(Recorder):
+    def on_round_end(self, record):
+        if record.round_num == 1:
+            toyjob.RELEASE.set()  # the hung site now answers, too late for round 1
+
+
+def test_a_site_that_misses_the_deadline_is_left_out_and_its_late_result_discarded(caplog):
+    toyjob.RELEASE.clear()
+    recorder = ReleaseAfterRoundOne()
+    job = toyjob.make_job(num_rounds=2, modes={"site-0": "hang"}, round_timeout_s=0.5,
+                          min_sites=2)
+    try:
+        result = simulate(job, listener=recorder)
+    finally:
+        toyjob.RELEASE.set()
+    round_one = result.history.rounds[1]
+    assert sorted(round_one.trained_sites) == ["site-1", "site-2"]
+    assert [f.site_id for f in round_one.failures if "round_timeout_s=0.5" in f.message] == [
+        "site-0", "site-0"]  # its training and its evaluation
+    late = [r.getMessage() for r in caplog.records if "discarding late" in r.getMessage()]
+    assert any("toy/r1/train/site-0" in m for m in late)
+    assert np.isfinite(result.weights["w"]).all()
+
+
+def test_site_sampling_trains_a_fraction(tmp_path):
+    result = simulate(toyjob.make_job(num_rounds=3, num_sites=6, fraction=0.5), run_dir=tmp_path)
+    assert all(len(r.trained_sites) == 3 for r in result.history.rounds[1:])
+    assert len(result.history.rounds[1].site_eval) == 6  # everyone evaluates
+
+
+def test_checkpoint_never_unpickles(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_weights(path)
