@@ -3,7 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedcare.pytorch import get_weights, set_weights, state_dict_from_weights, weights_from_state_dict
+from fedcare import Weights
+from fedcare.pytorch import (
+    get_weights,
+    set_weights,
+    state_dict_from_weights,
+    weights_from_state_dict,
+)
 
 
 def model() -> nn.Module:
@@ -42,8 +48,6 @@ def test_set_weights_names_the_mismatch():
     m = model()
     w = dict(get_weights(m))
     w["0.weight"] = np.zeros((2, 2), np.float32)
-    from fedcare import Weights
-
     with pytest.raises(ValueError, match=r"0\.weight: shape \[2, 2\], expected \[3, 4\]"):
         set_weights(m, Weights(w))
 
