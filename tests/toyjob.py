@@ -6,6 +6,7 @@ every entry equals its target t_i = i + 1, so FedAvg must give sum(n_i t_i) / su
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from fedcare import EvalResult, FedAvg, Job, SiteContext, StatsResult, TrainResult, Weights
 
 MODES = ("ok", "raise", "nan", "inf", "wrong_name", "wrong_shape", "wrong_dtype",
-         "zero_samples", "hang", "nan_metric", "not_a_result")
+         "zero_samples", "hang", "nan_metric", "not_a_result", "crash")
 RELEASE = threading.Event()  # lets a test end a "hang" early
 
 
@@ -56,6 +57,8 @@ class ToyTrainer:
             metrics = {"loss": float("nan")}
         elif mode == "not_a_result":
             return {"w": out["w"]}
+        elif mode == "crash":  # only ever used with one process per site
+            os._exit(3)
         return TrainResult(Weights(out), n, metrics)
 
     def evaluate(self, weights, config):

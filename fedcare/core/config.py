@@ -105,7 +105,7 @@ def load_job(target: str, params: dict[str, Any] | None = None) -> Job:
     ``params`` override (and extend) those in the file.
     """
     path = Path(target)
-    if path.suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
+    if path.suffix.lower() in (".yaml", ".yml", ".toml", ".json") or path.is_file():
         spec = read_job_file(path)
         merged = {**spec.params, **(params or {})}
         source = JobSource(spec.entry_point, merged, str(path.resolve().parent))

@@ -30,11 +30,15 @@ class Transport(ABC):
         """Block until ``count`` sites are connected or the timeout passes; returns who is there."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while len(self._connected) < count:
+            while len(self._connected) < count and self._may_still_connect():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._changed.wait(remaining):
                     break
             return list(self._connected)
+
+    def _may_still_connect(self) -> bool:
+        """False once no further site can connect (lets waiting end early). Lock held."""
+        return True
 
     def _set_connected(self, site_id: str, connected: bool) -> None:
         with self._changed:

@@ -82,7 +82,8 @@ def _tensors(weights: Weights | None) -> tuple[list[_TensorHeader] | None, list[
         return None, []
     headers, buffers = [], []
     for name, array in weights.items():
-        contiguous = np.ascontiguousarray(array)
+        # not np.ascontiguousarray: it would turn a 0-d array into shape (1,)
+        contiguous = array if array.flags.c_contiguous else np.array(array, order="C")
         headers.append(
             _TensorHeader(name=name, dtype=contiguous.dtype.str, shape=list(contiguous.shape))
         )

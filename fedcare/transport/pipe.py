@@ -113,7 +113,8 @@ class PipeTransport(Transport):
             proc.kill()
         code = proc.wait()
         reason = f"{reason} (exit code {code})"
-        self.failures.setdefault(site_id, reason)
+        with self._changed:
+            self.failures.setdefault(site_id, reason)
         self._set_connected(site_id, False)
         with self._lock:
             lost, self._outstanding[site_id] = self._outstanding[site_id], set()
@@ -128,8 +129,10 @@ class PipeTransport(Transport):
                 if not isinstance(message, Hello) or message.site_id != site_id:
                     raise TransportError(f"expected Hello from {site_id}, got {message!r:.200}")
                 if message.error:
-                    self.failures[site_id] = message.error
                     log.error("site %s cannot serve: %s", site_id, message.error)
+                    with self._changed:
+                        self.failures[site_id] = message.error
+                        self._changed.notify_all()
                     return
                 self._set_connected(site_id, True)
                 first = False
@@ -143,6 +146,9 @@ class PipeTransport(Transport):
                     continue
                 self._outstanding[site_id].discard(message.task_id)
             self._replies.put(message)
+
+    def _may_still_connect(self) -> bool:
+        return any(s not in self._connected and s not in self.failures for s in self.processes)
 
     def send(self, site_id: str, task: Task) -> None:
         if site_id not in self.site_ids():
