@@ -175,8 +175,9 @@ class RoundController:
             assert isinstance(result, EvalResult)
             site_eval[site_id] = SiteEval(result.num_samples, dict(result.metrics))
             overall.add(result.num_samples, result.metrics)
-        record = RoundRecord(round_num, trained, train_metrics, overall.result(), site_eval,
-                             failures, time.monotonic() - started)
+        record = RoundRecord(round_num, sorted(trained), train_metrics, overall.result(),
+                             dict(sorted(site_eval.items())), failures,
+                             time.monotonic() - started)
         self.history.append(record)
         if self.run_dir is not None:
             self.history.write(self.run_dir)

@@ -1,0 +1,60 @@
+"""The ``fedcare`` command as a user runs it."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parents[1]
+FEDCARE = [sys.executable, "-m", "fedcare.cli"]
+
+
+def run(*args, cwd):
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run([*FEDCARE, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_simulate_a_job_file_in_processes(tmp_path):
+    out = run("simulate", str(TESTS / "toy_job.yaml"), "--processes", "--out", str(tmp_path),
+              "--rounds", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(re.search(r"run folder: (\S+)", out.stdout).group(1))
+    assert run_dir.parent == tmp_path
+    for name in ("metrics.csv", "metrics.json", "learning_curve.png"):
+        assert (run_dir / name).stat().st_size > 0
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 5  # header + rounds 0..3
+    assert "all (weighted)" in out.stdout
+
+
+def test_bad_config_is_one_clear_line_not_a_traceback(tmp_path):
+    bad = tmp_path / "job.yaml"
+    bad.write_text("entry_point: toyjob:make_job\nparams: {}\nrounds: 3\n")
+    out = run("simulate", str(bad), cwd=tmp_path)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stdout + out.stderr
+    assert f"error: job file {bad}: rounds: Extra inputs are not permitted" in " ".join(
+        out.stdout.split())
+
+
+def test_wrong_number_of_sites_for_natural_partition(tmp_path):
+    out = run("simulate", "fedcare.jobs.heart:make_job", "--sites", "3", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "the job has 4 natural sites" in " ".join(out.stdout.split())
+
+
+def test_demo_prints_the_table_and_writes_the_run_folder(tmp_path):
+    out = run("demo", "heart", "--out", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for label in ("Cleveland", "Budapest", "Zurich+Basel", "VA Long Beach", "mean",
+                  "(a) local", "(b) pooled", "(c) FedAvg"):
+        assert label in text
+    run_dir = Path(re.search(r"run folder: (\S+)", text).group(1))
+    summary = (run_dir / "summary.csv").read_text().splitlines()
+    assert summary[0] == "hospital,local,local_all_tests,pooled,fedavg"
+    mean = dict(zip(summary[0].split(","), summary[-1].split(","), strict=True))
+    assert float(mean["fedavg"]) > 0.7 and float(mean["pooled"]) > 0.7
+    assert (run_dir / "learning_curve.png").stat().st_size > 10_000
+    assert (run_dir / "seed-0" / "checkpoints" / "latest.json").exists()

@@ -1,0 +1,61 @@
+"""Layering rules from STYLE.md, checked on the source: imports flow one way."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import fedcare
+
+PACKAGE = Path(fedcare.__file__).parent
+
+# layer -> fedcare layers it may import
+ALLOWED = {
+    "core": {"core"},
+    "algorithms": {"core", "algorithms"},
+    "transport": {"core", "transport"},
+    "site": {"core", "site"},
+    "server": {"core", "algorithms", "transport", "server"},
+    "sim": {"core", "algorithms", "transport", "server", "site", "sim"},
+    "datasets": {"datasets"},
+}
+TORCH_FREE = {"core", "algorithms", "transport", "site", "server", "sim", "datasets"}
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).rglob("*.py"))
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layers_import_only_what_is_below_them(layer):
+    for path in modules(layer):
+        for name in imports(path):
+            parts = name.split(".")
+            if parts[0] == "fedcare" and len(parts) > 1:
+                assert parts[1] in ALLOWED[layer], f"{path.relative_to(PACKAGE)} imports {name}"
+
+
+@pytest.mark.parametrize("layer", sorted(TORCH_FREE))
+def test_core_layers_never_import_torch_or_pickle(layer):
+    for path in modules(layer):
+        found = {n.split(".")[0] for n in imports(path)} & {"torch", "pickle", "dill"}
+        assert not found, f"{path.relative_to(PACKAGE)} imports {found}"
+
+
+@pytest.mark.parametrize("package", ["fedcare", "fedcare.core", "fedcare.server",
+                                     "fedcare.transport", "fedcare.site", "fedcare.algorithms"])
+def test_public_names_are_exported(package):
+    module = __import__(package, fromlist=["__all__"])
+    assert sorted(module.__all__) == list(module.__all__)
+    for name in module.__all__:
+        assert hasattr(module, name), f"{package}.{name}"
