@@ -20,7 +20,8 @@ HOSPITAL_NAMES = {
 }
 
 
-def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bool) -> None:
+def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bool,
+                   params: dict[str, object] | None = None) -> None:
     console.print("[bold]fedcare demo:[/] Fed-Heart-Disease, 4 hospitals, 740 patients "
                   "(UCI, CC BY 4.0). Feature scaling is computed federatedly; no row leaves "
                   "a site.")
@@ -29,7 +30,7 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
         seed_dir = run_dir / f"seed-{seed}"
         with RichProgress(console, f"seed {seed}") as progress:
             seed_result, run = run_seed(seed, run_dir=seed_dir, processes=processes,
-                                        listener=progress)
+                                        listener=progress, params=params)
         learning_curve(run.history, seed_dir / "learning_curve.png",
                        title=f"Fed-Heart-Disease FedAvg, seed {seed}")
         results.append(seed_result)

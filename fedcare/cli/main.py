@@ -96,6 +96,7 @@ def demo_cmd(
     name: Annotated[str, typer.Argument(help="which demo: heart")] = "heart",
     seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 1,
     processes: Annotated[bool, typer.Option(help="one OS process per hospital")] = False,
+    param: Annotated[list[str], typer.Option(help="heart job parameter key=value")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
 ) -> None:
     """The main job: FedAvg across four real hospitals vs local and pooled training."""
@@ -106,7 +107,9 @@ def demo_cmd(
     if seeds < 1:
         raise _fail(ConfigError(f"--seeds must be >= 1, got {seeds}"))
     try:
-        run_heart_demo(console, _run_dir(out, "heart-demo"), seeds=seeds, processes=processes)
+        params = _parse_params(param)
+        run_heart_demo(console, _run_dir(out, "heart-demo"), seeds=seeds, processes=processes,
+                       params=params)
     except FedcareError as exc:
         raise _fail(exc) from None
 
