@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ from fedcare.site.agent import SiteAgent
 from fedcare.transport.base import Transport
 from fedcare.transport.memory import MemoryTransport
 from fedcare.transport.pipe import PipeTransport
+
+log = logging.getLogger(__name__)
 
 
 def simulation_sites(job: Job, num_sites: int | None) -> list[str]:
@@ -97,6 +100,7 @@ def simulate(
                     f"site {s}: {transport.failures.get(s, 'not ready in time')}" for s in missing)
                 if len(connected) < job.min_sites:
                     raise SiteError(f"site processes failed to start: {reasons}", job_id=job.name)
+                log.warning("job %s: going on without %s: %s", job.name, missing, reasons)
         controller = RoundController(job, transport, run_dir=run_dir, listener=listener,
                                      connect_timeout_s=connect_timeout_s)
         return controller.run()

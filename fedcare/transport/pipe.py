@@ -76,6 +76,7 @@ class PipeTransport(Transport):
         self._replies: queue.Queue[Reply] = queue.Queue()
         self._outstanding: dict[str, set[str]] = {s: set() for s in commands}
         self._lock = threading.Lock()
+        self._dead: set[str] = set()
         self._outboxes: dict[str, queue.Queue[bytes | None]] = {}
         self.failures: dict[str, str] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -107,17 +108,21 @@ class PipeTransport(Transport):
         reason = "site process closed its connection"
         try:
             self._read_messages(site_id, proc.stdout)  # type: ignore[arg-type]
-        except TransportError as exc:
-            reason = f"protocol violation: {exc}"
-            log.error("site %s: %s; stopping it", site_id, exc)
+        except Exception as exc:  # anything unreadable: this site is out, the others go on
+            detail = str(exc) if isinstance(exc, TransportError) else f"{type(exc).__name__}: {exc}"
+            reason = f"protocol violation: {detail}"
+            log.error("site %s: %s; stopping it", site_id, reason)
             proc.kill()
+        finally:
+            proc.stdout.close()
         code = proc.wait()
         reason = f"{reason} (exit code {code})"
         with self._changed:
             self.failures.setdefault(site_id, reason)
-        self._set_connected(site_id, False)
-        with self._lock:
+        with self._lock:  # send() checks liveness under the same lock: no task slips through
+            self._dead.add(site_id)
             lost, self._outstanding[site_id] = self._outstanding[site_id], set()
+        self._set_connected(site_id, False)
         for task_id in sorted(lost):
             self._replies.put(Reply(task_id, site_id, error=reason))
 
@@ -151,12 +156,13 @@ class PipeTransport(Transport):
         return any(s not in self._connected and s not in self.failures for s in self.processes)
 
     def send(self, site_id: str, task: Task) -> None:
-        if site_id not in self.site_ids():
-            raise TransportError(f"unknown or disconnected site, task {task.task_id}",
-                                 site_id=site_id)
+        data = encode(task)
         with self._lock:
+            if site_id in self._dead or site_id not in self.site_ids():
+                raise TransportError(f"unknown or disconnected site, task {task.task_id}",
+                                     site_id=site_id)
             self._outstanding[site_id].add(task.task_id)
-        self._outboxes[site_id].put(encode(task))
+        self._outboxes[site_id].put(data)
 
     def receive(self, timeout_s: float) -> Reply | None:
         try:
@@ -196,5 +202,9 @@ def serve_stdio(site_id: str, build_handler: Callable[[], Callable[[Task], Reply
         task = decode(frame)
         if not isinstance(task, Task):
             raise TransportError(f"site {site_id} expected a Task, got {type(task).__name__}")
-        write_frame(out, encode(handler(task)))
+        try:
+            reply = handler(task)
+        except Exception as exc:  # a failing handler costs one task, not the site
+            reply = Reply(task.task_id, site_id, error=f"{type(exc).__name__}: {exc}")
+        write_frame(out, encode(reply))
     return 0
