@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedcare-installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean proto
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,9 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# Regenerate the gRPC stubs after editing fedcare/transport/grpc/fedcare.proto.
+proto: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt grpcio-tools
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+		fedcare/transport/grpc/fedcare.proto

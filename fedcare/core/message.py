@@ -93,3 +93,13 @@ def check_scalars(values: Mapping[str, object], what: str) -> None:
             raise TypeError(f"{what} {key!r} must be a bool, int, float or str, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{what} {key!r} is not finite: {value}")
+
+
+#: Reserved config keys by which a server tells a real site which job a task belongs to, so
+#: the site can build (and its policy can refuse) the job's trainer itself. The simulator's
+#: sites are built directly and never see them.
+JOB_ENTRY_POINT_KEY = "fedcare.job.entry_point"
+JOB_PARAMS_KEY = "fedcare.job.params"
+SITE_INDEX_KEY = "fedcare.site.index"
+NUM_SITES_KEY = "fedcare.site.count"
+RESERVED_KEYS = (JOB_ENTRY_POINT_KEY, JOB_PARAMS_KEY, SITE_INDEX_KEY, NUM_SITES_KEY)

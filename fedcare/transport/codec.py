@@ -92,20 +92,39 @@ def _tensors(weights: Weights | None) -> tuple[list[_TensorHeader] | None, list[
     return headers, buffers
 
 
-def _frame(header: _Header, buffers: list[memoryview]) -> bytes:
+def _frame(header: _Header, buffers: list[memoryview]) -> list[bytes | memoryview]:
     head = header.model_dump_json(exclude_none=True).encode()
-    return b"".join([MAGIC, _HEADER_LEN.pack(len(head)), head, *buffers])
+    return [MAGIC, _HEADER_LEN.pack(len(head)), head, *buffers]
 
 
-def _digest(buffers: list[memoryview]) -> str:
+_last_digest: tuple[Weights, str] | None = None
+
+
+def _digest(buffers: list[memoryview], weights: Weights | None = None) -> str:
+    """SHA-256 of the payload; the same model sent to N sites is hashed once, not N times.
+
+    Weights are immutable, so the digest of the last model encoded can be reused.
+    """
+    global _last_digest
+    cached = _last_digest
+    if weights is not None and cached is not None and cached[0] is weights:
+        return cached[1]
     h = hashlib.sha256()
     for b in buffers:
         h.update(b)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if weights is not None:
+        _last_digest = (weights, digest)
+    return digest
 
 
 def encode(message: Task | Reply | Hello) -> bytes:
     """One message as bytes; the tensors are copied once, into the output."""
+    return b"".join(encode_parts(message))
+
+
+def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
+    """One message as a list of buffers, the tensors as zero-copy views (for streaming)."""
     if isinstance(message, Hello):
         header = _Header(type="hello", site_id=message.site_id, error=message.error,
                          payload_sha256=_digest([]))
@@ -115,7 +134,7 @@ def encode(message: Task | Reply | Hello) -> bytes:
         header = _Header(
             type="task", task_id=message.task_id, job_id=message.job_id,
             round_num=message.round_num, kind=message.kind.value, config=dict(message.config),
-            tensors=tensors, payload_sha256=_digest(buffers),
+            tensors=tensors, payload_sha256=_digest(buffers, message.weights),
         )
         return _frame(header, buffers)
     result = message.result

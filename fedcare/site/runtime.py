@@ -1,0 +1,78 @@
+"""A real site: serves tasks of any job the server sends, under the site's own policy.
+
+The first task of a job names the job's entry point; the site checks it against its own
+allow-list, builds the trainer from its own configuration (data locations never come from the
+server) and keeps it for the rest of the job, so trainer state persists across rounds and
+across reconnections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedcare.core.config import build_job
+from fedcare.core.job import JobSource
+from fedcare.core.message import (
+    JOB_ENTRY_POINT_KEY,
+    JOB_PARAMS_KEY,
+    NUM_SITES_KEY,
+    RESERVED_KEYS,
+    SITE_INDEX_KEY,
+    Reply,
+    Task,
+)
+from fedcare.core.trainer import SiteContext
+from fedcare.site.agent import Filter, SiteAgent
+
+log = logging.getLogger(__name__)
+
+
+class SiteRuntime:
+    """Dispatches tasks to one SiteAgent per job; refuses jobs the site does not allow."""
+
+    def __init__(self, site_id: str, *, data_dir: Path | None = None,
+                 allowed_trainers: Sequence[str] = (), filters: Sequence[Filter] = ()) -> None:
+        self.site_id = site_id
+        self.data_dir = data_dir
+        self.allowed_trainers = list(allowed_trainers)
+        self.filters = list(filters)
+        self._agents: dict[str, SiteAgent] = {}
+        self._lock = threading.Lock()
+
+    def handle(self, task: Task) -> Reply:
+        entry_point = task.config.get(JOB_ENTRY_POINT_KEY)
+        if not isinstance(entry_point, str):
+            return Reply(task.task_id, self.site_id, error="task does not name its job")
+        if self.allowed_trainers and entry_point not in self.allowed_trainers:
+            log.warning("site %s refuses job %s: %s is not in allowed_trainers",
+                        self.site_id, task.job_id, entry_point)
+            return Reply(task.task_id, self.site_id, error=(
+                f"site policy refuses job {task.job_id}: trainer {entry_point} is not in this "
+                "site's allowed_trainers"))
+        try:
+            agent = self._agent(task, entry_point)
+        except Exception as exc:
+            return Reply(task.task_id, self.site_id,
+                         error=f"cannot start job {task.job_id}: {type(exc).__name__}: {exc}")
+        config = {k: v for k, v in task.config.items() if k not in RESERVED_KEYS}
+        return agent.handle(dataclasses.replace(task, config=config))
+
+    def _agent(self, task: Task, entry_point: str) -> SiteAgent:
+        with self._lock:
+            agent = self._agents.get(task.job_id)
+            if agent is None:
+                params = json.loads(str(task.config.get(JOB_PARAMS_KEY, "{}")))
+                job = build_job(JobSource(entry_point, params))
+                context = SiteContext(
+                    self.site_id, int(task.config.get(SITE_INDEX_KEY, 0)),
+                    int(task.config.get(NUM_SITES_KEY, 1)), seed=job.seed,
+                    data_dir=self.data_dir)
+                agent = SiteAgent(self.site_id, job.trainer(context), self.filters)
+                self._agents[task.job_id] = agent
+                log.info("site %s started job %s (%s)", self.site_id, task.job_id, entry_point)
+            return agent

@@ -1,0 +1,113 @@
+"""Site side of the gRPC transport: dial out, authenticate, serve tasks, come back after outages.
+
+Hospitals open no inbound port: the site connects to the server and keeps one stream. When the
+network drops, the site retries with capped exponential backoff and rejoins with the same
+identity; the server treats the new stream as the same site. A server that refuses the site's
+certificate ends the loop with a TransportError saying so, instead of retrying forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from fedcare.core.errors import TransportError
+from fedcare.core.message import Reply, Task
+from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode_parts
+from fedcare.transport.grpc import fedcare_pb2 as pb
+from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_chunks
+from fedcare.transport.grpc.tls import KEEPALIVE_OPTIONS, TlsFiles, channel_credentials
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Task], Reply]
+_FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def secure_channel(address: str, tls: TlsFiles) -> grpc.Channel:
+    """A mutually authenticated channel to the server, with fedcare's chunk and keepalive set-up."""
+    return grpc.secure_channel(address, channel_credentials(tls), options=[
+        ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+        ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT), *KEEPALIVE_OPTIONS,
+    ])
+
+
+class SiteConnection:
+    """Keeps a site connected to the server and answers its tasks with ``handler``."""
+
+    def __init__(self, site_id: str, address: str, tls: TlsFiles, handler: Handler, *,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 reconnect_max_s: float = 10.0) -> None:
+        self.site_id = site_id
+        self.address = address
+        self.tls = tls
+        self.handler = handler
+        self.max_message_bytes = max_message_bytes
+        self.reconnect_max_s = reconnect_max_s
+        self.connected = threading.Event()
+        self._responses: grpc.Future | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; raises TransportError if the server refuses this site."""
+        watcher = threading.Thread(target=self._cancel_on, args=(stop,), daemon=True)
+        watcher.start()
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                self._serve_once()
+                backoff = 0.2
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details()
+                if stop.is_set() or code is grpc.StatusCode.CANCELLED:
+                    break
+                if code in _FATAL:
+                    raise TransportError(f"server {self.address} refused this site: {details}",
+                                         site_id=self.site_id) from None
+                log.warning("site %s: connection to %s failed (%s: %s); retrying in %.1f s",
+                            self.site_id, self.address, code.name, details, backoff)
+            finally:
+                self.connected.clear()
+            stop.wait(backoff)
+            backoff = min(backoff * 2, self.reconnect_max_s)
+
+    def _cancel_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        if self._responses is not None:
+            self._responses.cancel()
+
+    def _serve_once(self) -> None:
+        outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
+        outbox.put(encode_parts(Hello(site_id=self.site_id)))
+
+        def requests() -> Iterator[pb.Chunk]:
+            while (parts := outbox.get()) is not None:
+                yield from to_chunks(parts)
+
+        channel = secure_channel(self.address, self.tls)
+        try:
+            responses = pb_grpc.FederationStub(channel).Connect(requests())
+            self._responses = responses
+            reassembler = Reassembler(self.max_message_bytes)
+            for chunk in responses:
+                self.connected.set()
+                data = reassembler.feed(chunk)
+                if data is None:
+                    continue
+                task = decode(data, max_bytes=self.max_message_bytes)
+                if not isinstance(task, Task):
+                    raise TransportError(f"expected a Task, got {type(task).__name__}",
+                                         site_id=self.site_id)
+                try:
+                    reply = self.handler(task)
+                except Exception as exc:  # a failing handler costs one task, not the site
+                    reply = Reply(task.task_id, self.site_id,
+                                  error=f"{type(exc).__name__}: {exc}")
+                outbox.put(encode_parts(reply))
+            log.warning("site %s: server %s closed the stream", self.site_id, self.address)
+        finally:
+            outbox.put(None)
+            channel.close()

@@ -1,0 +1,216 @@
+"""Server side of the gRPC transport: sites dial in over mutual TLS and hold one stream each.
+
+Identity is the client certificate's common name; a pluggable ``authorize`` callback (the
+server process checks its site list and the revocation list) refuses the rest with a log line.
+Replies are reassembled under a small number of receive permits: a permit is taken when a
+message starts and given back when the controller asks for the next reply, so the server never
+holds more than ``receive_permits`` uploaded models at once, whatever the number of sites.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from fedcare.core.errors import TransportError
+from fedcare.core.message import Reply, Task
+from fedcare.transport.base import Transport
+from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode_parts
+from fedcare.transport.grpc import fedcare_pb2 as pb
+from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_chunks
+from fedcare.transport.grpc.tls import (
+    KEEPALIVE_OPTIONS,
+    PeerIdentity,
+    TlsFiles,
+    peer_identity,
+    server_credentials,
+)
+
+log = logging.getLogger(__name__)
+Authorize = Callable[[PeerIdentity], str | None]
+_HELLO_LIMIT = 64 * 1024
+
+
+class _Session:
+    """One live stream of one site."""
+
+    def __init__(self, site_id: str) -> None:
+        self.site_id = site_id
+        self.outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
+        self.closed = threading.Event()
+
+
+class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
+    """Listens for sites; implements the Transport interface for the round controller."""
+
+    def __init__(
+        self,
+        tls: TlsFiles,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        authorize: Authorize | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        receive_permits: int = 2,
+        max_workers: int = 64,
+        add_services: Callable[[grpc.Server], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._authorize = authorize
+        self._max = max_message_bytes
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._outstanding: dict[str, set[str]] = {}
+        self._replies: queue.Queue[tuple[Reply, bool]] = queue.Queue()
+        self._permits = threading.BoundedSemaphore(receive_permits)
+        self._held = False
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+                     ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT), *KEEPALIVE_OPTIONS],
+        )
+        pb_grpc.add_FederationServicer_to_server(self, self._server)
+        if add_services is not None:
+            add_services(self._server)
+        self.port = self._server.add_secure_port(f"{host}:{port}", server_credentials(tls))
+        if self.port == 0:
+            raise TransportError(f"cannot listen on {host}:{port}")
+        self.address = f"{host}:{self.port}"
+        self._server.start()
+
+    # -- the Federation service ----------------------------------------------------------
+    def Connect(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+                ) -> Iterator[pb.Chunk]:
+        identity = peer_identity(context)
+        if identity is None:
+            log.warning("refused a connection from %s: no verified client certificate",
+                        context.peer())
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
+        assert identity is not None
+        reason = self._authorize(identity) if self._authorize else None
+        if reason:
+            log.warning("refused site %s from %s: %s", identity.name, identity.address, reason)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        hello = self._read_hello(request_iterator)
+        if not isinstance(hello, Hello) or hello.site_id != identity.name:
+            claimed = hello.site_id if isinstance(hello, Hello) else type(hello).__name__
+            message = (f"certificate is for {identity.name!r} but the site introduced itself "
+                       f"as {claimed!r}")
+            log.warning("refused a connection from %s: %s", identity.address, message)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        session = self._open(identity.name)
+        log.info("site %s connected from %s", identity.name, identity.address)
+        threading.Thread(target=self._read_replies, args=(session, request_iterator),
+                         name=f"grpc-read-{identity.name}", daemon=True).start()
+        context.add_callback(lambda: self._close_session(session, "connection closed"))
+        while (parts := session.outbox.get()) is not None:
+            yield from to_chunks(parts)
+
+    def _read_hello(self, request_iterator: Iterator[pb.Chunk]) -> object:
+        reassembler = Reassembler(_HELLO_LIMIT)
+        try:
+            for chunk in request_iterator:
+                data = reassembler.feed(chunk)
+                if data is not None:
+                    return decode(data, max_bytes=_HELLO_LIMIT)
+        except TransportError as exc:
+            return f"a malformed Hello ({exc})"
+        return "nothing"
+
+    def _open(self, site_id: str) -> _Session:
+        session = _Session(site_id)
+        with self._lock:
+            old = self._sessions.get(site_id)
+            self._sessions[site_id] = session
+            self._outstanding.setdefault(site_id, set())
+        if old is not None:  # a reconnect replaces a stale stream
+            log.info("site %s reconnected; closing its previous stream", site_id)
+            self._close_session(old, "replaced by a new connection")
+        self._set_connected(site_id, True)
+        return session
+
+    def _read_replies(self, session: _Session, request_iterator: Iterator[pb.Chunk]) -> None:
+        reassembler = Reassembler(self._max)
+        holding = False
+        reason = "connection closed"
+        try:
+            for chunk in request_iterator:
+                if not holding:
+                    self._permits.acquire()  # backpressure: at most N uploads held in memory
+                    holding = True
+                data = reassembler.feed(chunk)
+                if data is None:
+                    continue
+                reply = decode(data, max_bytes=self._max)
+                if not isinstance(reply, Reply) or reply.site_id != session.site_id:
+                    raise TransportError(f"expected a Reply from {session.site_id}")
+                with self._lock:
+                    expected = reply.task_id in self._outstanding[session.site_id]
+                    self._outstanding[session.site_id].discard(reply.task_id)
+                if expected:
+                    self._replies.put((reply, True))
+                else:
+                    log.warning("site %s: discarding reply to unknown task %s",
+                                session.site_id, reply.task_id)
+                    self._permits.release()
+                holding = False
+        except TransportError as exc:
+            reason = f"protocol violation: {exc}"
+            log.error("site %s: %s; closing its connection", session.site_id, exc)
+        except grpc.RpcError:
+            reason = "connection lost"
+        finally:
+            if holding:
+                self._permits.release()
+            self._close_session(session, reason)
+
+    def _close_session(self, session: _Session, reason: str) -> None:
+        if session.closed.is_set():
+            return
+        session.closed.set()
+        session.outbox.put(None)
+        with self._lock:
+            if self._sessions.get(session.site_id) is not session:
+                return  # already replaced by a newer connection, which keeps its tasks
+            del self._sessions[session.site_id]
+            lost, self._outstanding[session.site_id] = self._outstanding[session.site_id], set()
+        log.warning("site %s disconnected: %s", session.site_id, reason)
+        self._set_connected(session.site_id, False)
+        for task_id in sorted(lost):
+            self._replies.put((Reply(task_id, session.site_id,
+                                     error=f"site disconnected: {reason}"), False))
+
+    # -- the Transport interface ----------------------------------------------------------
+    def send(self, site_id: str, task: Task) -> None:
+        parts = encode_parts(task)
+        with self._lock:
+            session = self._sessions.get(site_id)
+            if session is None:
+                raise TransportError(f"site is not connected, task {task.task_id}",
+                                     site_id=site_id)
+            self._outstanding[site_id].add(task.task_id)
+        session.outbox.put(parts)
+
+    def receive(self, timeout_s: float) -> Reply | None:
+        if self._held:
+            self._held = False
+            self._permits.release()
+        try:
+            reply, holds_permit = self._replies.get(timeout=max(timeout_s, 0.0))
+        except queue.Empty:
+            return None
+        self._held = holds_permit
+        return reply
+
+    def close(self, grace_s: float = 2.0) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            self._close_session(session, "server shutting down")
+        self._server.stop(grace_s).wait()
