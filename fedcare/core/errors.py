@@ -6,7 +6,8 @@
     ├── ConfigError        a job, strategy or CLI setting is invalid (raised before anything runs)
     ├── TransportError     a site could not be reached or answered out of protocol
     ├── SiteError          a site's trainer raised, or its result failed validation
-    └── AggregationError   a round could not produce a new global model (e.g. too few sites)
+    ├── AggregationError   a round could not produce a new global model (e.g. too few sites)
+    └── JobAborted         an admin aborted the job
 
 Every error can carry the job, round and site it concerns, and prints them first, so an operator
 reading a log line knows *who* failed *when*: ``job heart round 3: site va: trainer raised ...``.
@@ -59,3 +60,7 @@ class SiteError(FedcareError):
 
 class AggregationError(FedcareError):
     """A round could not produce a new global model; the previous one stays in force."""
+
+
+class JobAborted(FedcareError):
+    """The job was stopped on request; its last checkpoint stays valid."""

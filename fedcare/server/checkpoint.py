@@ -30,21 +30,26 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 class Checkpointer:
     """Keeps the newest global model of a run in ``directory``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, keep: int = 1) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep = max(1, keep)
 
     def save(self, round_num: int, weights: Weights) -> Path:
         name = f"global-round{round_num:04d}.npz"
         path = self.directory / name
         _atomic_write(path, lambda fh: np.savez(fh, **dict(weights)))
-        previous = self.latest_path()
         meta = {"round_num": round_num, "file": name, "names": list(weights)}
         meta_bytes = json.dumps(meta).encode()
         _atomic_write(self.directory / "latest.json", lambda fh: fh.write(meta_bytes))
-        if previous is not None and previous != path:
-            previous.unlink(missing_ok=True)
+        for old in sorted(self.directory.glob("global-round*.npz"))[:-self.keep]:
+            old.unlink(missing_ok=True)
         return path
+
+    def load(self, round_num: int) -> Weights | None:
+        """The model saved after ``round_num``, if still kept."""
+        path = self.directory / f"global-round{round_num:04d}.npz"
+        return load_weights(path) if path.exists() else None
 
     def latest_path(self) -> Path | None:
         meta = self.directory / "latest.json"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcare.core.errors import AggregationError, FedcareError, SiteError
+from fedcare.core.errors import AggregationError, FedcareError, JobAborted, SiteError
 from fedcare.core.job import Job
 from fedcare.core.message import (
     EvalResult,
@@ -43,6 +44,15 @@ _RESULT_TYPES: dict[TaskKind, type] = {
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """Where a resumed job starts: the last completed round, its model and the records so far."""
+
+    round_num: int
+    weights: Weights
+    records: list[RoundRecord]
+
+
+@dataclass(frozen=True)
 class RunResult:
     """The final global model and the per-round history of a run."""
 
@@ -63,6 +73,9 @@ class RoundController:
         listener: RunListener | None = None,
         job_id: str | None = None,
         connect_timeout_s: float = 120.0,
+        resume: Checkpoint | None = None,
+        stop: threading.Event | None = None,
+        keep_checkpoints: int = 1,
     ) -> None:
         self.job = job
         self.job_id = job_id or job.name
@@ -71,7 +84,13 @@ class RoundController:
         self.listener = listener or RunListener()
         self.connect_timeout_s = connect_timeout_s
         self.history = History()
-        self._checkpointer = Checkpointer(run_dir / "checkpoints") if run_dir else None
+        self._resume = resume
+        self._stop = stop or threading.Event()
+        if resume is not None:
+            for record in resume.records:
+                self.history.append(record)
+        self._checkpointer = (Checkpointer(run_dir / "checkpoints", keep=keep_checkpoints)
+                              if run_dir else None)
         self._state = RunState.PENDING
         self._round = 0
         self._error: str | None = None
@@ -96,26 +115,37 @@ class RoundController:
     def _run(self) -> Weights:
         job = self.job
         expected = len(job.site_ids) if job.site_ids else job.min_sites
-        sites = self.transport.wait_for_sites(expected, self.connect_timeout_s)
+        self.transport.wait_for_sites(expected, self.connect_timeout_s)
+        sites = self._available()
         if len(sites) < job.min_sites:
             raise AggregationError(
                 f"only {len(sites)} site(s) connected {sites}, min_sites={job.min_sites}",
                 job_id=self.job_id,
             )
-        weights = Weights(job.initial_weights())
-        if job.statistics is not None:
-            weights = self._statistics(weights)
-        self._finish_round(0, weights, [], {}, [], time.monotonic())
-        for round_num in range(1, job.num_rounds + 1):
+        if self._resume is not None:
+            weights, first = self._resume.weights, self._resume.round_num + 1
+            log.info("job %s: resuming after round %d", self.job_id, self._resume.round_num)
+        else:
+            weights, first = Weights(job.initial_weights()), 1
+            if job.statistics is not None:
+                weights = self._statistics(weights)
+            self._finish_round(0, weights, [], {}, [], time.monotonic())
+        for round_num in range(first, job.num_rounds + 1):
+            self._check_stop(round_num)
             weights = self._train_round(round_num, weights)
         return weights
+
+    def _check_stop(self, round_num: int) -> None:
+        if self._stop.is_set():
+            raise JobAborted("aborted on request; the last checkpoint stays valid",
+                             job_id=self.job_id, round_num=round_num)
 
     def _statistics(self, weights: Weights) -> Weights:
         stat = self.job.statistics
         assert stat is not None
         totals = SumAggregator()
         failures: list[SiteFailure] = []
-        sites = self.transport.site_ids()
+        sites = self._available()
         for site_id, result in self._gather(TaskKind.STATISTICS, 0, sites, None,
                                             lambda s: {"name": stat.name}, failures):
             assert isinstance(result, StatsResult)
@@ -130,7 +160,7 @@ class RoundController:
         started = time.monotonic()
         self._round = round_num
         strategy = self.job.strategy
-        selected = strategy.select_sites(round_num, self.transport.site_ids())
+        selected = strategy.select_sites(round_num, self._available())
         self.listener.on_round_start(round_num, self.job.num_rounds, selected)
         aggregator = strategy.aggregator(round_num, weights)
         train_metrics = WeightedMetrics()
@@ -162,14 +192,14 @@ class RoundController:
                       train_metrics: dict[str, float], failures: list[SiteFailure],
                       started: float) -> None:
         if round_num == 0:
-            self.listener.on_round_start(0, self.job.num_rounds, self.transport.site_ids())
+            self.listener.on_round_start(0, self.job.num_rounds, self._available())
         if self._checkpointer is not None:
             self._checkpointer.save(round_num, weights)
         site_eval: dict[str, SiteEval] = {}
         overall = WeightedMetrics()
         strategy = self.job.strategy
         for site_id, result in self._gather(
-            TaskKind.EVALUATE, round_num, self.transport.site_ids(), weights,
+            TaskKind.EVALUATE, round_num, self._available(), weights,
             lambda s: strategy.configure_evaluate(round_num, s), failures,
         ):
             assert isinstance(result, EvalResult)
@@ -184,6 +214,13 @@ class RoundController:
         self.listener.on_round_end(record)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _available(self) -> list[str]:
+        """Connected sites this job may use (its own site list, when it declares one)."""
+        sites = self.transport.site_ids()
+        if self.job.site_ids is None:
+            return sites
+        return [s for s in sites if s in self.job.site_ids]
+
     def _gather(
         self,
         kind: TaskKind,
@@ -205,10 +242,13 @@ class RoundController:
             except FedcareError as exc:
                 self._fail(failures, SiteFailure(site_id, round_num, kind.value, exc.message))
         while pending:
+            self._check_stop(round_num)
             remaining = deadline - time.monotonic()
-            reply = self.transport.receive(remaining) if remaining > 0 else None
-            if reply is None:
+            if remaining <= 0:
                 break
+            reply = self.transport.receive(min(remaining, 0.5))
+            if reply is None:
+                continue
             site_id = pending.get(reply.task_id)
             if site_id is None or site_id != reply.site_id:
                 log.warning("job %s: discarding late or unknown reply %s from site %s",

@@ -41,6 +41,14 @@ class RoundRecord:
     duration_s: float = 0.0
 
 
+def record_from_dict(data: dict[str, object]) -> RoundRecord:
+    """Inverse of ``dataclasses.asdict`` for a RoundRecord (reading the server's store)."""
+    d = dict(data)
+    d["site_eval"] = {k: SiteEval(**v) for k, v in d["site_eval"].items()}  # type: ignore[union-attr]
+    d["failures"] = [SiteFailure(**f) for f in d["failures"]]  # type: ignore[union-attr]
+    return RoundRecord(**d)  # type: ignore[arg-type]
+
+
 class History:
     """All round records of a run, in order."""
 

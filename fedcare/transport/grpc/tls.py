@@ -48,6 +48,9 @@ class PeerIdentity:
     name: str
     serial: int
     address: str
+    #: What the CA certified this participant to be ("server", "site", "project_admin",
+    #: "site_admin:<site>", "viewer"): the certificate's title attribute, set at provisioning.
+    role: str | None = None
 
 
 def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
@@ -58,4 +61,6 @@ def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
     if not names or not pems:
         return None
     cert = x509.load_pem_x509_certificate(pems[0])
-    return PeerIdentity(names[0].decode(), cert.serial_number, context.peer())
+    titles = cert.subject.get_attributes_for_oid(x509.NameOID.TITLE)
+    role = str(titles[0].value) if titles else None
+    return PeerIdentity(names[0].decode(), cert.serial_number, context.peer(), role)

@@ -1,0 +1,189 @@
+"""The federation server process: runs admins' jobs over the gRPC transport, durably.
+
+Jobs run one at a time, in submission order. State lives in SQLite in the workspace and the
+global model is checkpointed after every round, so a server killed at any moment resumes its
+running job from the last completed round when it starts again; sites reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from fedcare.core.config import build_job
+from fedcare.core.errors import FedcareError, JobAborted
+from fedcare.core.job import JobSource
+from fedcare.core.message import (
+    JOB_ENTRY_POINT_KEY,
+    JOB_PARAMS_KEY,
+    NUM_SITES_KEY,
+    SITE_INDEX_KEY,
+    Reply,
+    Task,
+)
+from fedcare.server.checkpoint import Checkpointer
+from fedcare.server.controller import Checkpoint, RoundController
+from fedcare.server.events import RunListener
+from fedcare.server.history import RoundRecord, record_from_dict
+from fedcare.server.store import JobRow, Store
+from fedcare.transport.base import Transport
+from fedcare.transport.grpc.server import GrpcServerTransport
+from fedcare.transport.grpc.tls import PeerIdentity, TlsFiles
+
+log = logging.getLogger(__name__)
+
+
+class JobTransport(Transport):
+    """Stamps every task with its job's entry point, so a real site can build the trainer."""
+
+    def __init__(self, inner: Transport, row: JobRow) -> None:
+        super().__init__()
+        self.inner = inner
+        self._stamp = {JOB_ENTRY_POINT_KEY: row.entry_point,
+                       JOB_PARAMS_KEY: json.dumps(row.params, sort_keys=True)}
+
+    def site_ids(self) -> list[str]:
+        return self.inner.site_ids()
+
+    def wait_for_sites(self, count: int, timeout_s: float) -> list[str]:
+        return self.inner.wait_for_sites(count, timeout_s)
+
+    def send(self, site_id: str, task: Task) -> None:
+        sites = sorted(self.inner.site_ids())
+        index = sites.index(site_id) if site_id in sites else 0
+        config = {**task.config, **self._stamp, SITE_INDEX_KEY: index,
+                  NUM_SITES_KEY: len(sites)}
+        self.inner.send(site_id, dataclasses.replace(task, config=config))
+
+    def receive(self, timeout_s: float) -> Reply | None:
+        return self.inner.receive(timeout_s)
+
+
+class _StoreListener(RunListener):
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.store.add_round(self.job_id, record.round_num, asdict(record))
+
+    def on_failure(self, failure: object) -> None:
+        self.store.audit("server", "site_failure", f"{self.job_id}: {failure}")
+
+
+class FederationServer:
+    """Owns the transport, the store and the job runner of one federation server."""
+
+    def __init__(self, tls: TlsFiles, workspace: Path, *, host: str = "127.0.0.1",
+                 port: int = 0, revoked: Callable[[], set[int]] = set,
+                 connect_timeout_s: float = 300.0,
+                 add_services: Callable[[FederationServer, object], None] | None = None
+                 ) -> None:
+        self.workspace = workspace
+        self.store = Store(workspace / "server.db")
+        self.revoked = revoked
+        self.connect_timeout_s = connect_timeout_s
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._aborts: dict[str, threading.Event] = {}
+        self.current: RoundController | None = None
+        self.transport = GrpcServerTransport(
+            tls, host=host, port=port, authorize=self.authorize_site,
+            add_services=(lambda server: add_services(self, server)) if add_services else None)
+        self.port = self.transport.port
+        self._runner = threading.Thread(target=self._run_jobs, name="job-runner", daemon=True)
+
+    def start(self) -> None:
+        self.store.audit("server", "start", f"listening on {self.transport.address}")
+        self._runner.start()
+
+    def authorize_site(self, identity: PeerIdentity) -> str | None:
+        if identity.serial in self.revoked():
+            return f"certificate serial {identity.serial:x} is revoked"
+        if identity.role != "site":
+            return f"certificate is for a {identity.role or 'participant without role'}, not a site"
+        return None
+
+    # -- jobs -------------------------------------------------------------------------------
+    def submit(self, entry_point: str, params: dict[str, object], actor: str) -> str:
+        job = build_job(JobSource(entry_point, params))  # refuses a bad job before it queues
+        job_id = self.store.add_job(entry_point, params, actor, job.num_rounds)
+        self.store.audit(actor, "submit", f"{job_id} {entry_point} {json.dumps(params)}")
+        self._wake.set()
+        return job_id
+
+    def abort(self, job_id: str, actor: str) -> str:
+        row = self.store.job(job_id)
+        if row is None:
+            return "unknown"
+        self.store.audit(actor, "abort", job_id)
+        if row.status == "queued":
+            self.store.set_status(job_id, "aborted", f"aborted by {actor} before it started")
+        elif job_id in self._aborts:
+            self._aborts[job_id].set()
+        return "aborting"
+
+    def _run_jobs(self) -> None:
+        while not self._stop.is_set():
+            row = self.store.next_job()
+            if row is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._run_job(row)
+
+    def _run_job(self, row: JobRow) -> None:
+        try:
+            job = build_job(JobSource(row.entry_point, row.params))
+        except FedcareError as exc:
+            self.store.set_status(row.job_id, "failed", str(exc))
+            return
+        run_dir = self.workspace / "jobs" / row.job_id
+        resume = self._resume_point(row, Checkpointer(run_dir / "checkpoints", keep=2))
+        self.store.set_status(row.job_id, "running")
+        self.store.audit("server", "resume" if resume else "start", row.job_id)
+        stop = self._aborts.setdefault(row.job_id, threading.Event())
+        controller = RoundController(
+            job, JobTransport(self.transport, row), run_dir=run_dir, job_id=row.job_id,
+            listener=_StoreListener(self.store, row.job_id), resume=resume, stop=stop,
+            connect_timeout_s=self.connect_timeout_s, keep_checkpoints=2)
+        self.current = controller
+        try:
+            controller.run()
+            self.store.set_status(row.job_id, "finished")
+        except JobAborted as exc:
+            if not self._stop.is_set():  # a server shutting down leaves the job to resume
+                self.store.set_status(row.job_id, "aborted", str(exc))
+        except FedcareError as exc:
+            log.error("%s", exc)
+            self.store.set_status(row.job_id, "failed", str(exc))
+        finally:
+            self.current = None
+            self._aborts.pop(row.job_id, None)
+        self.store.audit("server", "end", row.job_id)
+
+    def _resume_point(self, row: JobRow, checkpoints: Checkpointer) -> Checkpoint | None:
+        if row.status != "running":
+            return None
+        records = [record_from_dict(r) for r in self.store.rounds(row.job_id)]
+        if not records:
+            return None
+        last = records[-1].round_num
+        weights = checkpoints.load(last)
+        if weights is None:
+            log.warning("job %s: no checkpoint of round %d; starting over", row.job_id, last)
+            return None
+        return Checkpoint(last, weights, records)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for event in list(self._aborts.values()):
+            event.set()
+        self.transport.close()
+        self._runner.join(timeout=10)
+        self.store.close()

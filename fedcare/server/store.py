@@ -1,0 +1,156 @@
+"""The server's durable state in SQLite: jobs, round records, and an audit trail.
+
+Every state change is one committed transaction, so a server killed at any moment restarts
+with a consistent view: a job marked ``running`` resumes from its last completed round.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    entry_point TEXT NOT NULL,
+    params_json TEXT NOT NULL,
+    status TEXT NOT NULL,          -- queued | running | finished | failed | aborted
+    submitted_by TEXT NOT NULL,
+    created_s REAL NOT NULL,
+    updated_s REAL NOT NULL,
+    round_num INTEGER NOT NULL DEFAULT 0,
+    num_rounds INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    job_id TEXT NOT NULL,
+    round_num INTEGER NOT NULL,
+    record_json TEXT NOT NULL,
+    PRIMARY KEY (job_id, round_num)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_s REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: str
+    entry_point: str
+    params: dict[str, object]
+    status: str
+    submitted_by: str
+    created_s: float
+    round_num: int
+    num_rounds: int
+    error: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"job_id": self.job_id, "entry_point": self.entry_point, "params": self.params,
+                "status": self.status, "submitted_by": self.submitted_by,
+                "created_s": self.created_s, "round_num": self.round_num,
+                "num_rounds": self.num_rounds, "error": self.error}
+
+
+class Store:
+    """Thread-safe access to the server's SQLite database."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def audit(self, actor: str, action: str, detail: str = "") -> None:
+        self._write("INSERT INTO events (time_s, actor, action, detail) VALUES (?, ?, ?, ?)",
+                    (time.time(), actor, action, detail))
+
+    def add_job(self, entry_point: str, params: dict[str, object], submitted_by: str,
+                num_rounds: int) -> str:
+        job_id = "job-" + uuid.uuid4().hex[:10]
+        now = time.time()
+        self._write(
+            "INSERT INTO jobs (job_id, entry_point, params_json, status, submitted_by, "
+            "created_s, updated_s, num_rounds) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (job_id, entry_point, json.dumps(params), submitted_by, now, now, num_rounds))
+        return job_id
+
+    def set_status(self, job_id: str, status: str, error: str | None = None) -> None:
+        self._write("UPDATE jobs SET status = ?, error = ?, updated_s = ? WHERE job_id = ?",
+                    (status, error, time.time(), job_id))
+
+    def add_round(self, job_id: str, round_num: int, record: dict[str, object]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO rounds (job_id, round_num, record_json) "
+                    "VALUES (?, ?, ?)", (job_id, round_num, json.dumps(record)))
+                self._db.execute("UPDATE jobs SET round_num = ?, updated_s = ? WHERE job_id = ?",
+                                 (round_num, time.time(), job_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def rounds(self, job_id: str) -> list[dict[str, object]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record_json FROM rounds WHERE job_id = ? ORDER BY round_num",
+                (job_id,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def job(self, job_id: str) -> JobRow | None:
+        rows = self._jobs("WHERE job_id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def jobs(self) -> list[JobRow]:
+        return self._jobs("ORDER BY created_s", ())
+
+    def next_job(self) -> JobRow | None:
+        """A running job (to resume after a restart) first, else the oldest queued one."""
+        rows = self._jobs("WHERE status IN ('running', 'queued') ORDER BY "
+                          "status = 'queued', created_s LIMIT 1", ())
+        return rows[0] if rows else None
+
+    def events(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT time_s, actor, action, detail FROM events ORDER BY id DESC LIMIT ?",
+                (limit,)).fetchall()
+
+    def _jobs(self, clause: str, args: tuple[object, ...]) -> list[JobRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, entry_point, params_json, status, submitted_by, created_s, "
+                f"round_num, num_rounds, error FROM jobs {clause}", args).fetchall()
+        return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8])
+                for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
