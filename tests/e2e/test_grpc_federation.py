@@ -1,0 +1,129 @@
+"""The toy job over real gRPC with mutual TLS on 127.0.0.1: sites in threads, one server."""
+
+import json
+import logging
+import threading
+
+import grpc
+import numpy as np
+import pytest
+from certs import ThrowawayCA
+
+from fedcare.server.admin import AdminService
+from fedcare.server.service import FederationServer
+from fedcare.site.runtime import SiteRuntime
+from fedcare.transport.grpc import fedcare_pb2 as pb
+from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.grpc.client import SiteConnection, secure_channel
+
+
+@pytest.fixture()
+def federation(tmp_path):
+    ca = ThrowawayCA()
+    server_tls, _ = ca.issue("server", "server")
+    revoked: set[int] = set()
+    server = FederationServer(
+        server_tls, tmp_path / "ws", revoked=lambda: revoked, connect_timeout_s=30,
+        add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
+    server.start()
+    stops = []
+
+    def start_site(name, tls, allowed=()):
+        stop = threading.Event()
+        conn = SiteConnection(name, f"127.0.0.1:{server.port}", tls,
+                              SiteRuntime(name, allowed_trainers=allowed).handle)
+        errors = []
+
+        def run():
+            try:
+                conn.run(stop)
+            except Exception as exc:
+                errors.append(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        stops.append(stop)
+        return conn, errors
+
+    def admin(role="project_admin", name="alice"):
+        tls, _ = ca.issue(name, role)
+        return pb_grpc.AdminStub(secure_channel(f"127.0.0.1:{server.port}", tls))
+
+    yield ca, server, start_site, admin, revoked
+    for stop in stops:
+        stop.set()
+    server.stop()
+
+
+def wait_done(admin_stub, job_id):
+    for update in admin_stub.Watch(pb.JobRef(job_id=job_id), timeout=120):
+        state = json.loads(update.json)
+    return state
+
+
+def test_three_sites_train_the_toy_job_over_mtls(federation):
+    ca, server, start_site, admin, _ = federation
+    for i in range(3):
+        start_site(f"site-{i}", ca.issue(f"site-{i}", "site")[0])
+    assert len(server.transport.wait_for_sites(3, 30)) == 3
+    stub = admin()
+    job_id = stub.Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
+                                          params_json='{"num_rounds": 3}')).job_id
+    state = wait_done(stub, job_id)
+    assert state["status"] == "finished" and state["round_num"] == 3
+    rounds = json.loads(stub.Metrics(pb.JobRef(job_id=job_id)).json)
+    assert [r["round_num"] for r in rounds] == [0, 1, 2, 3]
+    chunks = list(stub.Download(pb.JobRef(job_id=job_id)))
+    from fedcare.transport.codec import decode
+    reply = decode(b"".join(c.data for c in chunks))
+    np.testing.assert_allclose(reply.result.weights["w"], 140 / 60, rtol=1e-6)
+
+
+def test_bad_identities_are_refused(federation, caplog):
+    caplog.set_level(logging.INFO)
+    ca, server, start_site, _, revoked = federation
+    other_ca = ThrowawayCA("intruder-ca")
+    start_site("site-0", other_ca.issue("site-0", "site")[0])
+    expired_tls, _ = ca.issue("site-1", "site", expired=True)
+    start_site("site-1", expired_tls)
+    revoked_tls, serial = ca.issue("site-2", "site")
+    revoked.add(serial)
+    _, err_revoked = start_site("site-2", revoked_tls)
+    _, err_spoof = start_site("site-3", ca.issue("site-4", "site")[0])  # cert for another name
+    _, err_admin = start_site("alice", ca.issue("alice", "project_admin")[0])
+    # a site with a proper certificate gets in, the others never do
+    start_site("site-5", ca.issue("site-5", "site")[0])
+    assert server.transport.wait_for_sites(1, 30) == ["site-5"]
+    for errors in (err_revoked, err_spoof, err_admin):
+        for _ in range(100):
+            if errors:
+                break
+            threading.Event().wait(0.1)
+    assert "revoked" in str(err_revoked[0])
+    assert "certificate is for 'site-4' but the site introduced itself as 'site-3'" in str(
+        err_spoof[0])
+    assert "not a site" in str(err_admin[0])
+    assert server.transport.site_ids() == ["site-5"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "refused site site-2" in logged and "revoked" in logged
+    # a foreign or expired certificate fails the TLS handshake: the site says so and retries
+    for name in ("site-0", "site-1"):
+        assert f"site {name}: connection to 127.0.0.1:{server.port} failed" in logged
+
+
+def test_admin_roles(federation):
+    admin = federation[3]
+    viewer = admin("viewer", "victor")
+    with pytest.raises(grpc.RpcError) as info:
+        viewer.Submit(pb.SubmitRequest(entry_point="toyjob:make_job"))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "victor: role viewer may not submit" in info.value.details()
+    assert json.loads(viewer.Status(pb.Empty()).json) == {"jobs": []}
+    site_admin = admin("site_admin:site-0", "sam")
+    with pytest.raises(grpc.RpcError):
+        site_admin.Abort(pb.JobRef(job_id="x"))
+    project = admin()
+    with pytest.raises(grpc.RpcError) as info:
+        project.Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
+                                        params_json='{"num_rounds": 0}'))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "num_rounds must be >= 1" in info.value.details()
