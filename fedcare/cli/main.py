@@ -114,6 +114,21 @@ def demo_cmd(
         raise _fail(exc) from None
 
 
+def _register() -> None:
+    from fedcare.cli.federation import admin_app, server_app, site_app
+    from fedcare.cli.poc import poc_command
+    from fedcare.cli.provision import provision_app
+
+    app.add_typer(provision_app, name="provision")
+    app.add_typer(server_app, name="server")
+    app.add_typer(site_app, name="site")
+    app.add_typer(admin_app, name="admin")
+    app.command("poc")(poc_command)
+
+
+_register()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

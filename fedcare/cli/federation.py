@@ -1,0 +1,223 @@
+"""``fedcare server|site|admin``: the processes of a real federation, started from kits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedcare.core.config import JobFile, read_job_file
+from fedcare.core.errors import ConfigError, FedcareError, TransportError
+from fedcare.provision import Kit, load_crl, load_kit
+from fedcare.transport.grpc import fedcare_pb2 as pb
+from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.grpc.tls import TlsFiles
+
+console = Console()
+log = logging.getLogger("fedcare")
+server_app = typer.Typer(no_args_is_help=True, help="Run the federation server.")
+site_app = typer.Typer(no_args_is_help=True, help="Run a hospital's site process.")
+admin_app = typer.Typer(no_args_is_help=True, help="Submit and watch jobs as an admin.")
+
+
+def _tls(kit: Kit) -> TlsFiles:
+    return TlsFiles(kit.read_ca(), kit.read_cert(), kit.read_key())
+
+
+def _kit(path: Path, kind: str) -> Kit:
+    kit = load_kit(path)
+    if kit.config.kind != kind:
+        raise ConfigError(f"kit {path} is a {kit.config.kind} kit, not a {kind} kit")
+    return kit
+
+
+def _until_signalled() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=1)
+
+
+@server_app.command("start")
+def server_start(
+    kit_dir: Annotated[Path, typer.Argument(help="the server's startup kit")],
+    port: Annotated[int | None, typer.Option(help="override the kit's port (0: any free)")] = None,
+) -> None:
+    """Start the federation server; it runs submitted jobs until stopped (Ctrl-C, SIGTERM)."""
+    from fedcare.server.admin import AdminService
+    from fedcare.server.service import FederationServer
+
+    try:
+        kit = _kit(kit_dir, "server")
+        crl = kit.crl
+
+        def revoked() -> set[int]:
+            return load_crl(crl) if crl is not None and crl.exists() else set()
+
+        server = FederationServer(
+            _tls(kit), kit.dir / (kit.config.workspace or "workspace"),
+            host=kit.config.server_host, port=kit.config.server_port if port is None else port,
+            revoked=revoked,
+            add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    stop = _until_signalled()
+    server.start()
+    # One parseable line for scripts and tests waiting on readiness.
+    print(f"fedcare server ready on {kit.config.server_host}:{server.port}", flush=True)
+    stop.wait()
+    server.stop()
+
+
+@site_app.command("start")
+def site_start(
+    kit_dir: Annotated[Path, typer.Argument(help="this site's startup kit")],
+    server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
+) -> None:
+    """Connect this site to the server and serve its tasks until stopped."""
+    from fedcare.site.runtime import SiteRuntime
+    from fedcare.transport.grpc.client import SiteConnection
+
+    try:
+        kit = _kit(kit_dir, "site")
+        cfg = kit.config
+        data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+        runtime = SiteRuntime(cfg.name, data_dir=data_dir,
+                              allowed_trainers=cfg.allowed_trainers or ())
+        address = server or f"{cfg.server_host}:{cfg.server_port}"
+        connection = SiteConnection(cfg.name, address, _tls(kit), runtime.handle)
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    stop = _until_signalled()
+    print(f"fedcare site {cfg.name} connecting to {address}", flush=True)
+    try:
+        connection.run(stop)
+    except TransportError as exc:
+        raise _fail(exc) from None
+
+
+def _stub(kit_dir: Path, server: str | None) -> pb_grpc.AdminStub:
+    from fedcare.transport.grpc.client import secure_channel
+
+    kit = _kit(kit_dir, "admin")
+    address = server or f"{kit.config.server_host}:{kit.config.server_port}"
+    return pb_grpc.AdminStub(secure_channel(address, _tls(kit)))
+
+
+def _call(kit_dir: Path, server: str | None, method: str, request: Any) -> Any:
+    try:
+        return getattr(_stub(kit_dir, server), method)(request, timeout=60)
+    except grpc.RpcError as exc:
+        raise _fail(RuntimeError(f"{method.lower()}: {exc.details()}")) from None
+    except FedcareError as exc:
+        raise _fail(exc) from None
+
+
+@admin_app.callback()
+def admin_main(
+    ctx: typer.Context,
+    kit_dir: Annotated[Path, typer.Argument(help="your admin startup kit")],
+    server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
+) -> None:
+    """fedcare admin KIT COMMAND: act on the federation with your admin kit."""
+    ctx.obj = (kit_dir, server)
+
+
+@admin_app.command("submit")
+def admin_submit(ctx: typer.Context, job: Annotated[str, typer.Argument(
+        help="job file (.yaml/.toml/.json) or module:function")],
+        param: Annotated[list[str], typer.Option(help="job parameter key=value")] = [],  # noqa: B006
+        ) -> None:
+    """Submit a job; its entry point must be importable at the server and every site."""
+    from fedcare.cli.main import _parse_params
+
+    try:
+        spec = read_job_file(Path(job)) if Path(job).is_file() else JobFile(entry_point=job)
+        params = {**spec.params, **_parse_params(param)}
+    except (FedcareError, ValueError) as exc:
+        raise _fail(exc) from None
+    reply = _call(*ctx.obj, "Submit", pb.SubmitRequest(
+        entry_point=spec.entry_point, params_json=json.dumps(params)))
+    print(reply.job_id)
+
+
+@admin_app.command("status")
+def admin_status(ctx: typer.Context) -> None:
+    """Jobs and their progress."""
+    jobs = json.loads(_call(*ctx.obj, "Status", pb.Empty()).json)["jobs"]
+    table = Table(title="jobs")
+    for col in ("job", "entry point", "status", "round", "submitted by", "error"):
+        table.add_column(col)
+    for j in jobs:
+        table.add_row(j["job_id"], j["entry_point"], j["status"],
+                      f"{j['round_num']}/{j['num_rounds']}", j["submitted_by"], j["error"] or "")
+    console.print(table)
+
+
+@admin_app.command("sites")
+def admin_sites(ctx: typer.Context) -> None:
+    """Sites connected now."""
+    sites = json.loads(_call(*ctx.obj, "Sites", pb.Empty()).json)["connected"]
+    console.print(f"{len(sites)} site(s) connected: {', '.join(sites) or '-'}")
+
+
+@admin_app.command("abort")
+def admin_abort(ctx: typer.Context, job_id: str) -> None:
+    """Stop a job; its last checkpoint stays."""
+    console.print(json.loads(_call(*ctx.obj, "Abort", pb.JobRef(job_id=job_id)).json))
+
+
+@admin_app.command("download")
+def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.Option(
+        help="folder to write model.npz and metrics.json into")] = Path(".")) -> None:
+    """Download a job's global model (.npz) and per-round metrics (.json)."""
+    import numpy as np
+
+    from fedcare.core.message import TrainResult
+    from fedcare.transport.codec import decode
+
+    try:
+        stub = _stub(*ctx.obj)
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    try:
+        data = b"".join(chunk.data for chunk in stub.Download(pb.JobRef(job_id=job_id)))
+        metrics = stub.Metrics(pb.JobRef(job_id=job_id)).json
+    except grpc.RpcError as exc:
+        raise _fail(RuntimeError(f"download: {exc.details()}")) from None
+    reply = decode(data)
+    assert reply.result is not None and isinstance(reply.result, TrainResult)  # type: ignore[union-attr]
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / f"{job_id}-model.npz", **dict(reply.result.weights))  # type: ignore[union-attr]
+    (out / f"{job_id}-metrics.json").write_text(metrics)
+    console.print(f"wrote {out / f'{job_id}-model.npz'} and {out / f'{job_id}-metrics.json'}")
+
+
+@admin_app.command("watch")
+def admin_watch(ctx: typer.Context, job_id: str) -> None:
+    """Follow a job live until it ends."""
+    try:
+        stub = _stub(*ctx.obj)
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    try:
+        for update in stub.Watch(pb.JobRef(job_id=job_id)):
+            state = json.loads(update.json)
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in state["eval_metrics"].items())
+            console.print(f"{state['job_id']} {state['status']} round "
+                          f"{state['round_num']}/{state['num_rounds']} {metrics}")
+    except grpc.RpcError as exc:
+        raise _fail(RuntimeError(f"watch: {exc.details()}")) from None

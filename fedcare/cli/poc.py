@@ -1,0 +1,190 @@
+"""POC mode: a whole real federation on this machine, as separate processes on 127.0.0.1.
+
+Provisions a throwaway federation (CA, kits), starts the server and every site as their own OS
+processes over mutual TLS, and gives an admin handle: how a new user tries a real deployment in
+one command. Processes are stopped by pid when the POC ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+import yaml
+
+from fedcare.core.errors import FedcareError
+from fedcare.provision import provision
+from fedcare.transport.grpc import fedcare_pb2 as pb
+from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.grpc.client import secure_channel
+from fedcare.transport.grpc.tls import TlsFiles
+
+_READY = re.compile(r"fedcare server ready on (\S+):(\d+)")
+
+
+class PocFederation:
+    """Server and sites as child processes of this one, plus an admin stub."""
+
+    def __init__(self, workdir: Path, site_names: list[str], *, log_dir: Path | None = None
+                 ) -> None:
+        self.workdir = workdir
+        self.site_names = site_names
+        self.log_dir = log_dir or workdir / "logs"
+        self.kits: dict[str, Path] = {}
+        self.server: subprocess.Popen[str] | None = None
+        self.sites: dict[str, subprocess.Popen[bytes]] = {}
+        self.address = ""
+
+    def provision(self) -> None:
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        project = {
+            "name": "poc", "server": {"host": "127.0.0.1", "port": 8443},
+            "sites": [{"name": s, "org": f"{s} (POC)"} for s in self.site_names],
+            "admins": [{"name": "admin", "org": "POC", "role": "project_admin"}],
+        }
+        path = self.workdir / "project.yaml"
+        path.write_text(yaml.safe_dump(project, sort_keys=False))
+        self.kits = provision(path, self.workdir / "kits")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "fedcare.cli", *args]
+
+    def start_server(self, timeout_s: float = 30.0) -> str:
+        """Start (or restart) the server; returns host:port once it is accepting connections."""
+        port = self.address.rsplit(":", 1)[1] if self.address else "0"
+        log = open(self.log_dir / "server.log", "a")  # noqa: SIM115 - owned by the process
+        self.server = subprocess.Popen(
+            self._command("server", "start", str(self.kits["server"]), "--port", port),
+            stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.server.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.server.stdout.readline()
+            if not line:
+                raise FedcareError(f"POC server exited with code {self.server.wait()}; see "
+                                   f"{self.log_dir / 'server.log'}")
+            match = _READY.search(line)
+            if match:
+                self.address = f"{match.group(1)}:{match.group(2)}"
+                return self.address
+        raise FedcareError(f"POC server not ready within {timeout_s} s")
+
+    def start_sites(self) -> None:
+        for name in self.site_names:
+            self.start_site(name)
+
+    def start_site(self, name: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - owned by the process
+        self.sites[name] = subprocess.Popen(
+            self._command("site", "start", str(self.kits[name]), "--server", self.address),
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def admin(self, name: str = "admin") -> pb_grpc.AdminStub:
+        kit = self.kits[name]
+        tls = TlsFiles((kit / "ca.crt").read_bytes(), (kit / "cert.crt").read_bytes(),
+                       (kit / "key.pem").read_bytes())
+        return pb_grpc.AdminStub(secure_channel(self.address, tls))
+
+    def wait_for_sites(self, count: int, timeout_s: float = 60.0) -> list[str]:
+        stub = self.admin()
+        deadline = time.monotonic() + timeout_s
+        sites: list[str] = []
+        while time.monotonic() < deadline:
+            sites = json.loads(stub.Sites(pb.Empty(), timeout=10).json)["connected"]
+            if len(sites) >= count:
+                return sites
+            time.sleep(0.05)
+        raise FedcareError(f"only {len(sites)} of {count} POC sites connected: {sites}")
+
+    def kill_server(self) -> None:
+        """SIGKILL, as a crash would: no clean shutdown."""
+        if self.server is not None:
+            os.kill(self.server.pid, signal.SIGKILL)
+            self.server.wait()
+
+    def stop(self) -> None:
+        procs = [p for p in [self.server, *self.sites.values()] if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.server is not None and self.server.stdout is not None:
+            self.server.stdout.close()
+
+    def __enter__(self) -> PocFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def poc_command(
+    sites: Annotated[int, typer.Option(help="number of sites")] = 2,
+    site_names: Annotated[str | None, typer.Option(
+        help="comma-separated site names (default site-1..site-N)")] = None,
+    job: Annotated[str | None, typer.Option(
+        help="job file or module:function to submit and watch")] = None,
+    workdir: Annotated[Path, typer.Option(help="POC folder (wiped first)")] = Path("poc"),
+) -> None:
+    """A real federation on this machine: server and sites as processes over mTLS."""
+    from rich.console import Console
+
+    console = Console()
+    names = site_names.split(",") if site_names else [f"site-{i}" for i in range(1, sites + 1)]
+    started = time.monotonic()
+    fed = PocFederation(workdir.resolve(), names)
+    try:
+        fed.provision()
+        address = fed.start_server()
+        fed.start_sites()
+        fed.wait_for_sites(len(names))
+        console.print(f"POC federation up in {time.monotonic() - started:.1f} s: server "
+                      f"{address}, sites {', '.join(names)}; logs in {fed.log_dir}")
+        admin = fed.kits["admin"]
+        if job is None:
+            console.print(f"try: fedcare admin {admin} --server {address} submit "
+                          "examples/quickstart/job.yaml\nCtrl-C stops everything.")
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+            return
+        from fedcare.core.config import JobFile, read_job_file
+
+        spec = read_job_file(Path(job)) if Path(job).is_file() else JobFile(entry_point=job)
+        job_id = fed.admin().Submit(pb.SubmitRequest(
+            entry_point=spec.entry_point, params_json=json.dumps(spec.params)), timeout=60).job_id
+        first_round = None
+        for update in fed.admin().Watch(pb.JobRef(job_id=job_id)):
+            state = json.loads(update.json)
+            if first_round is None and state["round_num"] >= 1:
+                first_round = time.monotonic() - started
+                console.print(f"first round done {first_round:.1f} s after poc started")
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in state["eval_metrics"].items())
+            console.print(f"{job_id} {state['status']} round {state['round_num']}/"
+                          f"{state['num_rounds']} {metrics} {state['error'] or ''}")
+    except (FedcareError, grpc.RpcError) as exc:
+        detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+        console.print(f"[bold red]error:[/] {detail}")
+        raise typer.Exit(code=1) from None
+    finally:
+        fed.stop()
