@@ -271,7 +271,7 @@ class RoundController:
     def _check(kind: TaskKind, reply: Reply) -> str | None:
         """Why a reply cannot be used, or None. Names the offending field."""
         if reply.error is not None:
-            return f"trainer failed: {reply.error}"
+            return reply.error
         result = reply.result
         if not isinstance(result, _RESULT_TYPES[kind]):
             return f"sent {type(result).__name__} for a {kind.value} task"

@@ -48,7 +48,8 @@ class SiteAgent:
         except Exception as exc:
             log.warning("site %s: %s task %s failed: %s: %s",
                         self.site_id, task.kind, task.task_id, type(exc).__name__, exc)
-            return Reply(task.task_id, self.site_id, error=f"{type(exc).__name__}: {exc}")
+            return Reply(task.task_id, self.site_id,
+                         error=f"{task.kind.value} raised {type(exc).__name__}: {exc}")
         return Reply(task.task_id, self.site_id, result=result)
 
     def _run(self, task: Task) -> Result:

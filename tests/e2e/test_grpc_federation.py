@@ -127,3 +127,76 @@ def test_admin_roles(federation):
                                         params_json='{"num_rounds": 0}'))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "num_rounds must be >= 1" in info.value.details()
+
+
+def _rogue_stream(ca, server, mode):
+    """A site with a valid certificate that answers its first task with a bad stream."""
+    import queue
+
+    from fedcare import Weights
+    from fedcare.core.message import EvalResult, Reply, TrainResult
+    from fedcare.transport.codec import Hello, encode
+
+    tls, _ = ca.issue("site-2", "site")
+    outbox = queue.Queue()
+    outbox.put(pb.Chunk(data=encode(Hello(site_id="site-2")),
+                        total_size=len(encode(Hello(site_id="site-2"))), last=True))
+
+    def requests():
+        while (chunk := outbox.get()) is not None:
+            yield chunk
+
+    stub = pb_grpc.FederationStub(secure_channel(f"127.0.0.1:{server.port}", tls))
+    responses = stub.Connect(requests())
+
+    def serve():
+        try:
+            chunk = next(responses)
+            while not chunk.last:
+                chunk = next(responses)
+            good = encode(Reply("x", "site-2", result=EvalResult(1)))
+            if mode == "malformed":
+                outbox.put(pb.Chunk(data=b"NOPE" + good[4:], total_size=len(good), last=True))
+            elif mode == "truncated":
+                outbox.put(pb.Chunk(data=good[:-5], total_size=len(good), last=True))
+            elif mode == "oversized":
+                outbox.put(pb.Chunk(data=good[:10], total_size=2**40, last=False))
+            elif mode == "checksum":  # flip one bit of the tensor bytes
+                model = encode(Reply("x", "site-2", result=TrainResult(
+                    Weights({"w": np.ones(4, np.float32)}), 1)))
+                outbox.put(pb.Chunk(data=model[:-1] + bytes([model[-1] ^ 1]),
+                                    total_size=len(model), last=True))
+            for _ in responses:
+                pass
+        except grpc.RpcError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return outbox
+
+
+@pytest.mark.parametrize("mode", ["malformed", "truncated", "oversized", "checksum"])
+def test_bad_chunks_are_refused_without_touching_other_sites(federation, mode, caplog):
+    ca, server, start_site, admin, _ = federation
+    for i in range(2):
+        start_site(f"site-{i}", ca.issue(f"site-{i}", "site")[0])
+    outbox = _rogue_stream(ca, server, mode)
+    assert len(server.transport.wait_for_sites(3, 30)) == 3
+    stub = admin()
+    job_id = stub.Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
+                                          params_json='{"num_rounds": 2, "min_sites": 2}')).job_id
+    state = wait_done(stub, job_id)
+    outbox.put(None)
+    assert state["status"] == "finished", state
+    rounds = json.loads(stub.Metrics(pb.JobRef(job_id=job_id)).json)
+    # the aggregate is exactly that of sites 0 and 1: (10*1 + 20*2) / 30
+    chunks = list(stub.Download(pb.JobRef(job_id=job_id)))
+    from fedcare.transport.codec import decode
+    np.testing.assert_allclose(decode(b"".join(c.data for c in chunks)).result.weights["w"],
+                               50 / 30, rtol=1e-6)
+    failures = [f for r in rounds for f in r["failures"] if f["site_id"] == "site-2"]
+    assert failures, rounds
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    expected = {"malformed": "bad magic", "truncated": "message ended after",
+                "oversized": "limit is", "checksum": "checksum mismatch"}[mode]
+    assert "site site-2: " in logged and expected in logged
