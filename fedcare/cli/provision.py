@@ -9,66 +9,52 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedcare.core.errors import FedcareError
+from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.provision import add_site, load_kit, provision, revoke
 
 console = Console()
-provision_app = typer.Typer(
-    invoke_without_command=True,
-    help="fedcare provision PROJECT.yaml -o KITS: make a CA and one startup kit per participant.")
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code=1)
 
 
 def _show(kits: dict[str, Path]) -> None:
     table = Table(title="startup kits")
-    for col in ("name", "kind", "role", "kit", "start with"):
+    for col in ("name", "kind", "role", "kit"):
         table.add_column(col)
     for name, path in kits.items():
         cfg = load_kit(path).config
-        start = (path / "start.sh").read_text().splitlines()[-1].replace("exec ", "")
-        table.add_row(name, cfg.kind, cfg.role or "", str(path),
-                      start.replace('"$(dirname "$0")"', str(path)).replace(' "$@"', ""))
+        table.add_row(name, cfg.kind, cfg.role or "", str(path))
     console.print(table)
 
 
-@provision_app.callback()
-def provision_main(
-    ctx: typer.Context,
+def provision_command(
     project: Annotated[Path | None, typer.Argument(help="project file (YAML)")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="folder for the kits")] = Path("kits"),
+    out: Annotated[Path, typer.Option("-o", "--out", help="folder of the kits")] = Path("kits"),
+    add_site_name: Annotated[str | None, typer.Option(
+        "--add-site", help="add a site to the federation in --out")] = None,
+    org: Annotated[str | None, typer.Option(help="organisation of the added site")] = None,
+    revoke_name: Annotated[str | None, typer.Option(
+        "--revoke", help="revoke a participant of the federation in --out")] = None,
 ) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
-    if project is None:
-        console.print(ctx.get_help())
-        raise typer.Exit(code=2)
+    """Make a CA and one startup kit per participant; or --add-site / --revoke later.
+
+    fedcare provision project.yaml -o kits/
+    fedcare provision --add-site hospital-e --org "St Mary" -o kits/
+    fedcare provision --revoke hospital-e -o kits/
+    """
     try:
-        kits = provision(project, out)
+        if add_site_name is not None:
+            if not org:
+                raise ConfigError("--add-site needs --org")
+            _show({add_site_name: add_site(out, add_site_name, org)})
+        elif revoke_name is not None:
+            crl = revoke(out, revoke_name)
+            console.print(f"revoked {revoke_name}; CRL updated: {crl} and "
+                          f"{out / 'server' / 'crl.pem'} (the server reads it on every call)")
+        elif project is not None:
+            _show(provision(project, out))
+            console.print(f"CA key kept in {out / '.ca'} (in no kit). Send each kit to its "
+                          "owner; each kit's start.sh starts it.")
+        else:
+            raise ConfigError("give a project file, --add-site or --revoke")
     except FedcareError as exc:
-        raise _fail(exc) from None
-    _show(kits)
-    console.print(f"CA key kept in {out / '.ca'} (not in any kit). Send each kit to its owner.")
-
-
-@provision_app.command("add-site")
-def add_site_cmd(kits: Path, name: str,
-                 org: Annotated[str, typer.Option(help="the site's organisation")]) -> None:
-    """Add a site to a provisioned federation without re-provisioning the others."""
-    try:
-        _show({name: add_site(kits, name, org)})
-    except FedcareError as exc:
-        raise _fail(exc) from None
-
-
-@provision_app.command("revoke")
-def revoke_cmd(kits: Path, name: str) -> None:
-    """Revoke a participant's certificate; the server refuses it from its next connection."""
-    try:
-        crl = revoke(kits, name)
-    except FedcareError as exc:
-        raise _fail(exc) from None
-    console.print(f"revoked {name}; CRL updated: {crl} and {kits / 'server' / 'crl.pem'}")
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=1) from None

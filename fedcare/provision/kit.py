@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
 
 from fedcare.core.errors import ConfigError
 from fedcare.provision import pki
@@ -23,6 +24,7 @@ from fedcare.provision.project import (
     KitConfig,
     ProjectConfig,
     SiteSpec,
+    format_errors,
     load_project,
     read_yaml_model,
 )
@@ -128,9 +130,13 @@ def add_site(out_dir: Path, name: str, org: str) -> Path:
     """Sign a kit for a new site with the existing CA; other kits stay untouched."""
     ca = _Ca.load(out_dir)
     project = load_project(ca.directory / "project.yaml")
-    spec = SiteSpec(name=name, org=org)
-    updated = ProjectConfig.model_validate(
-        {**project.model_dump(), "sites": [*project.model_dump()["sites"], spec.model_dump()]})
+    try:
+        spec = SiteSpec(name=name, org=org)
+        updated = ProjectConfig.model_validate(
+            {**project.model_dump(), "sites": [*project.model_dump()["sites"],
+                                               spec.model_dump()]})
+    except ValidationError as exc:
+        raise ConfigError(f"cannot add site {name!r}: {format_errors(exc)}") from None
     kit_dir = _kit(ca, updated, out_dir, name, org, "site", "site")
     (ca.directory / "project.yaml").write_text(
         yaml.safe_dump(updated.model_dump(exclude_none=True), sort_keys=False))

@@ -18,8 +18,10 @@ ALLOWED = {
     "server": {"core", "algorithms", "transport", "server"},
     "sim": {"core", "algorithms", "transport", "server", "site", "sim"},
     "datasets": {"datasets"},
+    "provision": {"core", "provision"},
 }
-TORCH_FREE = {"core", "algorithms", "transport", "site", "server", "sim", "datasets"}
+TORCH_FREE = {"core", "algorithms", "transport", "site", "server", "sim", "datasets",
+              "provision"}
 
 
 def imports(path: Path) -> set[str]:
@@ -53,7 +55,8 @@ def test_core_layers_never_import_torch_or_pickle(layer):
 
 
 @pytest.mark.parametrize("package", ["fedcare", "fedcare.core", "fedcare.server",
-                                     "fedcare.transport", "fedcare.site", "fedcare.algorithms"])
+                                     "fedcare.transport", "fedcare.site", "fedcare.algorithms",
+                                     "fedcare.provision"])
 def test_public_names_are_exported(package):
     module = __import__(package, fromlist=["__all__"])
     assert sorted(module.__all__) == list(module.__all__)
