@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedcare.cli.plot import learning_curve
+from fedcare.cli.poc import PocFederation
 from fedcare.cli.progress import RichProgress
+from fedcare.core.errors import FedcareError
 from fedcare.datasets.heart import HOSPITALS
-from fedcare.jobs.heart_demo import FLAMBY_REFERENCE, run_seed, summarise, write_summary
+from fedcare.jobs.heart_demo import (
+    ENTRY_POINT,
+    FLAMBY_REFERENCE,
+    SeedResult,
+    run_seed,
+    seed_result,
+    summarise,
+    write_summary,
+)
+from fedcare.server.history import History, record_from_dict
+from fedcare.transport.grpc import fedcare_pb2 as pb
 
 HOSPITAL_NAMES = {
     "cleveland": "Cleveland",
@@ -20,20 +34,63 @@ HOSPITAL_NAMES = {
 }
 
 
+def _run_seed_federated(console: Console, fed: PocFederation, seed: int,
+                        params: dict[str, object], seed_dir: Path) -> tuple[SeedResult, History]:
+    """Submit the heart job to the real federation as an admin and follow it to the end."""
+    admin = fed.admin()
+    job_id = admin.Submit(pb.SubmitRequest(entry_point=ENTRY_POINT, params_json=json.dumps(
+        {**params, "seed": seed})), timeout=60).job_id
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  console=console) as progress:
+        bar = progress.add_task(f"seed {seed} {job_id} rounds", total=None, info="")
+        for update in admin.Watch(pb.JobRef(job_id=job_id), timeout=3600):
+            state = json.loads(update.json)
+            info = " ".join(f"{k}={v:.3f}" for k, v in state["eval_metrics"].items())
+            progress.update(bar, total=state["num_rounds"], completed=state["round_num"],
+                            info=info)
+    if state["status"] != "finished":
+        raise FedcareError(f"job {job_id} {state['status']}: {state['error']}")
+    history = History()
+    for record in json.loads(admin.Metrics(pb.JobRef(job_id=job_id), timeout=60).json):
+        history.append(record_from_dict(record))
+    history.write(seed_dir)
+    return seed_result(seed, params, history, seed_dir), history
+
+
 def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bool,
-                   params: dict[str, object] | None = None) -> None:
+                   params: dict[str, object] | None = None, federated: bool = True) -> None:
     console.print("[bold]fedcare demo:[/] Fed-Heart-Disease, 4 hospitals, 740 patients "
                   "(UCI, CC BY 4.0). Feature scaling is computed federatedly; no row leaves "
                   "a site.")
+    params = params or {}
+    fed = None
+    if federated:
+        fed = PocFederation(run_dir / "federation", list(HOSPITALS))
+        fed.provision()
+        address = fed.start_server()
+        fed.start_sites()
+        fed.wait_for_sites(len(HOSPITALS))
+        console.print(f"real federation on this machine: server {address} and 4 hospital "
+                      "site processes, mutual TLS (kits in "
+                      f"{fed.workdir / 'kits'}, logs in {fed.log_dir})")
     results = []
-    for seed in range(seeds):
-        seed_dir = run_dir / f"seed-{seed}"
-        with RichProgress(console, f"seed {seed}") as progress:
-            seed_result, run = run_seed(seed, run_dir=seed_dir, processes=processes,
-                                        listener=progress, params=params)
-        learning_curve(run.history, seed_dir / "learning_curve.png",
-                       title=f"Fed-Heart-Disease FedAvg, seed {seed}")
-        results.append(seed_result)
+    try:
+        for seed in range(seeds):
+            seed_dir = run_dir / f"seed-{seed}"
+            if fed is not None:
+                result, history = _run_seed_federated(console, fed, seed, params, seed_dir)
+            else:
+                with RichProgress(console, f"seed {seed} (simulated)") as progress:
+                    result, run = run_seed(seed, run_dir=seed_dir, processes=processes,
+                                           listener=progress, params=params)
+                history = run.history
+            learning_curve(history, seed_dir / "learning_curve.png",
+                           title=f"Fed-Heart-Disease FedAvg, seed {seed}")
+            results.append(result)
+    finally:
+        if fed is not None:
+            fed.stop()
     table = summarise(results)
     write_summary(run_dir, results, table)
     if seeds == 1:

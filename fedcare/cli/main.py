@@ -95,7 +95,9 @@ def simulate_cmd(
 def demo_cmd(
     name: Annotated[str, typer.Argument(help="which demo: heart")] = "heart",
     seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 1,
-    processes: Annotated[bool, typer.Option(help="one OS process per hospital")] = False,
+    simulate: Annotated[bool, typer.Option(
+        "--simulate", help="run in the simulator instead of a real local federation")] = False,
+    processes: Annotated[bool, typer.Option(help="with --simulate: one process per site")] = False,
     param: Annotated[list[str], typer.Option(help="heart job parameter key=value")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
 ) -> None:
@@ -109,7 +111,7 @@ def demo_cmd(
     try:
         params = _parse_params(param)
         run_heart_demo(console, _run_dir(out, "heart-demo"), seeds=seeds, processes=processes,
-                       params=params)
+                       params=params, federated=not simulate)
     except FedcareError as exc:
         raise _fail(exc) from None
 

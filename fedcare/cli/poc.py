@@ -89,9 +89,12 @@ class PocFederation:
 
     def start_site(self, name: str) -> None:
         log = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - owned by the process
+        # All sites share this machine's cores: one math thread each, or OpenMP threads
+        # spin-waiting in N processes starve each other (a real site has its own machine).
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         self.sites[name] = subprocess.Popen(
             self._command("site", "start", str(self.kits[name]), "--server", self.address),
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def admin(self, name: str = "admin") -> pb_grpc.AdminStub:
         kit = self.kits[name]

@@ -18,6 +18,7 @@ from fedcare.datasets.heart import HOSPITALS
 from fedcare.jobs.heart_baselines import BaselineResult, run_baselines
 from fedcare.server.controller import RunResult
 from fedcare.server.events import RunListener
+from fedcare.server.history import History
 from fedcare.sim.simulator import simulate
 
 ENTRY_POINT = "fedcare.jobs.heart:make_job"
@@ -33,14 +34,15 @@ class SeedResult:
     run_dir: str | None
 
 
-def run_seed(seed: int, *, run_dir: Path | None, processes: bool = False,
-             listener: RunListener | None = None, params: dict[str, object] | None = None
-             ) -> tuple[SeedResult, RunResult]:
-    """One federated run plus both baselines on the same split."""
-    job_params = {**(params or {}), "seed": seed}
-    job = load_job(ENTRY_POINT, job_params)
-    result = simulate(job, processes=processes, run_dir=run_dir, listener=listener)
-    last = result.history.rounds[-1]
+def seed_result(seed: int, job_params: dict[str, object], history: History,
+                run_dir: Path | None) -> SeedResult:
+    """FedAvg's per-hospital accuracy after the last round, and both baselines on the same split.
+
+    ``history`` may come from the simulator or from a real federation: the demo's table does
+    not care which transport produced it.
+    """
+    job = load_job(ENTRY_POINT, {**job_params, "seed": seed})
+    last = history.rounds[-1]
     fedavg = {s: last.site_eval[s].metrics["accuracy"] for s in HOSPITALS if s in last.site_eval}
     strategy_config = dict(job.strategy.configure_train(1, HOSPITALS[0]))
     baselines = run_baselines(
@@ -48,7 +50,17 @@ def run_seed(seed: int, *, run_dir: Path | None, processes: bool = False,
         lr=float(strategy_config["lr"]), batch_size=int(strategy_config["batch_size"]),
         weight_decay=float(strategy_config["weight_decay"]),
     )
-    return SeedResult(seed, fedavg, baselines, str(run_dir) if run_dir else None), result
+    return SeedResult(seed, fedavg, baselines, str(run_dir) if run_dir else None)
+
+
+def run_seed(seed: int, *, run_dir: Path | None, processes: bool = False,
+             listener: RunListener | None = None, params: dict[str, object] | None = None
+             ) -> tuple[SeedResult, RunResult]:
+    """One simulated federated run plus both baselines on the same split."""
+    job_params = {**(params or {}), "seed": seed}
+    result = simulate(load_job(ENTRY_POINT, job_params), processes=processes, run_dir=run_dir,
+                      listener=listener)
+    return seed_result(seed, params or {}, result.history, run_dir), result
 
 
 def summarise(results: list[SeedResult]) -> dict[str, dict[str, float]]:
