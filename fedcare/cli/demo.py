@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -13,6 +14,7 @@ from fedcare.cli.plot import learning_curve
 from fedcare.cli.poc import PocFederation
 from fedcare.cli.progress import RichProgress
 from fedcare.core.errors import FedcareError
+from fedcare.core.message import Reply, TrainResult
 from fedcare.datasets.heart import HOSPITALS
 from fedcare.jobs.heart_demo import (
     ENTRY_POINT,
@@ -24,6 +26,7 @@ from fedcare.jobs.heart_demo import (
     write_summary,
 )
 from fedcare.server.history import History, record_from_dict
+from fedcare.transport.codec import decode
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
 HOSPITAL_NAMES = {
@@ -55,6 +58,10 @@ def _run_seed_federated(console: Console, fed: PocFederation, seed: int,
     for record in json.loads(admin.Metrics(pb.JobRef(job_id=job_id), timeout=60).json):
         history.append(record_from_dict(record))
     history.write(seed_dir)
+    data = b"".join(c.data for c in admin.Download(pb.JobRef(job_id=job_id), timeout=600))
+    downloaded = decode(data)
+    assert isinstance(downloaded, Reply) and isinstance(downloaded.result, TrainResult)
+    np.savez(seed_dir / "global_model.npz", **dict(downloaded.result.weights))
     return seed_result(seed, params, history, seed_dir), history
 
 
@@ -97,8 +104,8 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
         (run_dir / "learning_curve.png").write_bytes(
             (run_dir / "seed-0" / "learning_curve.png").read_bytes())
     _print_table(console, table, seeds)
-    console.print(f"run folder: [bold]{run_dir}[/] (summary.csv, summary.json, "
-                  "seed-*/metrics.csv, metrics.json, learning_curve.png, checkpoints/)")
+    console.print(f"run folder: [bold]{run_dir}[/] (summary.csv, summary.json, seed-*/: "
+                  "metrics.csv, metrics.json, learning_curve.png, global model)")
 
 
 def _print_table(console: Console, table: dict[str, dict[str, float]], seeds: int) -> None:

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 TESTS = Path(__file__).parents[1]
 FEDCARE = [sys.executable, "-m", "fedcare.cli"]
 
@@ -44,8 +47,10 @@ def test_wrong_number_of_sites_for_natural_partition(tmp_path):
     assert "the job has 4 natural sites" in " ".join(out.stdout.split())
 
 
-def test_demo_prints_the_table_and_writes_the_run_folder(tmp_path):
-    out = run("demo", "heart", "--out", str(tmp_path), cwd=tmp_path)
+@pytest.mark.parametrize("mode", ["federated", "simulated"])
+def test_demo_prints_the_table_and_writes_the_run_folder(tmp_path, mode):
+    extra = ["--simulate"] if mode == "simulated" else []
+    out = run("demo", "heart", "--out", str(tmp_path), *extra, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for label in ("Cleveland", "Budapest", "Zurich+Basel", "VA Long Beach", "mean",
@@ -57,4 +62,9 @@ def test_demo_prints_the_table_and_writes_the_run_folder(tmp_path):
     mean = dict(zip(summary[0].split(","), summary[-1].split(","), strict=True))
     assert float(mean["fedavg"]) > 0.7 and float(mean["pooled"]) > 0.7
     assert (run_dir / "learning_curve.png").stat().st_size > 10_000
-    assert (run_dir / "seed-0" / "checkpoints" / "latest.json").exists()
+    if mode == "simulated":
+        assert (run_dir / "seed-0" / "checkpoints" / "latest.json").exists()
+    else:
+        assert "real federation on this machine" in text
+        with np.load(run_dir / "seed-0" / "global_model.npz") as model:
+            assert model["linear.weight"].shape == (1, 13)
