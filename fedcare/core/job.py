@@ -56,6 +56,8 @@ class Job:
             or None when any number of sites will do.
         statistics: Optional federated statistics computed before round 1.
         seed: Seeds model initialisation, site selection and simulated partitions.
+        evaluate_every: Federated evaluation every this many rounds (and after the last);
+            0 never evaluates.
         source: Set when the job was loaded from an entry point; needed to rebuild it in a
             separate site process.
     """
@@ -70,6 +72,7 @@ class Job:
     site_ids: tuple[str, ...] | None = None
     statistics: FederatedStatistic | None = None
     seed: int = 0
+    evaluate_every: int = 1
     source: JobSource | None = None
 
     def __post_init__(self) -> None:
@@ -77,6 +80,9 @@ class Job:
             raise ConfigError(f"job name must be letters, digits, '-' or '_', got {self.name!r}")
         if self.num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}", job_id=self.name)
+        if self.evaluate_every < 0:
+            raise ConfigError(f"evaluate_every must be >= 0, got {self.evaluate_every}",
+                              job_id=self.name)
         if self.min_sites < 1:
             raise ConfigError(f"min_sites must be >= 1, got {self.min_sites}", job_id=self.name)
         if not self.round_timeout_s > 0:

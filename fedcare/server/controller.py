@@ -175,9 +175,10 @@ class RoundController:
                 self._fail(failures, SiteFailure(
                     site_id, round_num, "train", "model does not match: " + "; ".join(problems)))
                 continue
-            aggregator.add(site_id, result)  # the result is dropped after this
+            aggregator.add(site_id, result)
             train_metrics.add(result.num_samples, result.metrics)
             trained.append(site_id)
+            del result  # dropped before the next one is received: one upload in memory
         self._require(aggregator.num_results, round_num, "train", failures)
         new_weights = aggregator.finish()
         bad = non_finite(new_weights)
@@ -198,8 +199,10 @@ class RoundController:
         site_eval: dict[str, SiteEval] = {}
         overall = WeightedMetrics()
         strategy = self.job.strategy
+        every = self.job.evaluate_every
+        evaluate = every > 0 and (round_num % every == 0 or round_num == self.job.num_rounds)
         for site_id, result in self._gather(
-            TaskKind.EVALUATE, round_num, self._available(), weights,
+            TaskKind.EVALUATE, round_num, self._available() if evaluate else [], weights,
             lambda s: strategy.configure_evaluate(round_num, s), failures,
         ):
             assert isinstance(result, EvalResult)
@@ -261,7 +264,10 @@ class RoundController:
                 self._fail(failures, SiteFailure(site_id, round_num, kind.value, problem))
                 continue
             assert reply.result is not None
-            yield site_id, reply.result
+            result = reply.result
+            del reply  # hold no reference while waiting for the next reply (memory)
+            yield site_id, result
+            del result
         for site_id in pending.values():
             self._fail(failures, SiteFailure(
                 site_id, round_num, kind.value,

@@ -54,6 +54,7 @@ class Reassembler:
         self.max_bytes = max_bytes
         self._buffer: bytearray | None = None
         self._expected = 0
+        self._filled = 0
 
     @property
     def in_progress(self) -> bool:
@@ -67,17 +68,24 @@ class Reassembler:
                                      f"limit is {self.max_bytes}")
             if chunk.total_size == 0 and not (chunk.last and not chunk.data):
                 raise TransportError("first chunk of a message does not announce its size")
-            self._buffer = bytearray()
+            # Sized once: a large zeroed allocation is mapped lazily, so memory grows only as
+            # bytes arrive, and there is no doubling as there would be with appends.
+            self._buffer = bytearray(chunk.total_size)
             self._expected = chunk.total_size
+            self._filled = 0
         elif chunk.total_size:
             raise TransportError("chunk announces a new message before the last one ended")
-        self._buffer += chunk.data
-        if len(self._buffer) > self._expected:
+        end = self._filled + len(chunk.data)
+        if end > self._expected:
+            self._buffer = None
             raise TransportError(f"message longer than the {self._expected} bytes announced")
+        self._buffer[self._filled:end] = chunk.data
+        self._filled = end
         if not chunk.last:
             return None
-        if len(self._buffer) != self._expected:
-            raise TransportError(f"message ended after {len(self._buffer)} of "
-                                 f"{self._expected} bytes announced")
+        if self._filled != self._expected:
+            filled, self._buffer = self._filled, None
+            raise TransportError(f"message ended after {filled} of {self._expected} bytes "
+                                 "announced")
         data, self._buffer = self._buffer, None
         return data

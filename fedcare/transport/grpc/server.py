@@ -57,7 +57,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         port: int = 0,
         authorize: Authorize | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        receive_permits: int = 2,
+        receive_permits: int = 1,
+        send_permits: int = 2,
         max_workers: int = 64,
         add_services: Callable[[grpc.Server], None] | None = None,
     ) -> None:
@@ -69,6 +70,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         self._outstanding: dict[str, set[str]] = {}
         self._replies: queue.Queue[tuple[Reply, bool]] = queue.Queue()
         self._permits = threading.BoundedSemaphore(receive_permits)
+        self._send_permits = threading.BoundedSemaphore(send_permits)
         self._held = False
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
@@ -110,7 +112,10 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                          name=f"grpc-read-{identity.name}", daemon=True).start()
         context.add_callback(lambda: self._close_session(session, "connection closed"))
         while (parts := session.outbox.get()) is not None:
-            yield from to_chunks(parts)
+            # Stream at most ``send_permits`` messages at once: gRPC buffers what it is handed,
+            # so N concurrent broadcasts of a large model would cost N copies in memory.
+            with self._send_permits:
+                yield from to_chunks(parts)
 
     def _read_hello(self, request_iterator: Iterator[pb.Chunk]) -> object:
         reassembler = Reassembler(_HELLO_LIMIT)
@@ -160,6 +165,9 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                                 session.site_id, reply.task_id)
                     self._permits.release()
                 holding = False
+                # Drop our references now: this thread next blocks until the site's next
+                # message, possibly a round later, and must not keep this one alive meanwhile.
+                del data, reply
         except TransportError as exc:
             reason = f"protocol violation: {exc}"
             log.error("site %s: %s; closing its connection", session.site_id, exc)

@@ -1,0 +1,175 @@
+"""Transport benchmark: a real multi-process mTLS federation on loopback vs a plain Python loop.
+
+    .venv/bin/python bench/transport.py            # full run (several minutes, ~6 GB RAM)
+    .venv/bin/python bench/transport.py --quick    # small models only
+
+For 1 M and 25 M float32 parameters with 2 and 8 sites (trivial local training, no evaluation):
+per-round wall time, bytes on the wire (loopback interface counters: TLS, HTTP/2, TCP, all of
+it), and the server's peak RSS above its idle RSS; the same FedAvg as a plain in-process loop
+is the floor. Also one round trip of a 1 GiB model, and the time from starting a POC to the end
+of its first round. Prints one JSON object, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "bench"), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+import benchjob  # noqa: E402
+
+from fedcare.cli.poc import PocFederation  # noqa: E402
+from fedcare.transport.grpc import fedcare_pb2 as pb  # noqa: E402
+
+
+def loopback_bytes() -> int:
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        if line.strip().startswith("lo:"):
+            return int(line.split(":", 1)[1].split()[8])  # transmitted bytes
+    return 0
+
+
+def proc_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def floor_round_s(num_params: int, num_sites: int, rounds: int = 3) -> float:
+    """FedAvg with no framework: same model, same local step, a Python loop."""
+    weights = benchjob.model(num_params)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        acc = {k: np.zeros(v.shape, np.float64) for k, v in weights.items()}
+        total = 0
+        for site in range(num_sites):
+            local = benchjob.local_step(weights)
+            n = 100 + site
+            for k, v in local.items():
+                acc[k] += n * v
+            total += n
+        weights = benchjob.Weights({k: (a / total).astype(np.float32) for k, a in acc.items()})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def federation_run(num_params: int, num_sites: int, rounds: int = 3) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        fed = PocFederation(Path(tmp) / "poc", [f"site-{i}" for i in range(num_sites)])
+        try:
+            fed.provision()
+            fed.start_server()
+            fed.start_sites()
+            fed.wait_for_sites(num_sites)
+            server_pid = fed.server.pid  # type: ignore[union-attr]
+            admin = fed.admin()
+            time.sleep(0.5)
+            idle_kib = proc_kib(server_pid, "VmRSS")
+            wire_before = loopback_bytes()
+            job_id = admin.Submit(pb.SubmitRequest(
+                entry_point="benchjob:make_job", params_json=json.dumps(
+                    {"num_params": num_params, "num_rounds": rounds})), timeout=60).job_id
+            for update in admin.Watch(pb.JobRef(job_id=job_id), timeout=3600):
+                state = json.loads(update.json)
+            wire = loopback_bytes() - wire_before
+            peak_kib = proc_kib(server_pid, "VmHWM")
+            if state["status"] != "finished":
+                raise RuntimeError(f"bench job {state['status']}: {state['error']}")
+            records = json.loads(admin.Metrics(pb.JobRef(job_id=job_id), timeout=60).json)
+        finally:
+            fed.stop()
+    durations = [r["duration_s"] for r in records if r["round_num"] >= 1]
+    model_bytes = num_params * 4
+    raw = model_bytes * num_sites * 2 * rounds  # each round: model out and back, per site
+    return {
+        "round_s_median": float(np.median(durations)),
+        "round_s_first": durations[0],
+        "wire_bytes": wire,
+        "raw_tensor_bytes": raw,
+        "wire_over_raw": wire / raw,
+        "throughput_MBps": raw / rounds / float(np.median(durations)) / 1e6,
+        "server_idle_MiB": idle_kib / 1024,
+        "server_peak_above_idle_MiB": (peak_kib - idle_kib) / 1024,
+        "peak_above_idle_over_model": (peak_kib - idle_kib) * 1024 / model_bytes,
+    }
+
+
+def poc_first_round_s() -> float:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        fed = PocFederation(Path(tmp) / "poc", ["site-1", "site-2"])
+        try:
+            fed.provision()
+            fed.start_server()
+            fed.start_sites()
+            fed.wait_for_sites(2)
+            admin = fed.admin()
+            job_id = admin.Submit(pb.SubmitRequest(entry_point="benchjob:make_job",
+                                                   params_json='{"num_params": 1000}'),
+                                  timeout=60).job_id
+            for update in admin.Watch(pb.JobRef(job_id=job_id), timeout=600):
+                if json.loads(update.json)["round_num"] >= 1:
+                    return time.monotonic() - started
+        finally:
+            fed.stop()
+    raise RuntimeError("the POC job never completed a round")
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="1 M parameters only, no 1 GiB")
+    args = parser.parse_args()
+    sizes = [1_000_000] if args.quick else [1_000_000, 25_000_000]
+    cases = []
+    for num_params in sizes:
+        for num_sites in (2, 8):
+            fed = federation_run(num_params, num_sites)
+            floor = floor_round_s(num_params, num_sites)
+            cases.append({"num_params": num_params, "num_sites": num_sites,
+                          "floor_round_s": floor, **fed,
+                          "round_over_floor": fed["round_s_median"] / floor})
+            print(f"done {num_params} x {num_sites}", file=sys.stderr, flush=True)
+    gib = None if args.quick else federation_run(1024**3 // 4, 1, rounds=1)
+    first = poc_first_round_s()
+    result = {"name": "transport", "git_sha": git_sha(),
+              "params": {"rounds": 3, "chunk_bytes": 2 * 1024**2, "quick": args.quick},
+              "metrics": {"cases": cases, "one_gib_round_trip": gib,
+                          "poc_start_to_first_round_s": first}}
+    print(json.dumps(result, indent=1))
+    print(f"\n{'params':>10} {'sites':>5} {'round s':>8} {'floor s':>8} {'x floor':>7} "
+          f"{'wire/raw':>8} {'MB/s':>7} {'peak/model':>10}")
+    for c in cases:
+        print(f"{c['num_params']:>10} {c['num_sites']:>5} {c['round_s_median']:>8.3f} "
+              f"{c['floor_round_s']:>8.4f} {c['round_over_floor']:>7.1f} "
+              f"{c['wire_over_raw']:>8.3f} {c['throughput_MBps']:>7.0f} "
+              f"{c['peak_above_idle_over_model']:>10.2f}")
+    if gib:
+        print(f"1 GiB round trip: {gib['round_s_median']:.1f} s, "
+              f"{gib['throughput_MBps']:.0f} MB/s, peak {gib['peak_above_idle_over_model']:.2f}x")
+    print(f"POC start to first round: {first:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
