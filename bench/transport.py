@@ -48,7 +48,7 @@ def proc_kib(pid: int, field: str) -> int:
     return 0
 
 
-def floor_round_s(num_params: int, num_sites: int, rounds: int = 3) -> float:
+def floor_round_s(num_params: int, num_sites: int, rounds: int = 7) -> float:
     """FedAvg with no framework: same model, same local step, a Python loop."""
     weights = benchjob.model(num_params)
     times = []

