@@ -127,7 +127,9 @@ class FeatureMoments:
 def _site_data(ctx: SiteContext, split_seed: int, partition_name: str, alpha: float
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if partition_name == "natural":
-        d = load_hospital(ctx.site_id, seed=split_seed)
+        # A real site reads its own copy from the data_dir of its kit config; the simulator
+        # (no data_dir) reads the copy shipped in the package.
+        d = load_hospital(ctx.site_id, seed=split_seed, data_dir=ctx.data_dir)
         return d.x_train, d.y_train, d.x_test, d.y_test
     # Simulated sites: pool the hospitals' splits, then re-partition them.
     hospitals = load_all(seed=split_seed).values()

@@ -96,7 +96,7 @@ def _read_file(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def load_raw(site_id: str) -> tuple[np.ndarray, np.ndarray]:
+def load_raw(site_id: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Loads one hospital's preprocessed features and binary labels, in file order.
 
     Args:
@@ -110,7 +110,10 @@ def load_raw(site_id: str) -> tuple[np.ndarray, np.ndarray]:
         ValueError: If ``site_id`` is unknown or a category value is outside its fixed levels.
     """
     _check_site(site_id)
-    raw = _read_file(_DATA_DIR / _FILES[site_id])
+    path = Path(data_dir or _DATA_DIR) / _FILES[site_id]
+    if not path.is_file():
+        raise ValueError(f"heart data for {site_id!r} not found: {path}")
+    raw = _read_file(path)
     keep = [i for i, name in enumerate(_RAW_COLUMNS) if name not in _DROPPED]
     raw = raw[:, keep]
     raw = raw[~np.isnan(raw).any(axis=1)]
@@ -153,7 +156,8 @@ def _stratified_test_mask(y: np.ndarray, test_fraction: float, seed: int) -> np.
     return mask
 
 
-def load_hospital(site_id: str, *, seed: int = 43, test_fraction: float = 0.34) -> HospitalData:
+def load_hospital(site_id: str, *, seed: int = 43, test_fraction: float = 0.34,
+                  data_dir: Path | None = None) -> HospitalData:
     """Loads one hospital with a deterministic, stratified train/test split.
 
     With the defaults the split sizes equal FLamby's (199/104, 172/89, 30/16, 85/45 for
@@ -172,7 +176,7 @@ def load_hospital(site_id: str, *, seed: int = 43, test_fraction: float = 0.34) 
     Raises:
         ValueError: If ``site_id`` is unknown or ``test_fraction`` is not in (0, 1).
     """
-    x, y = load_raw(site_id)
+    x, y = load_raw(site_id, data_dir)
     test = _stratified_test_mask(y, test_fraction, seed)
     return HospitalData(site_id, x[~test], y[~test], x[test], y[test])
 

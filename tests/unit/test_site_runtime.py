@@ -1,0 +1,50 @@
+"""A real site's runtime: job built from the task's entry point, refused by site policy."""
+
+import json
+import shutil
+
+import numpy as np
+
+from fedcare.core.message import (
+    JOB_ENTRY_POINT_KEY,
+    JOB_PARAMS_KEY,
+    Task,
+    TaskKind,
+)
+from fedcare.datasets import heart
+from fedcare.jobs.heart import initial_weights
+from fedcare.site.runtime import SiteRuntime
+
+HEART = "fedcare.jobs.heart:make_job"
+
+
+def task(entry_point=HEART, kind=TaskKind.EVALUATE, job_id="j1"):
+    return Task(f"{job_id}/r1/{kind.value}/va", job_id, 1, kind, initial_weights(0),
+                {JOB_ENTRY_POINT_KEY: entry_point, JOB_PARAMS_KEY: json.dumps({"seed": 0}),
+                 "local_steps": 2, "lr": 0.1})
+
+
+def test_site_reads_its_own_data_dir(tmp_path):
+    shutil.copy(heart._DATA_DIR / "processed.va.data", tmp_path)
+    reply = SiteRuntime("va", data_dir=tmp_path).handle(task())
+    assert reply.error is None and reply.result.num_samples == 45
+    reply = SiteRuntime("va", data_dir=tmp_path / "empty").handle(task())
+    assert "cannot start job j1" in reply.error and "not found" in reply.error
+
+
+def test_allow_list_refuses_other_trainers():
+    runtime = SiteRuntime("va", allowed_trainers=["fedcare.jobs.heart:make_job"])
+    assert runtime.handle(task()).error is None
+    refused = runtime.handle(task("toyjob:make_job", job_id="j2"))
+    assert refused.error == ("site policy refuses job j2: trainer toyjob:make_job is not in "
+                             "this site's allowed_trainers")
+
+
+def test_trainer_state_persists_per_job():
+    runtime = SiteRuntime("va")
+    first = runtime.handle(task(kind=TaskKind.TRAIN))
+    second = runtime.handle(task(kind=TaskKind.TRAIN))
+    assert first.error is None and second.error is None
+    assert len(runtime._agents) == 1
+    assert np.allclose(first.result.weights["linear.weight"],
+                       second.result.weights["linear.weight"])
