@@ -143,21 +143,23 @@ def _call(kit_dir: Path, server: str | None, method: str, request: Any) -> Any:
         raise _fail(exc) from None
 
 
+ServerOpt = Annotated[str | None, typer.Option(help="override host:port of the server")]
+
+
 @admin_app.callback()
 def admin_main(
     ctx: typer.Context,
     kit_dir: Annotated[Path, typer.Argument(help="your admin startup kit")],
-    server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
 ) -> None:
     """fedcare admin KIT COMMAND: act on the federation with your admin kit."""
-    ctx.obj = (kit_dir, server)
+    ctx.obj = kit_dir
 
 
 @admin_app.command("submit")
 def admin_submit(ctx: typer.Context, job: Annotated[str, typer.Argument(
         help="job file (.yaml/.toml/.json) or module:function")],
         param: Annotated[list[str], typer.Option(help="job parameter key=value")] = [],  # noqa: B006
-        ) -> None:
+        server: ServerOpt = None) -> None:
     """Submit a job; its entry point must be importable at the server and every site."""
     from fedcare.cli.main import _parse_params
 
@@ -166,15 +168,15 @@ def admin_submit(ctx: typer.Context, job: Annotated[str, typer.Argument(
         params = {**spec.params, **_parse_params(param)}
     except (FedcareError, ValueError) as exc:
         raise _fail(exc) from None
-    reply = _call(*ctx.obj, "Submit", pb.SubmitRequest(
+    reply = _call(ctx.obj, server, "Submit", pb.SubmitRequest(
         entry_point=spec.entry_point, params_json=json.dumps(params)))
     print(reply.job_id)
 
 
 @admin_app.command("status")
-def admin_status(ctx: typer.Context) -> None:
+def admin_status(ctx: typer.Context, server: ServerOpt = None) -> None:
     """Jobs and their progress."""
-    jobs = json.loads(_call(*ctx.obj, "Status", pb.Empty()).json)["jobs"]
+    jobs = json.loads(_call(ctx.obj, server, "Status", pb.Empty()).json)["jobs"]
     table = Table(title="jobs")
     for col in ("job", "entry point", "status", "round", "submitted by", "error"):
         table.add_column(col)
@@ -185,21 +187,22 @@ def admin_status(ctx: typer.Context) -> None:
 
 
 @admin_app.command("sites")
-def admin_sites(ctx: typer.Context) -> None:
+def admin_sites(ctx: typer.Context, server: ServerOpt = None) -> None:
     """Sites connected now."""
-    sites = json.loads(_call(*ctx.obj, "Sites", pb.Empty()).json)["connected"]
+    sites = json.loads(_call(ctx.obj, server, "Sites", pb.Empty()).json)["connected"]
     console.print(f"{len(sites)} site(s) connected: {', '.join(sites) or '-'}")
 
 
 @admin_app.command("abort")
-def admin_abort(ctx: typer.Context, job_id: str) -> None:
+def admin_abort(ctx: typer.Context, job_id: str, server: ServerOpt = None) -> None:
     """Stop a job; its last checkpoint stays."""
-    console.print(json.loads(_call(*ctx.obj, "Abort", pb.JobRef(job_id=job_id)).json))
+    console.print(json.loads(_call(ctx.obj, server, "Abort", pb.JobRef(job_id=job_id)).json))
 
 
 @admin_app.command("download")
 def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.Option(
-        help="folder to write model.npz and metrics.json into")] = Path(".")) -> None:
+        help="folder to write model.npz and metrics.json into")] = Path("."),
+        server: ServerOpt = None) -> None:
     """Download a job's global model (.npz) and per-round metrics (.json)."""
     import numpy as np
 
@@ -207,7 +210,7 @@ def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.O
     from fedcare.transport.codec import decode
 
     try:
-        stub = _stub(*ctx.obj)
+        stub = _stub(ctx.obj, server)
     except FedcareError as exc:
         raise _fail(exc) from None
     try:
@@ -224,10 +227,10 @@ def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.O
 
 
 @admin_app.command("watch")
-def admin_watch(ctx: typer.Context, job_id: str) -> None:
+def admin_watch(ctx: typer.Context, job_id: str, server: ServerOpt = None) -> None:
     """Follow a job live until it ends."""
     try:
-        stub = _stub(*ctx.obj)
+        stub = _stub(ctx.obj, server)
     except FedcareError as exc:
         raise _fail(exc) from None
     try:

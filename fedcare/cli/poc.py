@@ -164,8 +164,8 @@ def poc_command(
                       f"{address}, sites {', '.join(names)}; logs in {fed.log_dir}")
         admin = fed.kits["admin"]
         if job is None:
-            console.print(f"try: fedcare admin {admin} --server {address} submit "
-                          "examples/quickstart/job.yaml\nCtrl-C stops everything.")
+            console.print(f"try: fedcare admin {admin} sites --server {address}\n"
+                          "Ctrl-C stops everything.")
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())

@@ -109,3 +109,37 @@ def test_a_site_killed_mid_job_leaves_the_others_running_and_rejoins(heart_feder
                for r in without)
     assert "va" in rounds[-1]["trained_sites"]  # rejoined
     assert rounds[-1]["round_num"] == 60
+
+
+def test_admin_commands(heart_federation, tmp_path):
+    """The admin CLI as a coordinator uses it, against the running POC federation."""
+    import subprocess
+    import sys
+
+    fed = heart_federation
+    kit = str(fed.kits["admin"])
+
+    def admin(*args):
+        out = subprocess.run([sys.executable, "-m", "fedcare.cli", "admin", kit, *args,
+                              "--server", fed.address], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "COLUMNS": "150"})
+        return out.returncode, out.stdout + out.stderr
+
+    code, out = admin("sites")
+    assert code == 0 and "4 site(s) connected" in out
+    code, out = admin("submit", HEART, "--param", "num_rounds=3")
+    assert code == 0, out
+    job_id = out.strip().splitlines()[-1]
+    code, out = admin("watch", job_id)
+    assert code == 0 and f"{job_id} finished round 3/3 accuracy=" in out
+    code, out = admin("status")
+    assert code == 0 and job_id in out and "finished" in out
+    code, out = admin("download", job_id, "--out", str(tmp_path))
+    assert code == 0, out
+    with np.load(tmp_path / f"{job_id}-model.npz") as saved:
+        assert saved["linear.weight"].shape == (1, 13)
+    assert len(json.loads((tmp_path / f"{job_id}-metrics.json").read_text())) == 4
+    code, out = admin("abort", "job-nonexistent")
+    assert code == 1 and "no job job-nonexistent" in out and "Traceback" not in out
+    code, out = admin("submit", "fedcare.jobs.heart:make_job", "--param", "partition=weird")
+    assert code == 1 and "job refused" in out and "partition must be one of" in out
