@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fedcare.cli.output import console, fail
 from fedcare.core.config import JobFile, read_job_file
 from fedcare.core.errors import ConfigError, FedcareError, TransportError
 from fedcare.provision import Kit, load_crl, load_kit
@@ -21,7 +21,6 @@ from fedcare.transport.grpc import fedcare_pb2 as pb
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.grpc.tls import TlsFiles
 
-console = Console()
 log = logging.getLogger("fedcare")
 server_app = typer.Typer(no_args_is_help=True, help="Run the federation server.")
 site_app = typer.Typer(no_args_is_help=True, help="Run a hospital's site process.")
@@ -62,10 +61,6 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
             ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code=1)
-
 
 @server_app.command("start")
 def server_start(
@@ -90,7 +85,7 @@ def server_start(
             revoked=revoked,
             add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     stop = _until_signalled()
     server.start()
     # One parseable line for scripts and tests waiting on readiness.
@@ -117,13 +112,13 @@ def site_start(
         address = server or f"{cfg.server_host}:{cfg.server_port}"
         connection = SiteConnection(cfg.name, address, _tls(kit), runtime.handle)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     stop = _until_signalled()
     print(f"fedcare site {cfg.name} connecting to {address}", flush=True)
     try:
         connection.run(stop)
     except TransportError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 def _stub(kit_dir: Path, server: str | None) -> pb_grpc.AdminStub:
@@ -138,9 +133,9 @@ def _call(kit_dir: Path, server: str | None, method: str, request: Any) -> Any:
     try:
         return getattr(_stub(kit_dir, server), method)(request, timeout=60)
     except grpc.RpcError as exc:
-        raise _fail(RuntimeError(f"{method.lower()}: {exc.details()}")) from None
+        raise fail(RuntimeError(f"{method.lower()}: {exc.details()}")) from None
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 ServerOpt = Annotated[str | None, typer.Option(help="override host:port of the server")]
@@ -167,7 +162,7 @@ def admin_submit(ctx: typer.Context, job: Annotated[str, typer.Argument(
         spec = read_job_file(Path(job)) if Path(job).is_file() else JobFile(entry_point=job)
         params = {**spec.params, **_parse_params(param)}
     except (FedcareError, ValueError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     reply = _call(ctx.obj, server, "Submit", pb.SubmitRequest(
         entry_point=spec.entry_point, params_json=json.dumps(params)))
     print(reply.job_id)
@@ -212,12 +207,12 @@ def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.O
     try:
         stub = _stub(ctx.obj, server)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     try:
         data = b"".join(chunk.data for chunk in stub.Download(pb.JobRef(job_id=job_id)))
         metrics = stub.Metrics(pb.JobRef(job_id=job_id)).json
     except grpc.RpcError as exc:
-        raise _fail(RuntimeError(f"download: {exc.details()}")) from None
+        raise fail(RuntimeError(f"download: {exc.details()}")) from None
     reply = decode(data)
     assert reply.result is not None and isinstance(reply.result, TrainResult)  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +227,7 @@ def admin_watch(ctx: typer.Context, job_id: str, server: ServerOpt = None) -> No
     try:
         stub = _stub(ctx.obj, server)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     try:
         for update in stub.Watch(pb.JobRef(job_id=job_id)):
             state = json.loads(update.json)
@@ -240,4 +235,4 @@ def admin_watch(ctx: typer.Context, job_id: str, server: ServerOpt = None) -> No
             console.print(f"{state['job_id']} {state['status']} round "
                           f"{state['round_num']}/{state['num_rounds']} {metrics}")
     except grpc.RpcError as exc:
-        raise _fail(RuntimeError(f"watch: {exc.details()}")) from None
+        raise fail(RuntimeError(f"watch: {exc.details()}")) from None

@@ -10,16 +10,15 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
+from fedcare.cli.output import console, fail
 from fedcare.core.config import load_job
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.sim.simulator import simulate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedcare: federated learning for healthcare.")
-console = Console()
 
 
 def _run_dir(base: Path, name: str) -> Path:
@@ -41,10 +40,6 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
         params[key] = yaml.safe_load(value)
     return params
 
-
-def _fail(exc: FedcareError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code=1)
 
 
 @app.command("simulate")
@@ -73,7 +68,7 @@ def simulate_cmd(
             result = simulate(loaded, num_sites=sites, processes=processes, run_dir=run_dir,
                               listener=progress)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     learning_curve(result.history, run_dir / "learning_curve.png", title=loaded.name)
     last = result.history.rounds[-1]
     table = Table(title=f"{loaded.name}: federated evaluation after round {last.round_num}")
@@ -105,15 +100,15 @@ def demo_cmd(
     from fedcare.cli.demo import run_heart_demo
 
     if name != "heart":
-        raise _fail(ConfigError(f"unknown demo {name!r}; available: heart"))
+        raise fail(ConfigError(f"unknown demo {name!r}; available: heart"))
     if seeds < 1:
-        raise _fail(ConfigError(f"--seeds must be >= 1, got {seeds}"))
+        raise fail(ConfigError(f"--seeds must be >= 1, got {seeds}"))
     try:
         params = _parse_params(param)
         run_heart_demo(console, _run_dir(out, "heart-demo"), seeds=seeds, processes=processes,
                        params=params, federated=not simulate)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 def _register() -> None:

@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fedcare.cli.output import console, fail
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.provision import add_site, load_kit, provision, revoke
-
-console = Console()
 
 
 def _show(kits: dict[str, Path]) -> None:
@@ -56,5 +54,4 @@ def provision_command(
         else:
             raise ConfigError("give a project file, --add-site or --revoke")
     except FedcareError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=1) from None
+        raise fail(exc) from None
