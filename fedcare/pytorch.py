@@ -41,3 +41,13 @@ def set_weights(module: torch.nn.Module, weights: Weights) -> None:
     if problems:
         raise ValueError(f"weights do not fit {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict(state_dict_from_weights(weights), strict=True)
+
+
+def proximal_term(module: torch.nn.Module, global_weights: Weights, mu: float) -> torch.Tensor:
+    """FedProx's mu/2 * ||w - w_global||^2 over the trainable parameters, to add to the loss."""
+    total = torch.zeros(())
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            anchor = torch.tensor(np.asarray(global_weights[name]), dtype=param.dtype)
+            total = total + torch.sum((param - anchor) ** 2)
+    return 0.5 * mu * total

@@ -1,5 +1,23 @@
 """Aggregation algorithms (server-side strategies and their site-side parts)."""
 
-from fedcare.algorithms.fedavg import FedAvg, WeightedMeanAggregator
+from fedcare.algorithms.fedavg import Cyclic, FedAvg, WeightedMeanAggregator
+from fedcare.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
+from fedcare.algorithms.fedprox import FedProx
+from fedcare.algorithms.robust import ClippedFedAvg, Krum, Median, RobustFedAvg, TrimmedMean
 
-__all__ = ["FedAvg", "WeightedMeanAggregator"]
+__all__ = [
+    "ClippedFedAvg",
+    "Cyclic",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
+    "Krum",
+    "Median",
+    "RobustFedAvg",
+    "TrimmedMean",
+    "WeightedMeanAggregator",
+]

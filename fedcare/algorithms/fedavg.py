@@ -10,7 +10,7 @@ resumed or multi-process run end with exactly the model of an uninterrupted in-p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -86,6 +86,8 @@ class FedAvg(Strategy):
         seed: Seed for site sampling.
         train_config: Sent to every site with each training task (e.g. ``{"local_steps": 50}``).
         evaluate_config: Sent with each evaluation task.
+        selector: A custom rule (round_num, available sites) -> sites to train; replaces
+            ``fraction`` when given.
     """
 
     def __init__(
@@ -95,11 +97,13 @@ class FedAvg(Strategy):
         seed: int = 0,
         train_config: Config | None = None,
         evaluate_config: Config | None = None,
+        selector: Callable[[int, Sequence[str]], list[str]] | None = None,
     ) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ConfigError(f"FedAvg fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
         self.seed = seed
+        self.selector = selector
         self.train_config = dict(train_config or {})
         self.evaluate_config = dict(evaluate_config or {})
         try:
@@ -109,6 +113,8 @@ class FedAvg(Strategy):
             raise ConfigError(f"FedAvg: {exc}") from None
 
     def select_sites(self, round_num: int, available: Sequence[str]) -> list[str]:
+        if self.selector is not None:
+            return [s for s in self.selector(round_num, available) if s in available]
         if self.fraction >= 1.0:
             return list(available)
         count = max(1, round(self.fraction * len(available)))
@@ -124,3 +130,19 @@ class FedAvg(Strategy):
 
     def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
         return WeightedMeanAggregator(global_weights)
+
+
+class Cyclic(FedAvg):
+    """Cyclic weight transfer (Sheller et al. 2019, CIIL): one site per round, in turn.
+
+    The model visits the sites in sorted order; each round's new model is that site's model.
+    """
+
+    def check_job(self, *, min_sites: int, num_sites: int | None) -> None:
+        if min_sites != 1:
+            raise ConfigError(f"Cyclic trains one site per round: min_sites must be 1, "
+                              f"got {min_sites}")
+
+    def select_sites(self, round_num: int, available: Sequence[str]) -> list[str]:
+        ordered = sorted(available)
+        return [ordered[(round_num - 1) % len(ordered)]] if ordered else []

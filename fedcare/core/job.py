@@ -89,6 +89,11 @@ class Job:
             raise ConfigError(
                 f"round_timeout_s must be > 0, got {self.round_timeout_s}", job_id=self.name
             )
+        try:
+            self.strategy.check_job(min_sites=self.min_sites, num_sites=len(self.site_ids)
+                                    if self.site_ids is not None else None)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, job_id=self.name) from None
         if self.site_ids is not None:
             if len(set(self.site_ids)) != len(self.site_ids):
                 raise ConfigError(f"duplicate site ids {list(self.site_ids)}", job_id=self.name)

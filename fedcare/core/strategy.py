@@ -46,6 +46,13 @@ class Strategy(ABC):
         """Settings sent with the evaluation task."""
         return {}
 
+    def check_job(self, *, min_sites: int, num_sites: int | None) -> None:  # noqa: B027
+        """Refuse (ConfigError) a job this strategy cannot run, e.g. too few sites for Krum.
+
+        Called when the Job is built, so a bad combination fails at submission.
+        ``num_sites`` is the job's declared number of sites, or None when any will do.
+        """
+
     @abstractmethod
     def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
         """A fresh aggregator for one round, starting from the current global model."""

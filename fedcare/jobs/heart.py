@@ -13,18 +13,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcare.algorithms.fedavg import FedAvg
+from fedcare import algorithms
+from fedcare.algorithms.fedprox import MU_KEY
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
 from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.heart import FEATURE_NAMES, HOSPITALS, load_all, load_hospital
-from fedcare.pytorch import get_weights, set_weights
+from fedcare.pytorch import get_weights, proximal_term, set_weights
 from fedcare.sim import partition
 
 NUM_FEATURES = len(FEATURE_NAMES)
 PARTITIONS = ("natural", "iid", "label_skew", "quantity_skew")
+ALGORITHMS = {
+    "fedavg": algorithms.FedAvg, "fedprox": algorithms.FedProx, "fedadam": algorithms.FedAdam,
+    "fedyogi": algorithms.FedYogi, "fedadagrad": algorithms.FedAdagrad,
+    "fedavgm": algorithms.FedAvgM, "cyclic": algorithms.Cyclic, "median": algorithms.Median,
+    "trimmed_mean": algorithms.TrimmedMean, "krum": algorithms.Krum,
+    "clipped": algorithms.ClippedFedAvg,
+}
 
 
 class HeartModel(nn.Module):
@@ -49,8 +57,12 @@ def standardisation(count: float, total: np.ndarray, total_sq: np.ndarray
 
 
 def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: float,
-        batch_size: int, weight_decay: float, generator: torch.Generator) -> float:
-    """Plain SGD on binary cross-entropy; ``batch_size`` 0 means full batch. Returns last loss."""
+        batch_size: int, weight_decay: float, generator: torch.Generator,
+        anchor: Weights | None = None, mu: float = 0.0) -> float:
+    """Plain SGD on binary cross-entropy; ``batch_size`` 0 means full batch. Returns last loss.
+
+    With ``mu`` > 0 the FedProx term mu/2 * ||w - anchor||^2 is added to the loss.
+    """
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
@@ -62,6 +74,8 @@ def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: floa
         else:
             xb, yb = xt, yt
         loss = nn.functional.binary_cross_entropy_with_logits(model(xb), yb)
+        if mu > 0 and anchor is not None:
+            loss = loss + proximal_term(model, anchor, mu)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -95,7 +109,8 @@ class HeartTrainer:
                    steps=int(config["local_steps"]), lr=float(config["lr"]),
                    batch_size=int(config.get("batch_size", 0)),
                    weight_decay=float(config.get("weight_decay", 0.0)),
-                   generator=self.generator)
+                   generator=self.generator, anchor=weights,
+                   mu=float(config.get(MU_KEY, 0.0)))
         return TrainResult(get_weights(self.model), len(self.y_train), {"loss": loss})
 
     def evaluate(self, weights: Weights, config: Config) -> EvalResult:
@@ -167,6 +182,8 @@ def make_job(
     alpha: float = 0.5,
     min_sites: int = 2,
     round_timeout_s: float = 120.0,
+    algorithm: str = "fedavg",
+    algorithm_params: dict[str, float] | None = None,
 ) -> Job:
     """The heart-disease job; ``split_seed`` defaults to ``seed`` (train/test split per centre)."""
     if partition not in PARTITIONS:
@@ -181,17 +198,23 @@ def make_job(
         x_tr, y_tr, x_te, y_te = _site_data(ctx, split, partition, alpha)
         return HeartTrainer(x_tr, y_tr, x_te, y_te, seed=seed * 1000 + ctx.site_index)
 
-    strategy = FedAvg(seed=seed, train_config={
-        "local_steps": local_steps, "lr": lr, "batch_size": batch_size,
-        "weight_decay": weight_decay,
-    })
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"heart job: algorithm must be one of {sorted(ALGORITHMS)}, "
+                          f"got {algorithm!r}")
+    try:
+        strategy = ALGORITHMS[algorithm](seed=seed, train_config={
+            "local_steps": local_steps, "lr": lr, "batch_size": batch_size,
+            "weight_decay": weight_decay,
+        }, **(algorithm_params or {}))
+    except TypeError as exc:
+        raise ConfigError(f"heart job: bad algorithm_params for {algorithm}: {exc}") from None
     return Job(
         name="heart",
         initial_weights=lambda: initial_weights(seed),
         trainer=trainer,
         strategy=strategy,
         num_rounds=num_rounds,
-        min_sites=min_sites,
+        min_sites=1 if algorithm == "cyclic" else min_sites,
         round_timeout_s=round_timeout_s,
         site_ids=HOSPITALS if partition == "natural" else None,
         statistics=FeatureMoments(),

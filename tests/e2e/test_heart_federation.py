@@ -55,3 +55,30 @@ def test_simulated_partitions_of_the_pooled_data(partition):
     assert len(last.site_eval) == 5
     assert sum(e.num_samples for e in last.site_eval.values()) == 104 + 89 + 16 + 45
     assert last.eval_metrics["accuracy"] > 0.7
+
+
+STRATEGIES = {"fedavg": {}, "fedprox": {"mu": 0.1}, "fedadam": {"server_lr": 0.1},
+              "fedyogi": {"server_lr": 0.1}, "fedadagrad": {"server_lr": 0.1}, "fedavgm": {},
+              "cyclic": {}, "median": {}, "trimmed_mean": {"trim": 0.2},
+              "clipped": {"max_norm": 1.0}}
+
+
+@pytest.mark.parametrize("algorithm", sorted(STRATEGIES))
+def test_every_strategy_trains_the_heart_job_in_the_simulator(algorithm):
+    job = load_job("fedcare.jobs.heart:make_job", {
+        "algorithm": algorithm, "algorithm_params": STRATEGIES[algorithm], "num_rounds": 20})
+    last = simulate(job).history.rounds[-1]
+    accuracy = np.mean([e.metrics["accuracy"] for e in last.site_eval.values()])
+    assert accuracy > 0.72, (algorithm, accuracy)
+
+
+def test_bad_algorithm_settings_are_refused_at_load():
+    from fedcare import ConfigError
+
+    with pytest.raises(ConfigError, match="mu must be >= 0"):
+        load_job("fedcare.jobs.heart:make_job", {"algorithm": "fedprox",
+                                                 "algorithm_params": {"mu": -1}})
+    with pytest.raises(ConfigError, match="algorithm must be one of"):
+        load_job("fedcare.jobs.heart:make_job", {"algorithm": "fedmagic"})
+    with pytest.raises(ConfigError, match="needs every round to have at least 5 sites"):
+        load_job("fedcare.jobs.heart:make_job", {"algorithm": "krum"})
