@@ -111,6 +111,28 @@ def demo_cmd(
         raise fail(exc) from None
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks on real medical data.")
+
+
+@bench_app.command("flamby")
+def bench_flamby(
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1")] = 5,
+    algorithm: Annotated[list[str], typer.Option(help="only these (default: all)")] = [],  # noqa: B006
+    param: Annotated[list[str], typer.Option(help="heart job parameter key=value")] = [],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
+) -> None:
+    """FLamby's Fed-Heart-Disease protocol: local, pooled and every algorithm, N seeds."""
+    from fedcare.jobs.flamby import run_benchmark, write_results
+
+    try:
+        rows = run_benchmark(seeds, _parse_params(param), algorithm or None)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    paths = write_results(rows, _run_dir(out, "flamby-heart"), seeds)
+    console.print(paths["md"].read_text())
+    console.print(f"written: {paths['csv']}, {paths['md']}, {paths['png']}")
+
+
 def _register() -> None:
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.poc import poc_command
@@ -121,6 +143,7 @@ def _register() -> None:
     app.add_typer(site_app, name="site")
     app.add_typer(admin_app, name="admin")
     app.command("poc")(poc_command)
+    app.add_typer(bench_app, name="bench")
 
 
 _register()

@@ -82,3 +82,19 @@ def test_bad_algorithm_settings_are_refused_at_load():
         load_job("fedcare.jobs.heart:make_job", {"algorithm": "fedmagic"})
     with pytest.raises(ConfigError, match="needs every round to have at least 5 sites"):
         load_job("fedcare.jobs.heart:make_job", {"algorithm": "krum"})
+
+
+def test_flamby_benchmark_smoke(tmp_path):
+    """One seed, few rounds: the command's whole path with a loose bar (the full run is a
+    command, not a test)."""
+    from fedcare.jobs.flamby import run_benchmark, write_results
+
+    rows = run_benchmark(1, {"num_rounds": 10}, ["fedavg", "fedadam", "cyclic"])
+    by_method = {r.method: r for r in rows}
+    assert list(by_method) == ["local", "pooled", "fedavg", "fedadam", "cyclic"]
+    assert all(r.mean > 0.7 for r in rows)
+    assert abs(by_method["pooled"].mean - by_method["fedavg"].mean) < 0.05
+    paths = write_results(rows, tmp_path, 1)
+    assert "| fedavg |" in paths["md"].read_text() and "0.685" in paths["md"].read_text()
+    assert paths["png"].stat().st_size > 10_000
+    assert paths["csv"].read_text().splitlines()[0].startswith("method,mean,std,cleveland")
