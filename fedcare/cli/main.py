@@ -116,19 +116,22 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks on real medical d
 
 @bench_app.command("flamby")
 def bench_flamby(
+    dataset: Annotated[str, typer.Option(help="heart or tcga")] = "heart",
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1")] = 5,
     algorithm: Annotated[list[str], typer.Option(help="only these (default: all)")] = [],  # noqa: B006
     param: Annotated[list[str], typer.Option(help="heart job parameter key=value")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
 ) -> None:
-    """FLamby's Fed-Heart-Disease protocol: local, pooled and every algorithm, N seeds."""
-    from fedcare.jobs.flamby import run_benchmark, write_results
+    """FLamby's protocol (heart or tcga): local, pooled and every algorithm, N seeds."""
+    from fedcare.jobs.flamby import BENCHMARKS, run_benchmark, write_results
 
+    if dataset not in BENCHMARKS:
+        raise fail(f"--dataset must be one of {sorted(BENCHMARKS)}, got {dataset!r}")
     try:
-        rows = run_benchmark(seeds, _parse_params(param), algorithm or None)
+        rows = run_benchmark(seeds, _parse_params(param), algorithm or None, dataset)
     except FedcareError as exc:
         raise fail(exc) from None
-    paths = write_results(rows, _run_dir(out, "flamby-heart"), seeds)
+    paths = write_results(rows, _run_dir(out, f"flamby-{dataset}"), seeds, dataset)
     console.print(paths["md"].read_text())
     console.print(f"written: {paths['csv']}, {paths['md']}, {paths['png']}")
 

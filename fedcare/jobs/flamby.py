@@ -1,28 +1,69 @@
-"""``fedcare bench flamby``: FLamby's protocol on Fed-Heart-Disease, every algorithm, N seeds.
+"""``fedcare bench flamby``: FLamby's protocol, every algorithm, N seeds, on real data.
 
-Per seed (the per-centre stratified train/test split and the initialisation): local training
-at each centre, pooled training, and each federated algorithm, all with the same budget; the
-metric is the unweighted mean over centres of the test accuracy, as FLamby reports it.
+Data sets: Fed-Heart-Disease (accuracy; a seed sets the per-centre stratified split and the
+initialisation) and Fed-TCGA-BRCA (C-index; FLamby's fixed split, a seed sets the
+initialisation). Per seed: local training at each centre, pooled training, and each federated
+algorithm, all with the same budget; the metric is the unweighted mean over centres of the
+test metric, as FLamby reports it (a centre whose test set allows no C-index is left out).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedcare.core.config import load_job
+from fedcare.core.job import Job
 from fedcare.datasets.heart import HOSPITALS
+from fedcare.datasets.tcga_brca import CENTERS
+from fedcare.jobs import tcga
 from fedcare.jobs.heart_baselines import run_baselines
 from fedcare.sim.simulator import simulate
 
-ENTRY_POINT = "fedcare.jobs.heart:make_job"
+Scores = dict[str, float]
 
-#: FLamby (NeurIPS 2022), Fed-Heart-Disease, mean per-centre accuracy (its Table/Fig. 3).
+#: FLamby (NeurIPS 2022), mean per-centre test metric.
 FLAMBY_HEART = {"pooled": 0.735, "fedavg": 0.685, "fedprox": 0.685, "scaffold": 0.684,
                 "cyclic": 0.718, "fedadagrad": 0.731, "fedyogi": 0.731, "fedadam": 0.726}
+FLAMBY_TCGA = {"pooled": 0.676, "fedavg": 0.732, "fedprox": 0.729, "scaffold": 0.687,
+               "cyclic": 0.658, "fedadagrad": 0.813, "fedyogi": 0.815, "fedadam": 0.815}
+
+
+def _heart_baselines(seed: int, job: Job) -> tuple[Scores, Scores]:
+    cfg = job.strategy.configure_train(1, HOSPITALS[0])
+    base = run_baselines(seed=seed, num_rounds=job.num_rounds,
+                         local_steps=int(cfg["local_steps"]), lr=float(cfg["lr"]),
+                         batch_size=int(cfg["batch_size"]),
+                         weight_decay=float(cfg["weight_decay"]))
+    return base.local, base.pooled
+
+
+def _tcga_baselines(seed: int, job: Job) -> tuple[Scores, Scores]:
+    cfg = job.strategy.configure_train(1, CENTERS[0])
+    return tcga.run_baselines(seed=seed, num_rounds=job.num_rounds,
+                              local_steps=int(cfg["local_steps"]), lr=float(cfg["lr"]))
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    title: str
+    entry_point: str
+    metric: str
+    sites: tuple[str, ...]
+    flamby: dict[str, float]
+    baselines: Callable[[int, Job], tuple[Scores, Scores]]
+
+
+BENCHMARKS = {
+    "heart": Benchmark("Fed-Heart-Disease, accuracy", "fedcare.jobs.heart:make_job",
+                       "accuracy", HOSPITALS, FLAMBY_HEART, _heart_baselines),
+    "tcga": Benchmark("Fed-TCGA-BRCA, C-index", "fedcare.jobs.tcga:make_job", "c_index",
+                      CENTERS, FLAMBY_TCGA, _tcga_baselines),
+}
 
 #: Algorithm settings used by the benchmark (server learning rates as in FLamby's grid).
 ALGORITHMS: dict[str, dict[str, float]] = {
@@ -47,65 +88,66 @@ class Row:
         return float(np.std(self.per_seed))
 
 
-def _federated(algorithm: str, seed: int, params: dict[str, object]) -> dict[str, float]:
-    job = load_job(ENTRY_POINT, {**params, "seed": seed, "algorithm": algorithm,
-                                 "algorithm_params": ALGORITHMS[algorithm]})
+def _federated(bench: Benchmark, algorithm: str, seed: int, params: dict[str, object]
+               ) -> Scores:
+    job = load_job(bench.entry_point, {**params, "seed": seed, "algorithm": algorithm,
+                                       "algorithm_params": ALGORITHMS[algorithm]})
     last = simulate(job).history.rounds[-1]
-    return {h: last.site_eval[h].metrics["accuracy"] for h in HOSPITALS}
+    return {s: last.site_eval[s].metrics.get(bench.metric, float("nan")) for s in bench.sites}
 
 
 def run_benchmark(seeds: int, params: dict[str, object] | None = None,
-                  algorithms: list[str] | None = None) -> list[Row]:
+                  algorithms: list[str] | None = None, dataset: str = "heart") -> list[Row]:
     """Rows for local, pooled and each algorithm, over seeds 0..seeds-1."""
+    bench = BENCHMARKS[dataset]
     params = params or {}
     names = algorithms or list(ALGORITHMS)
-    per_method: dict[str, list[dict[str, float]]] = {m: [] for m in ["local", "pooled", *names]}
+    per_method: dict[str, list[Scores]] = {m: [] for m in ["local", "pooled", *names]}
     for seed in range(seeds):
-        job = load_job(ENTRY_POINT, {**params, "seed": seed})
-        cfg = job.strategy.configure_train(1, HOSPITALS[0])
-        base = run_baselines(seed=seed, num_rounds=job.num_rounds,
-                             local_steps=int(cfg["local_steps"]), lr=float(cfg["lr"]),
-                             batch_size=int(cfg["batch_size"]),
-                             weight_decay=float(cfg["weight_decay"]))
-        per_method["local"].append(base.local)
-        per_method["pooled"].append(base.pooled)
+        local, pooled = bench.baselines(seed, load_job(bench.entry_point,
+                                                       {**params, "seed": seed}))
+        per_method["local"].append(local)
+        per_method["pooled"].append(pooled)
         for name in names:
-            per_method[name].append(_federated(name, seed, params))
+            per_method[name].append(_federated(bench, name, seed, params))
     rows = []
     for method, runs in per_method.items():
-        per_seed = [float(np.mean([r[h] for h in HOSPITALS])) for r in runs]
-        per_centre = {h: float(np.mean([r[h] for r in runs])) for h in HOSPITALS}
+        per_seed = [float(np.nanmean([r[s] for s in bench.sites])) for r in runs]
+        per_centre = {s: float(np.nanmean([r[s] for r in runs])) for s in bench.sites}
         rows.append(Row(method, per_seed, per_centre))
     return rows
 
 
-def write_results(rows: list[Row], out_dir: Path, seeds: int) -> dict[str, Path]:
+def write_results(rows: list[Row], out_dir: Path, seeds: int, dataset: str = "heart"
+                  ) -> dict[str, Path]:
     """results.csv, results.md (beside FLamby's numbers) and results.png (bar chart)."""
+    bench = BENCHMARKS[dataset]
+    sites = bench.sites
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "results.csv"
     with open(csv_path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["method", "mean", "std", *HOSPITALS, "flamby"])
+        writer.writerow(["method", "mean", "std", *sites, "flamby"])
         for r in rows:
             writer.writerow([r.method, f"{r.mean:.4f}", f"{r.std:.4f}",
-                             *(f"{r.per_centre[h]:.4f}" for h in HOSPITALS),
-                             FLAMBY_HEART.get(r.method, "")])
-    lines = [f"Fed-Heart-Disease, mean per-centre test accuracy, {seeds} seed(s)", "",
-             "| method | fedcare (mean ± sd) | FLamby | " + " | ".join(HOSPITALS) + " |",
-             "|---|---|---|" + "---|" * len(HOSPITALS)]
+                             *(f"{r.per_centre[h]:.4f}" for h in sites),
+                             bench.flamby.get(r.method, "")])
+    lines = [f"{bench.title}: mean per-centre test metric, {seeds} seed(s)", "",
+             "| method | fedcare (mean ± sd) | FLamby | " + " | ".join(sites) + " |",
+             "|---|---|---|" + "---|" * len(sites)]
     for r in rows:
-        flamby = FLAMBY_HEART.get(r.method)
+        flamby = bench.flamby.get(r.method)
         lines.append(f"| {r.method} | {r.mean:.3f} ± {r.std:.3f} | "
                      f"{'' if flamby is None else f'{flamby:.3f}'} | "
-                     + " | ".join(f"{r.per_centre[h]:.3f}" for h in HOSPITALS) + " |")
+                     + " | ".join(f"{r.per_centre[h]:.3f}" for h in sites) + " |")
     md_path = out_dir / "results.md"
     md_path.write_text("\n".join(lines) + "\n")
     png_path = out_dir / "results.png"
-    _bar_chart(rows, png_path, seeds)
+    _bar_chart(rows, png_path, seeds, bench)
     return {"csv": csv_path, "md": md_path, "png": png_path}
 
 
-def _bar_chart(rows: list[Row], path: Path, seeds: int) -> None:
+def _bar_chart(rows: list[Row], path: Path, seeds: int, bench: Benchmark) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,12 +157,12 @@ def _bar_chart(rows: list[Row], path: Path, seeds: int) -> None:
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r.mean for r in rows], 0.4, yerr=[r.std for r in rows], capsize=3,
            label=f"fedcare ({seeds} seeds)")
-    flamby = [FLAMBY_HEART.get(r.method, np.nan) for r in rows]
+    flamby = [bench.flamby.get(r.method, np.nan) for r in rows]
     ax.bar(x + 0.2, flamby, 0.4, label="FLamby (published)", color="grey")
     ax.set_xticks(x, [r.method for r in rows], rotation=30, ha="right")
     ax.set_ylim(0.5, 0.9)
-    ax.set_ylabel("mean per-centre accuracy")
-    ax.set_title("Fed-Heart-Disease")
+    ax.set_ylabel(f"mean per-centre {bench.metric}")
+    ax.set_title(bench.title)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

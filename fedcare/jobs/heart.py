@@ -118,12 +118,17 @@ class HeartTrainer:
         return EvalResult(len(self.y_test), score(self.model, self.x_test, self.y_test))
 
     def statistics(self, config: Config) -> StatsResult:
-        if config.get("name") != FeatureMoments.name:
-            raise ValueError(f"unknown statistic {config.get('name')!r}")
-        x = self.x_train.astype(np.float64)
-        values = {"count": np.array([len(x)], dtype=np.float64),
-                  "sum": x.sum(axis=0), "sum_sq": (x**2).sum(axis=0)}
-        return StatsResult(Weights(values), len(x))
+        return feature_statistics(self.x_train, config)
+
+
+def feature_statistics(x_train: np.ndarray, config: Config) -> StatsResult:
+    """A site's count, sum and sum of squares of its training features (no rows)."""
+    if config.get("name") != FeatureMoments.name:
+        raise ValueError(f"unknown statistic {config.get('name')!r}")
+    x = x_train.astype(np.float64)
+    values = {"count": np.array([len(x)], dtype=np.float64),
+              "sum": x.sum(axis=0), "sum_sq": (x**2).sum(axis=0)}
+    return StatsResult(Weights(values), len(x))
 
 
 class FeatureMoments:

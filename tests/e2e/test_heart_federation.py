@@ -98,3 +98,13 @@ def test_flamby_benchmark_smoke(tmp_path):
     assert "| fedavg |" in paths["md"].read_text() and "0.685" in paths["md"].read_text()
     assert paths["png"].stat().st_size > 10_000
     assert paths["csv"].read_text().splitlines()[0].startswith("method,mean,std,cleveland")
+
+
+def test_tcga_benchmark_smoke(tmp_path):
+    from fedcare.jobs.flamby import run_benchmark, write_results
+
+    rows = run_benchmark(1, {"num_rounds": 10}, ["fedavg", "fedadagrad"], dataset="tcga")
+    by_method = {r.method: r for r in rows}
+    assert by_method["fedavg"].mean > 0.7 and by_method["pooled"].mean > 0.7
+    paths = write_results(rows, tmp_path, 1, "tcga")
+    assert "Fed-TCGA-BRCA" in paths["md"].read_text() and "0.732" in paths["md"].read_text()
