@@ -5,7 +5,9 @@ The only module of the core package that imports torch: everything else sees num
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,12 +37,21 @@ def get_weights(module: torch.nn.Module) -> Weights:
     return weights_from_state_dict(module.state_dict())
 
 
-def set_weights(module: torch.nn.Module, weights: Weights) -> None:
-    """Load Weights into ``module``, refusing any name, shape or dtype mismatch by name."""
-    problems = incompatibilities(get_weights(module), weights)
+def set_weights(module: torch.nn.Module, weights: Weights,
+                keep: Sequence[str] | str | None = None) -> None:
+    """Load Weights into ``module``, refusing any name, shape or dtype mismatch by name.
+
+    ``keep``: regular expressions (or the JSON list a FedBN task config carries) naming
+    parameters the module keeps as they are, e.g. its own batch-norm layers under FedBN.
+    """
+    patterns = json.loads(keep) if isinstance(keep, str) else list(keep or [])
+    own = get_weights(module)
+    merged = {k: (own[k] if any(re.search(p, k) for p in patterns) else v)
+              for k, v in weights.items()} if patterns else weights
+    problems = incompatibilities(own, merged)
     if problems:
         raise ValueError(f"weights do not fit {type(module).__name__}: " + "; ".join(problems))
-    module.load_state_dict(state_dict_from_weights(weights), strict=True)
+    module.load_state_dict(state_dict_from_weights(merged), strict=True)
 
 
 def proximal_term(module: torch.nn.Module, global_weights: Weights, mu: float) -> torch.Tensor:
@@ -51,3 +62,18 @@ def proximal_term(module: torch.nn.Module, global_weights: Weights, mu: float) -
             anchor = torch.tensor(np.asarray(global_weights[name]), dtype=param.dtype)
             total = total + torch.sum((param - anchor) ** 2)
     return 0.5 * mu * total
+
+
+def batch_norm_patterns(module: torch.nn.Module) -> list[str]:
+    """Exact-name patterns of every batch-norm parameter and buffer in ``module``, for FedBN.
+
+    Found by layer type, so it works whatever the layers are called (``FedBN``'s default
+    patterns only know the usual names such as ``bn1.`` or ``norm.``).
+    """
+    names = []
+    for prefix, layer in module.named_modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            for name, _ in [*layer.named_parameters(recurse=False),
+                            *layer.named_buffers(recurse=False)]:
+                names.append("^" + re.escape(f"{prefix}.{name}" if prefix else name) + "$")
+    return names

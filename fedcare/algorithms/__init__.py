@@ -1,6 +1,7 @@
 """Aggregation algorithms (server-side strategies and their site-side parts)."""
 
 from fedcare.algorithms.fedavg import Cyclic, FedAvg, WeightedMeanAggregator
+from fedcare.algorithms.fedbn import FedBN
 from fedcare.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from fedcare.algorithms.fedprox import FedProx
 from fedcare.algorithms.robust import ClippedFedAvg, Krum, Median, RobustFedAvg, TrimmedMean
@@ -12,6 +13,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBN",
     "FedOpt",
     "FedProx",
     "FedYogi",

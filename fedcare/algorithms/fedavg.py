@@ -38,6 +38,9 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights) -> We
     """
     out: dict[str, np.ndarray] = {}
     for name, ref in like.items():
+        if name not in acc:  # a parameter that stays at the sites keeps the global value
+            out[name] = ref
+            continue
         mean = np.divide(acc[name], total, out=acc[name])  # in place: no second copy
         if np.issubdtype(ref.dtype, np.floating):
             out[name] = mean.astype(ref.dtype, copy=False)

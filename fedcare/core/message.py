@@ -103,3 +103,5 @@ JOB_PARAMS_KEY = "fedcare.job.params"
 SITE_INDEX_KEY = "fedcare.site.index"
 NUM_SITES_KEY = "fedcare.site.count"
 RESERVED_KEYS = (JOB_ENTRY_POINT_KEY, JOB_PARAMS_KEY, SITE_INDEX_KEY, NUM_SITES_KEY)
+#: Regular expressions (JSON list) naming parameters that must not leave the site (FedBN).
+LOCAL_LAYERS_KEY = "fedcare.local_layers"

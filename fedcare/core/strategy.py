@@ -46,6 +46,14 @@ class Strategy(ABC):
         """Settings sent with the evaluation task."""
         return {}
 
+    def local_names(self, global_weights: Weights) -> frozenset[str]:
+        """Parameters that never leave the sites (e.g. FedBN's batch-norm layers).
+
+        Sites do not send them, the controller does not expect them, and the global model
+        keeps its initial values for them. Empty by default.
+        """
+        return frozenset()
+
     def check_job(self, *, min_sites: int, num_sites: int | None) -> None:  # noqa: B027
         """Refuse (ConfigError) a job this strategy cannot run, e.g. too few sites for Krum.
 

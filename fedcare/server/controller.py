@@ -163,6 +163,8 @@ class RoundController:
         selected = strategy.select_sites(round_num, self._available())
         self.listener.on_round_start(round_num, self.job.num_rounds, selected)
         aggregator = strategy.aggregator(round_num, weights)
+        local = strategy.local_names(weights)
+        shared = Weights({k: v for k, v in weights.items() if k not in local}) if local else weights
         train_metrics = WeightedMetrics()
         failures: list[SiteFailure] = []
         trained: list[str] = []
@@ -170,7 +172,7 @@ class RoundController:
         for site_id, result in self._gather(TaskKind.TRAIN, round_num, selected, weights,
                                             configure, failures):
             assert isinstance(result, TrainResult)
-            problems = incompatibilities(weights, result.weights)
+            problems = incompatibilities(shared, result.weights)
             if problems:
                 self._fail(failures, SiteFailure(
                     site_id, round_num, "train", "model does not match: " + "; ".join(problems)))

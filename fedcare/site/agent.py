@@ -7,11 +7,14 @@ differential privacy, sharing only some layers) cannot be overridden by the serv
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
 from fedcare.core.message import (
+    LOCAL_LAYERS_KEY,
     EvalResult,
     Reply,
     Result,
@@ -64,9 +67,12 @@ class SiteAgent:
         if task.kind is TaskKind.TRAIN:
             trained = self.trainer.train(task.weights, task.config)
             _expect(trained, TrainResult, "train")
-            # Coerce a plain dict of arrays into Weights (this checks names and dtypes).
-            return TrainResult(Weights(trained.weights), trained.num_samples,
-                               dict(trained.metrics))
+            # Coerce a plain dict of arrays into Weights (this checks names and dtypes), and
+            # keep parameters the strategy declared local (FedBN) inside the site.
+            local = json.loads(str(task.config.get(LOCAL_LAYERS_KEY, "[]")))
+            outgoing = {k: v for k, v in trained.weights.items()
+                        if not any(re.search(p, k) for p in local)}
+            return TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))
         evaluated = self.trainer.evaluate(task.weights, task.config)
         _expect(evaluated, EvalResult, "evaluate")
         return evaluated
