@@ -77,3 +77,49 @@ def batch_norm_patterns(module: torch.nn.Module) -> list[str]:
                             *layer.named_buffers(recurse=False)]:
                 names.append("^" + re.escape(f"{prefix}.{name}" if prefix else name) + "$")
     return names
+
+
+class ScaffoldSite:
+    """The site side of SCAFFOLD: the site's control variate c_i, kept across rounds.
+
+    Use: ``model_weights, active = scaffold.begin(model, weights)`` before training (it loads
+    the model), ``scaffold.correct(model)`` after each ``backward()``, and
+    ``scaffold.end(model, steps, lr)`` for the arrays to add to the result.
+    """
+
+    CONTROL = "scaffold.c."
+    DELTA = "scaffold.dc."
+
+    def __init__(self) -> None:
+        self.c_i: dict[str, torch.Tensor] = {}
+        self._c: dict[str, torch.Tensor] = {}
+        self._x: dict[str, torch.Tensor] = {}
+
+    def begin(self, model: torch.nn.Module, weights: Weights) -> bool:
+        """Load the model part of ``weights``; True when the task carries SCAFFOLD state."""
+        model_part = Weights({k: v for k, v in weights.items() if not k.startswith(self.CONTROL)})
+        set_weights(model, model_part)
+        self._c = {k[len(self.CONTROL):]: torch.tensor(np.asarray(v))
+                   for k, v in weights.items() if k.startswith(self.CONTROL)}
+        self._x = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self._c}
+        for name, c in self._c.items():
+            self.c_i.setdefault(name, torch.zeros_like(c))
+        return bool(self._c)
+
+    def correct(self, model: torch.nn.Module) -> None:
+        """g <- g - c_i + c on every trainable parameter."""
+        for name, param in model.named_parameters():
+            if param.grad is not None and name in self._c:
+                param.grad += self._c[name] - self.c_i[name]
+
+    def end(self, model: torch.nn.Module, steps: int, lr: float) -> dict[str, np.ndarray]:
+        """Option II update of c_i; returns ``scaffold.dc.<name>`` arrays for the result."""
+        state = model.state_dict()
+        out = {}
+        for name, c in self._c.items():
+            y = state[name].detach()
+            new = self.c_i[name] - c + (self._x[name] - y) / (steps * lr)
+            out[self.DELTA + name] = (new - self.c_i[name]).numpy().astype(
+                np.asarray(y).dtype, copy=True)
+            self.c_i[name] = new
+        return out

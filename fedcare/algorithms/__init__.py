@@ -5,6 +5,7 @@ from fedcare.algorithms.fedbn import FedBN
 from fedcare.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from fedcare.algorithms.fedprox import FedProx
 from fedcare.algorithms.robust import ClippedFedAvg, Krum, Median, RobustFedAvg, TrimmedMean
+from fedcare.algorithms.scaffold import Scaffold
 
 __all__ = [
     "ClippedFedAvg",
@@ -20,6 +21,7 @@ __all__ = [
     "Krum",
     "Median",
     "RobustFedAvg",
+    "Scaffold",
     "TrimmedMean",
     "WeightedMeanAggregator",
 ]

@@ -54,6 +54,19 @@ class Strategy(ABC):
         """
         return frozenset()
 
+    def train_payload(self, round_num: int, global_weights: Weights) -> Weights:
+        """What a training task carries: the global model, plus any server state the sites
+        need (e.g. SCAFFOLD's control variate). The global model by default."""
+        return global_weights
+
+    def result_spec(self, global_weights: Weights) -> Weights:
+        """Names, shapes and dtypes a training result must have: the global model without its
+        local parameters by default; a strategy whose sites send more says so here."""
+        local = self.local_names(global_weights)
+        if not local:
+            return global_weights
+        return Weights({k: v for k, v in global_weights.items() if k not in local})
+
     def check_job(self, *, min_sites: int, num_sites: int | None) -> None:  # noqa: B027
         """Refuse (ConfigError) a job this strategy cannot run, e.g. too few sites for Krum.
 

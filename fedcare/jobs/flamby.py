@@ -70,6 +70,7 @@ ALGORITHMS: dict[str, dict[str, float]] = {
     "fedavg": {}, "fedprox": {"mu": 0.1}, "fedadam": {"server_lr": 0.1},
     "fedyogi": {"server_lr": 0.1}, "fedadagrad": {"server_lr": 0.1}, "fedavgm": {},
     "cyclic": {}, "median": {}, "trimmed_mean": {"trim": 0.25}, "clipped": {"max_norm": 1.0},
+    "scaffold": {},
 }
 
 

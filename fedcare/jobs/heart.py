@@ -9,6 +9,8 @@ keeps real differences between hospitals visible to the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,7 +23,7 @@ from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.heart import FEATURE_NAMES, HOSPITALS, load_all, load_hospital
-from fedcare.pytorch import get_weights, proximal_term, set_weights
+from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
 from fedcare.sim import partition
 
 NUM_FEATURES = len(FEATURE_NAMES)
@@ -31,7 +33,7 @@ ALGORITHMS = {
     "fedyogi": algorithms.FedYogi, "fedadagrad": algorithms.FedAdagrad,
     "fedavgm": algorithms.FedAvgM, "cyclic": algorithms.Cyclic, "median": algorithms.Median,
     "trimmed_mean": algorithms.TrimmedMean, "krum": algorithms.Krum,
-    "clipped": algorithms.ClippedFedAvg,
+    "clipped": algorithms.ClippedFedAvg, "scaffold": algorithms.Scaffold,
 }
 
 
@@ -58,7 +60,8 @@ def standardisation(count: float, total: np.ndarray, total_sq: np.ndarray
 
 def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: float,
         batch_size: int, weight_decay: float, generator: torch.Generator,
-        anchor: Weights | None = None, mu: float = 0.0) -> float:
+        anchor: Weights | None = None, mu: float = 0.0,
+        after_backward: Callable[[nn.Module], None] | None = None) -> float:
     """Plain SGD on binary cross-entropy; ``batch_size`` 0 means full batch. Returns last loss.
 
     With ``mu`` > 0 the FedProx term mu/2 * ||w - anchor||^2 is added to the loss.
@@ -78,6 +81,8 @@ def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: floa
             loss = loss + proximal_term(model, anchor, mu)
         optimizer.zero_grad()
         loss.backward()
+        if after_backward is not None:
+            after_backward(model)  # e.g. SCAFFOLD's gradient correction
         optimizer.step()
     return float(loss.detach())
 
@@ -102,16 +107,20 @@ class HeartTrainer:
         self.x_test, self.y_test = x_test, y_test
         self.model = HeartModel()
         self.generator = torch.Generator().manual_seed(seed)
+        self.scaffold = ScaffoldSite()  # idle unless the strategy sends control variates
 
     def train(self, weights: Weights, config: Config) -> TrainResult:
-        set_weights(self.model, weights)
-        loss = fit(self.model, self.x_train, self.y_train,
-                   steps=int(config["local_steps"]), lr=float(config["lr"]),
+        steps, lr = int(config["local_steps"]), float(config["lr"])
+        scaffold = self.scaffold.begin(self.model, weights)
+        loss = fit(self.model, self.x_train, self.y_train, steps=steps, lr=lr,
                    batch_size=int(config.get("batch_size", 0)),
                    weight_decay=float(config.get("weight_decay", 0.0)),
                    generator=self.generator, anchor=weights,
-                   mu=float(config.get(MU_KEY, 0.0)))
-        return TrainResult(get_weights(self.model), len(self.y_train), {"loss": loss})
+                   mu=float(config.get(MU_KEY, 0.0)),
+                   after_backward=self.scaffold.correct if scaffold else None)
+        extra = self.scaffold.end(self.model, steps, lr) if scaffold else {}
+        return TrainResult(Weights({**get_weights(self.model), **extra}), len(self.y_train),
+                           {"loss": loss})
 
     def evaluate(self, weights: Weights, config: Config) -> EvalResult:
         set_weights(self.model, weights)

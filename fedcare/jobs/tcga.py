@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedcare.algorithms.fedprox import MU_KEY
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
 from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
@@ -20,7 +21,7 @@ from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.tcga_brca import CENTERS, NUM_FEATURES, load_center
 from fedcare.jobs.heart import ALGORITHMS, FeatureMoments, feature_statistics, standardisation
-from fedcare.pytorch import get_weights, set_weights
+from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
 
 
 class CoxModel(nn.Module):
@@ -61,18 +62,27 @@ class TcgaTrainer:
         self.test_data = (d.x_test, d.e_test, d.t_test)
         torch.manual_seed(seed)
         self.model = CoxModel()
+        self.scaffold = ScaffoldSite()  # idle unless the strategy sends control variates
 
     def train(self, weights: Weights, config: Config) -> TrainResult:
-        set_weights(self.model, weights)
+        steps, lr = int(config["local_steps"]), float(config["lr"])
+        scaffold = self.scaffold.begin(self.model, weights)
         x, e, t = (torch.from_numpy(a) for a in self.train_data)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=float(config["lr"]))
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
         loss = torch.zeros(())
-        for _ in range(int(config["local_steps"])):
+        for _ in range(steps):
             loss = cox_loss(self.model(x), e, t)
+            mu = float(config.get(MU_KEY, 0.0))
+            if mu > 0:
+                loss = loss + proximal_term(self.model, weights, mu)
             optimizer.zero_grad()
             loss.backward()
+            if scaffold:
+                self.scaffold.correct(self.model)
             optimizer.step()
-        return TrainResult(get_weights(self.model), len(e), {"loss": float(loss.detach())})
+        extra = self.scaffold.end(self.model, steps, lr) if scaffold else {}
+        return TrainResult(Weights({**get_weights(self.model), **extra}), len(e),
+                           {"loss": float(loss.detach())})
 
     @torch.no_grad()
     def evaluate(self, weights: Weights, config: Config) -> EvalResult:

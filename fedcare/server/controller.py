@@ -163,16 +163,16 @@ class RoundController:
         selected = strategy.select_sites(round_num, self._available())
         self.listener.on_round_start(round_num, self.job.num_rounds, selected)
         aggregator = strategy.aggregator(round_num, weights)
-        local = strategy.local_names(weights)
-        shared = Weights({k: v for k, v in weights.items() if k not in local}) if local else weights
+        expected = strategy.result_spec(weights)
         train_metrics = WeightedMetrics()
         failures: list[SiteFailure] = []
         trained: list[str] = []
         configure = lambda s: strategy.configure_train(round_num, s)  # noqa: E731
-        for site_id, result in self._gather(TaskKind.TRAIN, round_num, selected, weights,
+        payload = strategy.train_payload(round_num, weights)
+        for site_id, result in self._gather(TaskKind.TRAIN, round_num, selected, payload,
                                             configure, failures):
             assert isinstance(result, TrainResult)
-            problems = incompatibilities(shared, result.weights)
+            problems = incompatibilities(expected, result.weights)
             if problems:
                 self._fail(failures, SiteFailure(
                     site_id, round_num, "train", "model does not match: " + "; ".join(problems)))

@@ -205,7 +205,7 @@ def test_bad_chunks_are_refused_without_touching_other_sites(federation, mode, c
 STRATEGIES = {"fedavg": {}, "fedprox": {"mu": 0.1}, "fedadam": {"server_lr": 0.1},
               "fedyogi": {"server_lr": 0.1}, "fedadagrad": {"server_lr": 0.1}, "fedavgm": {},
               "cyclic": {}, "median": {}, "trimmed_mean": {"trim": 0.2},
-              "clipped": {"max_norm": 1.0}}
+              "clipped": {"max_norm": 1.0}, "scaffold": {}}
 
 
 def test_every_strategy_runs_over_the_real_transport_unchanged(federation):

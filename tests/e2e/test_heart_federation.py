@@ -60,7 +60,7 @@ def test_simulated_partitions_of_the_pooled_data(partition):
 STRATEGIES = {"fedavg": {}, "fedprox": {"mu": 0.1}, "fedadam": {"server_lr": 0.1},
               "fedyogi": {"server_lr": 0.1}, "fedadagrad": {"server_lr": 0.1}, "fedavgm": {},
               "cyclic": {}, "median": {}, "trimmed_mean": {"trim": 0.2},
-              "clipped": {"max_norm": 1.0}}
+              "clipped": {"max_norm": 1.0}, "scaffold": {}}
 
 
 @pytest.mark.parametrize("algorithm", sorted(STRATEGIES))

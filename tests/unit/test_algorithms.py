@@ -135,3 +135,39 @@ def test_krum_with_too_few_sites_is_refused_when_the_job_is_built():
             strategy=Krum(num_byzantine=2), num_rounds=1, min_sites=3)
     assert "needs every round to have at least 7 sites" in str(info.value)
     assert str(info.value).startswith("job j: ")
+
+
+def test_scaffold_server_and_site_updates_by_hand():
+    from fedcare.algorithms import Scaffold
+    from fedcare.pytorch import ScaffoldSite
+
+    s = Scaffold(server_lr=1.0)
+    x = Weights({"w": np.array([1.0], np.float32)})
+    assert s.select_sites(1, ["a", "b", "c", "d"]) == ["a", "b", "c", "d"]
+    payload = s.train_payload(1, x)
+    assert list(payload) == ["w", "scaffold.c.w"] and payload["scaffold.c.w"][0] == 0.0
+    # site side: f(w) = (w - 3)^2 / 2, gradient w - 3; c = c_i = 0 in round 1; 2 steps, lr 0.5
+    model = torch.nn.Linear(1, 1, bias=False)
+    site = ScaffoldSite()
+    assert site.begin(model, Weights({"weight": np.array([[1.0]], np.float32),
+                                      "scaffold.c.weight": np.array([[0.2]], np.float32)}))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        (0.5 * (model.weight - 3.0) ** 2).sum().backward()
+        site.correct(model)  # g - c_i + c = (w - 3) + 0.2
+        opt.step()
+    # y1 = 1 - 0.5 * (-2 + 0.2) = 1.9 ; y2 = 1.9 - 0.5 * (-1.1 + 0.2) = 2.35
+    assert float(model.weight) == pytest.approx(2.35)
+    dc = site.end(model, steps=2, lr=0.5)["scaffold.dc.weight"]
+    # c_i+ = 0 - 0.2 + (1 - 2.35) / (2 * 0.5) = -1.55 ; dc = -1.55
+    assert float(dc[0, 0]) == pytest.approx(-1.55)
+    # server: two of four sites answer, y = 2 and 4, dc = 1 and 3:
+    # x = 1 + (3 - 1) = 3 ; c = 0 + (2 / 4) * 2 = 1
+    agg = s.aggregator(1, x)
+    for y, d in ((2.0, 1.0), (4.0, 3.0)):
+        agg.add("s", TrainResult(Weights({"w": np.array([y], np.float32),
+                                          "scaffold.dc.w": np.array([d], np.float32)}), 10))
+    assert agg.finish()["w"][0] == pytest.approx(3.0)
+    assert s.c["w"][0] == pytest.approx(1.0)
+    assert list(s.result_spec(x)) == ["w", "scaffold.dc.w"]
