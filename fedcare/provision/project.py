@@ -1,16 +1,40 @@
-"""The project file a study coordinator writes, and the config each startup kit carries."""
+"""The project file a study coordinator writes, and the config each startup kit carries.
+
+A project file names the federation, its server, its sites (hospitals) and its admins::
+
+    name: heart-federation
+    server: {host: fl.example.org, port: 8443}
+    sites:
+      - {name: hospital-a, org: Cleveland Clinic}
+    admins:
+      - {name: alice, org: Coordinating Centre, role: project_admin}
+      - {name: bob, org: Cleveland Clinic, role: site_admin, site: hospital-a}
+    cert_validity_days: 365
+
+Participant names become certificate common names, which is how the server knows who is on the
+other end of a connection, so they are unique across the whole federation and ``server`` is
+reserved. A bad file fails with one ConfigError naming the file and the field.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
 
+#: A participant name: also a folder name and a certificate common name.
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+FEDERATION = r"^[A-Za-z0-9_-]{1,64}$"
+SERVER_NAME = "server"
+AdminRole = Literal["project_admin", "site_admin", "viewer"]
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class _Model(BaseModel):
@@ -18,81 +42,179 @@ class _Model(BaseModel):
 
 
 class ServerSpec(_Model):
-    host: str = Field(min_length=1, max_length=253)
+    """Where sites and admins reach the server; the host goes into its certificate."""
+
+    host: str
     port: int = Field(ge=1, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+        labels = host.split(".")
+        if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+            raise ValueError(f"{host!r} is neither an IP address nor a DNS name")
+        if labels[-1].isdigit():
+            raise ValueError(f"{host!r} is not a valid IP address")
+        return host
 
 
 class SiteSpec(_Model):
+    """A hospital. ``org`` becomes the O of its certificate (X.509 allows 64 characters)."""
+
     name: str = Field(pattern=NAME)
     org: str = Field(min_length=1, max_length=64)
 
 
 class AdminSpec(_Model):
+    """A person who submits or watches jobs; a site_admin is tied to one site."""
+
     name: str = Field(pattern=NAME)
     org: str = Field(min_length=1, max_length=64)
-    role: Literal["project_admin", "site_admin", "viewer"]
+    role: AdminRole
     site: str | None = None
+
+
+def _cross_field_problems(project: ProjectConfig) -> list[str]:
+    """Problems no single field shows, each prefixed with the field it concerns."""
+    seen = {SERVER_NAME: "the server"}
+    problems = []
+    named = [(f"sites.{i}.name", s.name) for i, s in enumerate(project.sites)]
+    named += [(f"admins.{i}.name", a.name) for i, a in enumerate(project.admins)]
+    for loc, name in named:
+        if name in seen:
+            problems.append(f"{loc}: {name!r} is already the name of {seen[name]} (names are "
+                            f"unique across sites and admins; 'server' is reserved)")
+        else:
+            seen[name] = loc
+    sites = [s.name for s in project.sites]
+    for i, admin in enumerate(project.admins):
+        if admin.role == "site_admin" and admin.site not in sites:
+            problems.append(f"admins.{i}.site: a site_admin needs 'site' naming one of the "
+                            f"sites {sites}, got {admin.site!r}")
+        elif admin.role != "site_admin" and admin.site is not None:
+            problems.append(f"admins.{i}.site: only a site_admin has a site ({admin.name} is "
+                            f"a {admin.role})")
+    return problems
 
 
 class ProjectConfig(_Model):
     """A federation: its server, its sites (hospitals) and the people who administer it."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str = Field(pattern=FEDERATION)
     server: ServerSpec
     sites: list[SiteSpec] = Field(default_factory=list)
     admins: list[AdminSpec] = Field(default_factory=list)
     cert_validity_days: int = Field(default=365, ge=1, le=3650)
 
     @model_validator(mode="after")
-    def _names(self) -> ProjectConfig:
-        names = ["server"] + [s.name for s in self.sites] + [a.name for a in self.admins]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"participant names must be unique ('server' is reserved): "
-                             f"{duplicates}")
-        sites = {s.name for s in self.sites}
-        for admin in self.admins:
-            if admin.role == "site_admin" and admin.site not in sites:
-                raise ValueError(f"admin {admin.name}: site_admin needs 'site' naming one of "
-                                 f"the sites {sorted(sites)}, got {admin.site!r}")
-            if admin.role != "site_admin" and admin.site is not None:
-                raise ValueError(f"admin {admin.name}: only a site_admin has a 'site'")
+    def _consistent(self) -> ProjectConfig:
+        problems = _cross_field_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
 class KitConfig(_Model):
-    """``config.yaml`` of one startup kit. A site edits ``data_dir`` and ``allowed_trainers``.
+    """``config.yaml`` of one startup kit, written at provisioning, read at start-up.
 
-    ``allowed_trainers`` lists the job entry points (module:function) this site runs; an empty
-    list accepts any job the federation's project admins submit.
+    Attributes:
+        federation: Name of the federation (also the OU of every certificate).
+        name: This participant's name, equal to its certificate's common name.
+        kind: Which process the kit starts: ``server``, ``site`` or ``admin``.
+        server_host: Host the server listens on and the others dial.
+        server_port: Port of the server.
+        role: The admin's role; None for the server and sites.
+        site: The site a site_admin administers; None otherwise.
+        data_dir: Sites only. The folder of this hospital's data, filled in by the hospital.
+            It is read by the site's own process and never sent to the server: where patient
+            data lives is the site's business, not the federation's.
+        allowed_trainers: Sites only. Job entry points (``module:function``) this site runs.
+            An empty list accepts any job the federation's project admins submit.
+        workspace: Server only. Folder for jobs, checkpoints and results, relative to the kit.
+        crl: Server only. Revocation list, relative to the kit; re-read on every connection.
     """
 
-    federation: str
-    name: str
+    federation: str = Field(pattern=FEDERATION)
+    name: str = Field(pattern=NAME)
     kind: Literal["server", "site", "admin"]
     server_host: str
-    server_port: int
-    role: str | None = None
+    server_port: int = Field(ge=1, le=65535)
+    role: AdminRole | None = None
     site: str | None = None
     data_dir: str | None = None
     allowed_trainers: list[str] = Field(default_factory=list)
     workspace: str | None = None
     crl: str | None = None
 
+    @model_validator(mode="after")
+    def _consistent(self) -> KitConfig:
+        if (self.kind == "admin") != (self.role is not None):
+            raise ValueError("role: an admin kit needs a role, and only an admin kit has one")
+        if (self.role == "site_admin") != (self.site is not None):
+            raise ValueError("site: a site_admin kit names its site, and only a site_admin's")
+        return self
+
+    def to_yaml(self) -> str:
+        """The kit's ``config.yaml``: only the keys that mean something for its kind."""
+        keys = ["federation", "name", "kind", "server_host", "server_port"]
+        keys += {"server": ["workspace", "crl"], "site": ["data_dir", "allowed_trainers"],
+                 "admin": ["role", "site"] if self.site else ["role"]}[self.kind]
+        header = ""
+        if self.kind == "site":
+            header = ("# data_dir: this hospital's data folder, read only by this site's process.\n"
+                      "# allowed_trainers: job entry points (module:function) this site runs;\n"
+                      "#   an empty list [] accepts any job the project admins submit.\n")
+        data = self.model_dump()
+        return header + yaml.safe_dump({k: data[k] for k in keys}, sort_keys=False)
+
 
 def format_errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(x) for x in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors())
+    """One line for all of a ValidationError: ``field.path: message; ...``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "value_error":
+            # Our own validators' messages, without pydantic's "Value error, " prefix; the
+            # cross-field ones already start with the field they concern.
+            message = str(err["ctx"]["error"])
+            parts.append(f"{loc}: {message}" if loc else message)
+        else:
+            parts.append(f"{loc or '(file)'}: {err['msg']}")
+    return "; ".join(parts)
 
 
-def read_yaml_model(path: Path, model: type[_Model], what: str) -> _Model:
-    """Parse and validate a YAML file, or one ConfigError naming the file and field."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml_model(path: Path, model: type[M], what: str) -> M:
+    """Parse and validate a YAML file.
+
+    Args:
+        path: The file.
+        model: The pydantic model it must satisfy.
+        what: How to call the file in errors, e.g. ``"project file"``.
+
+    Returns:
+        The validated model.
+
+    Raises:
+        ConfigError: One line naming the file and every offending field, for a missing or
+            unreadable file, a YAML syntax error or a validation failure.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what} {path}: cannot parse: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror}") from None
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -100,6 +222,10 @@ def read_yaml_model(path: Path, model: type[_Model], what: str) -> _Model:
 
 
 def load_project(path: Path) -> ProjectConfig:
-    project = read_yaml_model(path, ProjectConfig, "project file")
-    assert isinstance(project, ProjectConfig)
-    return project
+    """Read and validate a project file.
+
+    Raises:
+        ConfigError: Naming the file and the field, e.g. ``project file p.yaml: admins.1.site:
+            a site_admin needs 'site' naming one of the sites [...]``.
+    """
+    return read_yaml_model(path, ProjectConfig, "project file")
