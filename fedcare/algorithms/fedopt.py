@@ -10,11 +10,13 @@ Each round the sites' sample-weighted mean model gives the pseudo-gradient
   and for the three adaptive ones  w = w + lr * m / (sqrt(v) + tau),  with v starting at tau^2.
 
 The mean is computed incrementally (one accumulator, whatever the number of sites). Server
-moments live in the strategy object for the whole job; they are not yet checkpointed, so a
-server restart resumes with fresh moments.
+moments live in the strategy object and are checkpointed with the model every round, so a
+resumed job continues with the same moments.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -72,6 +74,14 @@ class FedOpt(FedAvg):
 
     def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
         return _StepAggregator(self, global_weights)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {**{f"m.{k}": v for k, v in self.m.items()},
+                **{f"v.{k}": v for k, v in self.v.items()}}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.m = {k[2:]: np.array(v) for k, v in state.items() if k.startswith("m.")}
+        self.v = {k[2:]: np.array(v) for k, v in state.items() if k.startswith("v.")}
 
     def step(self, current: Weights, mean: Weights) -> Weights:
         """One server step from ``current`` towards the sites' ``mean`` (float params only)."""

@@ -12,7 +12,7 @@ The site side is :class:`fedcare.pytorch.ScaffoldSite`. The means are incrementa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -88,3 +88,9 @@ class Scaffold(FedAvg):
 
     def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
         return _ScaffoldAggregator(self, global_weights)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"c.{k}": v for k, v in self.c.items()}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.c = {k[2:]: np.array(v) for k, v in state.items() if k.startswith("c.")}

@@ -8,7 +8,9 @@ sites. Algorithms that cannot be computed this way (median, Krum) must say so an
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from fedcare.core.message import Config, TrainResult
 from fedcare.core.weights import Weights
@@ -66,6 +68,14 @@ class Strategy(ABC):
         if not local:
             return global_weights
         return Weights({k: v for k, v in global_weights.items() if k not in local})
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Server-side state carried across rounds (optimiser moments, control variates),
+        checkpointed with the model so a resumed job continues exactly. None by default."""
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027
+        """Restore what :meth:`state` returned (when a job resumes)."""
 
     def check_job(self, *, min_sites: int, num_sites: int | None) -> None:  # noqa: B027
         """Refuse (ConfigError) a job this strategy cannot run, e.g. too few sites for Krum.

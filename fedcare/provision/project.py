@@ -87,11 +87,11 @@ def _cross_field_problems(project: ProjectConfig) -> list[str]:
     named += [(f"admins.{i}.name", a.name) for i, a in enumerate(project.admins)]
     for loc, name in named:
         if name in seen:
-            problems.append(f"{loc}: {name!r} is already the name of {seen[name]} (names are "
-                            f"unique across sites and admins; 'server' is reserved)")
+            problems.append(f"{loc}: {name!r} is already used by {seen[name]}; participant "
+                            f"names must be unique ('server' is reserved for the server)")
         else:
             seen[name] = loc
-    sites = [s.name for s in project.sites]
+    sites = sorted({s.name for s in project.sites})
     for i, admin in enumerate(project.admins):
         if admin.role == "site_admin" and admin.site not in sites:
             problems.append(f"admins.{i}.site: a site_admin needs 'site' naming one of the "

@@ -35,16 +35,30 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
 
-    def save(self, round_num: int, weights: Weights) -> Path:
+    def save(self, round_num: int, weights: Weights,
+             strategy_state: dict[str, np.ndarray] | None = None) -> Path:
+        """Model (and the strategy's server state, if any) after ``round_num``."""
         name = f"global-round{round_num:04d}.npz"
         path = self.directory / name
+        if strategy_state:
+            state_path = self.directory / f"strategy-round{round_num:04d}.npz"
+            _atomic_write(state_path, lambda fh: np.savez(fh, **strategy_state))
         _atomic_write(path, lambda fh: np.savez(fh, **dict(weights)))
         meta = {"round_num": round_num, "file": name, "names": list(weights)}
         meta_bytes = json.dumps(meta).encode()
         _atomic_write(self.directory / "latest.json", lambda fh: fh.write(meta_bytes))
-        for old in sorted(self.directory.glob("global-round*.npz"))[:-self.keep]:
-            old.unlink(missing_ok=True)
+        for pattern in ("global-round*.npz", "strategy-round*.npz"):
+            for old in sorted(self.directory.glob(pattern))[:-self.keep]:
+                old.unlink(missing_ok=True)
         return path
+
+    def load_strategy_state(self, round_num: int) -> dict[str, np.ndarray]:
+        """The strategy state saved after ``round_num`` (empty if it had none)."""
+        path = self.directory / f"strategy-round{round_num:04d}.npz"
+        if not path.exists():
+            return {}
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
 
     def load(self, round_num: int) -> Weights | None:
         """The model saved after ``round_num``, if still kept."""

@@ -14,8 +14,10 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from fedcare.core.errors import AggregationError, FedcareError, JobAborted, SiteError
 from fedcare.core.job import Job
@@ -50,6 +52,7 @@ class Checkpoint:
     round_num: int
     weights: Weights
     records: list[RoundRecord]
+    strategy_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class RoundController:
             )
         if self._resume is not None:
             weights, first = self._resume.weights, self._resume.round_num + 1
+            job.strategy.load_state(self._resume.strategy_state)
             log.info("job %s: resuming after round %d", self.job_id, self._resume.round_num)
         else:
             weights, first = Weights(job.initial_weights()), 1
@@ -197,7 +201,7 @@ class RoundController:
         if round_num == 0:
             self.listener.on_round_start(0, self.job.num_rounds, self._available())
         if self._checkpointer is not None:
-            self._checkpointer.save(round_num, weights)
+            self._checkpointer.save(round_num, weights, self.job.strategy.state())
         site_eval: dict[str, SiteEval] = {}
         overall = WeightedMetrics()
         strategy = self.job.strategy

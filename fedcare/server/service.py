@@ -177,7 +177,7 @@ class FederationServer:
         if weights is None:
             log.warning("job %s: no checkpoint of round %d; starting over", row.job_id, last)
             return None
-        return Checkpoint(last, weights, records)
+        return Checkpoint(last, weights, records, checkpoints.load_strategy_state(last))
 
     def stop(self) -> None:
         self._stop.set()
