@@ -78,8 +78,10 @@ def _add_site(kits: Path, name: str, org: str) -> None:
 def _revoke(kits: Path, name: str) -> None:
     crl = revoke(kits, name)
     server_crl = kits / "server" / "crl.pem"
-    where = f"{crl} and {server_crl}" if server_crl.exists() else f"{crl} (copy it to the "\
-        "server kit)"
+    if server_crl.exists():
+        where = f"{crl} and {server_crl}"
+    else:
+        where = f"{crl} (copy it into the server's kit)"
     console.print(f"revoked {name}; CRL updated: {where}; the server refuses {name} from its "
                   "next call")
 

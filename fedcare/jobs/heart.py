@@ -22,7 +22,13 @@ from fedcare.core.job import Job
 from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
-from fedcare.datasets.heart import FEATURE_NAMES, HOSPITALS, load_all, load_hospital
+from fedcare.datasets.heart import (
+    FEATURE_NAMES,
+    HOSPITALS,
+    load_all,
+    load_hospital,
+    load_hospital_flamby,
+)
 from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
 from fedcare.sim import partition
 
@@ -153,8 +159,11 @@ class FeatureMoments:
         return Weights(updated)
 
 
-def _site_data(ctx: SiteContext, split_seed: int, partition_name: str, alpha: float
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _site_data(ctx: SiteContext, split_seed: int, partition_name: str, alpha: float,
+               split: str = "seeded") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if partition_name == "natural" and split == "flamby":
+        d = load_hospital_flamby(ctx.site_id, data_dir=ctx.data_dir)
+        return d.x_train, d.y_train, d.x_test, d.y_test
     if partition_name == "natural":
         # A real site reads its own copy from the data_dir of its kit config; the simulator
         # (no data_dir) reads the copy shipped in the package.
@@ -198,18 +207,25 @@ def make_job(
     round_timeout_s: float = 120.0,
     algorithm: str = "fedavg",
     algorithm_params: dict[str, float] | None = None,
+    split: str = "seeded",
 ) -> Job:
-    """The heart-disease job; ``split_seed`` defaults to ``seed`` (train/test split per centre)."""
+    """The heart-disease job.
+
+    ``split``: "seeded" (a stratified per-centre split drawn with ``split_seed``, default
+    ``seed``) or "flamby" (FLamby's fixed split, the same for every seed).
+    """
+    if split not in ("seeded", "flamby"):
+        raise ConfigError(f"heart job: split must be 'seeded' or 'flamby', got {split!r}")
     if partition not in PARTITIONS:
         raise ConfigError(f"heart job: partition must be one of {PARTITIONS}, got {partition!r}")
     if local_steps < 1 or not lr > 0 or batch_size < 0 or weight_decay < 0:
         raise ConfigError("heart job: need local_steps >= 1, lr > 0, batch_size >= 0, "
                           f"weight_decay >= 0 (got {local_steps}, {lr}, {batch_size}, "
                           f"{weight_decay})")
-    split = seed if split_seed is None else split_seed
+    split_rng_seed = seed if split_seed is None else split_seed
 
     def trainer(ctx: SiteContext) -> HeartTrainer:
-        x_tr, y_tr, x_te, y_te = _site_data(ctx, split, partition, alpha)
+        x_tr, y_tr, x_te, y_te = _site_data(ctx, split_rng_seed, partition, alpha, split)
         return HeartTrainer(x_tr, y_tr, x_te, y_te, seed=seed * 1000 + ctx.site_index)
 
     if algorithm not in ALGORITHMS:

@@ -143,3 +143,16 @@ def test_unknown_site_raises() -> None:
     assert "cleveland" in str(info.value)
     with pytest.raises(ValueError, match="mars"):
         load_hospital("mars")
+
+
+def test_flamby_split_has_flamby_sizes_and_is_fixed():
+    from fedcare.datasets.heart import load_hospital_flamby
+
+    sizes = {h: (len(load_hospital_flamby(h).y_train), len(load_hospital_flamby(h).y_test))
+             for h in ("cleveland", "hungary", "switzerland", "va")}
+    assert sizes == {"cleveland": (199, 104), "hungary": (172, 89), "switzerland": (30, 16),
+                     "va": (85, 45)}
+    a, b = load_hospital_flamby("va"), load_hospital_flamby("va")
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    # Zurich+Basel has one negative patient: FLamby splits it unstratified
+    assert int(load_hospital_flamby("switzerland").y_test.sum()) == 15

@@ -27,6 +27,7 @@ __all__ = [
     "HospitalData",
     "load_all",
     "load_hospital",
+    "load_hospital_flamby",
     "load_raw",
 ]
 
@@ -178,6 +179,31 @@ def load_hospital(site_id: str, *, seed: int = 43, test_fraction: float = 0.34,
     """
     x, y = load_raw(site_id, data_dir)
     test = _stratified_test_mask(y, test_fraction, seed)
+    return HospitalData(site_id, x[~test], y[~test], x[test], y[test])
+
+
+def load_hospital_flamby(site_id: str, *, data_dir: Path | None = None) -> HospitalData:
+    """One hospital with FLamby's own fixed split (needs scikit-learn, the ``flamby`` extra).
+
+    FLamby splits each centre's preprocessed rows (file order) with scikit-learn's
+    ``train_test_split`` (train 0.66 / test 0.34, ``random_state=43``), stratified on the
+    binary label when each class has more than two patients; Zurich+Basel, with a single
+    negative patient, is split unstratified. Reproducing that call gives the very same
+    patients in each test set as FLamby's benchmark.
+    """
+    try:
+        from sklearn.model_selection import train_test_split
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise ValueError("FLamby's exact split needs scikit-learn: pip install "
+                         "'fedcare[flamby]'") from None
+    x, y = load_raw(site_id, data_dir)
+    counts = np.unique(y, return_counts=True)[1]
+    stratify = y if len(counts) > 1 and bool((counts > 2).all()) else None
+    _, test_idx = train_test_split(np.arange(len(y)), test_size=1.0 - 0.66,
+                                           train_size=0.66, random_state=43, shuffle=True,
+                                           stratify=stratify)
+    test = np.zeros(len(y), dtype=bool)
+    test[test_idx] = True
     return HospitalData(site_id, x[~test], y[~test], x[test], y[test])
 
 
