@@ -139,9 +139,9 @@ def bench_flamby(
 def _register() -> None:
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.poc import poc_command
-    from fedcare.cli.provision import provision_command
+    from fedcare.cli.provision import provision_app
 
-    app.command("provision")(provision_command)
+    app.add_typer(provision_app, name="provision")
     app.add_typer(server_app, name="server")
     app.add_typer(site_app, name="site")
     app.add_typer(admin_app, name="admin")
