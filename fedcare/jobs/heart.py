@@ -64,6 +64,16 @@ def standardisation(count: float, total: np.ndarray, total_sq: np.ndarray
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
+@torch.no_grad()
+def fit_scaler(model: nn.Module, x: np.ndarray) -> None:
+    """Set a model's ``scaler_mean``/``scaler_std`` buffers from centrally held rows (the
+    baselines; a federation computes the same from per-site sums)."""
+    x64 = x.astype(np.float64)
+    mean, std = standardisation(float(len(x64)), x64.sum(0), (x64**2).sum(0))
+    model.scaler_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+    model.scaler_std.copy_(torch.from_numpy(std.astype(np.float32)))
+
+
 def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: float,
         batch_size: int, weight_decay: float, generator: torch.Generator,
         anchor: Weights | None = None, mu: float = 0.0,

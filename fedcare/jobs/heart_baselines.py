@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fedcare.datasets.heart import HospitalData, load_all
-from fedcare.jobs.heart import HeartModel, fit, score, standardisation
+from fedcare.jobs.heart import HeartModel, fit, fit_scaler, score
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,7 @@ def _train(x: np.ndarray, y: np.ndarray, *, seed: int, steps: int, lr: float, ba
            weight_decay: float) -> HeartModel:
     torch.manual_seed(seed)
     model = HeartModel()
-    x64 = x.astype(np.float64)
-    mean, std = standardisation(float(len(x64)), x64.sum(0), (x64**2).sum(0))
-    model.scaler_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-    model.scaler_std.copy_(torch.from_numpy(std.astype(np.float32)))
+    fit_scaler(model, x)
     fit(model, x, y, steps=steps, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
         generator=torch.Generator().manual_seed(seed))
     return model

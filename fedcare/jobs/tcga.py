@@ -20,7 +20,7 @@ from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.tcga_brca import CENTERS, NUM_FEATURES, load_center
-from fedcare.jobs.heart import ALGORITHMS, FeatureMoments, feature_statistics, standardisation
+from fedcare.jobs.heart import ALGORITHMS, FeatureMoments, feature_statistics, fit_scaler
 from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
 
 
@@ -104,10 +104,7 @@ def _fit_central(x: np.ndarray, e: np.ndarray, t: np.ndarray, *, steps: int, lr:
                  seed: int) -> CoxModel:
     torch.manual_seed(seed)
     model = CoxModel()
-    x64 = x.astype(np.float64)
-    mean, std = standardisation(float(len(x64)), x64.sum(0), (x64**2).sum(0))
-    model.scaler_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-    model.scaler_std.copy_(torch.from_numpy(std.astype(np.float32)))
+    fit_scaler(model, x)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     xt, et, tt = (torch.from_numpy(a) for a in (x, e, t))
     for _ in range(steps):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from certs import ThrowawayCA
 
+from fedcare.jobs.flamby import ALGORITHMS as STRATEGIES
 from fedcare.server.admin import AdminService
 from fedcare.server.service import FederationServer
 from fedcare.site.runtime import SiteRuntime
@@ -202,10 +203,6 @@ def test_bad_chunks_are_refused_without_touching_other_sites(federation, mode, c
     assert "site site-2: " in logged and expected in logged
 
 
-STRATEGIES = {"fedavg": {}, "fedprox": {"mu": 0.1}, "fedadam": {"server_lr": 0.1},
-              "fedyogi": {"server_lr": 0.1}, "fedadagrad": {"server_lr": 0.1}, "fedavgm": {},
-              "cyclic": {}, "median": {}, "trimmed_mean": {"trim": 0.2},
-              "clipped": {"max_norm": 1.0}, "scaffold": {}}
 
 
 def test_every_strategy_runs_over_the_real_transport_unchanged(federation):

@@ -7,6 +7,7 @@ import pytest
 
 from fedcare import load_job, simulate
 from fedcare.datasets.heart import HOSPITALS
+from fedcare.jobs.flamby import ALGORITHMS as STRATEGIES
 from fedcare.jobs.heart_demo import run_seed, summarise
 
 
@@ -57,10 +58,6 @@ def test_simulated_partitions_of_the_pooled_data(partition):
     assert last.eval_metrics["accuracy"] > 0.7
 
 
-STRATEGIES = {"fedavg": {}, "fedprox": {"mu": 0.1}, "fedadam": {"server_lr": 0.1},
-              "fedyogi": {"server_lr": 0.1}, "fedadagrad": {"server_lr": 0.1}, "fedavgm": {},
-              "cyclic": {}, "median": {}, "trimmed_mean": {"trim": 0.2},
-              "clipped": {"max_norm": 1.0}, "scaffold": {}}
 
 
 @pytest.mark.parametrize("algorithm", sorted(STRATEGIES))
