@@ -51,6 +51,13 @@ class ToyTrainer:
             out["w"] = out["w"].astype(np.float64)
         elif mode == "zero_samples":
             n = 0
+        elif mode == "huge_samples":  # would overflow float64 sums and dominate the average
+            n = 10**400
+        elif mode == "huge_metric":
+            metrics = {"loss": 10**400}
+        elif mode == "extreme_values":  # finite float32, summed in float64: must not overflow
+            out["w"][:] = np.float32(3e38)
+            n = 2**53
         elif mode == "hang":
             RELEASE.wait(timeout=30)
         elif mode == "nan_metric":

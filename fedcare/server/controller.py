@@ -40,6 +40,9 @@ from fedcare.server.statistics import SumAggregator
 from fedcare.transport.base import Transport
 
 log = logging.getLogger(__name__)
+#: The largest sample count a site may report: exact in float64, and small enough that a
+#: weighted sum of float32 values (at most ~3.4e38 each) cannot overflow float64.
+MAX_NUM_SAMPLES = 2**53
 _RESULT_TYPES: dict[TaskKind, type] = {
     TaskKind.TRAIN: TrainResult, TaskKind.EVALUATE: EvalResult, TaskKind.STATISTICS: StatsResult,
 }
@@ -112,6 +115,9 @@ class RoundController:
         except FedcareError as exc:
             self._state, self._error = RunState.FAILED, str(exc)
             raise
+        except Exception as exc:  # a bug in job code must not leave the run "running"
+            self._state, self._error = RunState.FAILED, f"{type(exc).__name__}: {exc}"
+            raise
         self._state = RunState.FINISHED
         return RunResult(weights, self.history, self.run_dir)
 
@@ -181,7 +187,12 @@ class RoundController:
                 self._fail(failures, SiteFailure(
                     site_id, round_num, "train", "model does not match: " + "; ".join(problems)))
                 continue
-            aggregator.add(site_id, result)
+            try:
+                aggregator.add(site_id, result)
+            except (ValueError, ArithmeticError) as exc:  # e.g. an update too large to sum
+                self._fail(failures, SiteFailure(site_id, round_num, "train",
+                                                 f"cannot be aggregated: {exc}"))
+                continue
             train_metrics.add(result.num_samples, result.metrics)
             trained.append(site_id)
             del result  # dropped before the next one is received: one upload in memory
@@ -288,11 +299,11 @@ class RoundController:
         if not isinstance(result, _RESULT_TYPES[kind]):
             return f"sent {type(result).__name__} for a {kind.value} task"
         n = result.num_samples
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            return f"num_samples must be a positive integer, got {n!r}"
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_NUM_SAMPLES:
+            shown = n if not isinstance(n, int) or n.bit_length() < 64 else f"~2**{n.bit_length()}"
+            return f"num_samples must be an integer in 1..2**53, got {shown!r}"
         if isinstance(result, TrainResult | EvalResult):
-            bad = [k for k, v in result.metrics.items()
-                   if not isinstance(v, int | float) or not math.isfinite(v)]
+            bad = [k for k, v in result.metrics.items() if not _finite_number(v)]
             if bad:
                 return f"metrics {bad} are not finite numbers"
         if isinstance(result, TrainResult | StatsResult):
@@ -318,3 +329,13 @@ class RoundController:
             "the last good global model is kept",
             job_id=self.job_id, round_num=round_num,
         )
+
+
+def _finite_number(value: object) -> bool:
+    """A real number of magnitude at most 1e300 (huge ints such as 10**400 are not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) <= 1e300
+    except OverflowError:
+        return False

@@ -6,16 +6,24 @@ from collections.abc import Mapping
 
 
 class WeightedMetrics:
-    """Running sum_k n_k * m_k / sum_k n_k for every metric name any site reported."""
+    """Running sum_k n_k * m_k / sum_k n_k for every metric name any site reported.
+
+    Kept as a running mean (not a sum), so it stays within the range of the values folded in
+    and cannot overflow, however large the sample counts.
+    """
 
     def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
+        self._means: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
     def add(self, num_samples: int, metrics: Mapping[str, float]) -> None:
+        if num_samples <= 0:
+            return
         for name, value in metrics.items():
-            self._sums[name] = self._sums.get(name, 0.0) + num_samples * float(value)
-            self._counts[name] = self._counts.get(name, 0) + num_samples
+            count = self._counts.get(name, 0) + num_samples
+            mean = self._means.get(name, 0.0)
+            self._means[name] = mean + (float(value) - mean) * (num_samples / count)
+            self._counts[name] = count
 
     def result(self) -> dict[str, float]:
-        return {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts[k] > 0}
+        return dict(self._means)

@@ -49,7 +49,9 @@ BAD_MODES = {
     "wrong_name": "missing parameters ['b']; unexpected parameters ['extra']",
     "wrong_shape": "w: shape [3, 2], expected [2, 3]",
     "wrong_dtype": "w: dtype float64, expected float32",
-    "zero_samples": "num_samples must be a positive integer, got 0",
+    "zero_samples": "num_samples must be an integer in 1..2**53, got 0",
+    "huge_samples": "num_samples must be an integer in 1..2**53, got '~2**1329'",
+    "huge_metric": "metrics ['loss'] are not finite",
     "nan_metric": "metrics ['loss'] are not finite",
     "not_a_result": "train() returned dict, expected TrainResult",
 }
@@ -94,6 +96,14 @@ def test_too_few_good_sites_stops_the_job_and_keeps_the_last_good_model(tmp_path
     np.testing.assert_allclose(weights["w"], MEAN_ALL, rtol=1e-6)
     assert np.isfinite(weights["w"]).all()
     assert [r["round_num"] for r in json.loads((tmp_path / "metrics.json").read_text())] == [0, 1]
+
+
+def test_extreme_but_valid_updates_do_not_overflow_the_average():
+    job = toyjob.make_job(num_rounds=1, modes={"site-2": "extreme_values"})
+    result = simulate(job)
+    # 2**53 samples at 3e38 swamp sites 0 and 1, and the mean stays finite and in range
+    np.testing.assert_allclose(result.weights["w"], 3e38, rtol=1e-6)
+    assert np.isfinite(result.weights["w"]).all()
 
 
 class ReleaseAfterRoundOne(Recorder):
