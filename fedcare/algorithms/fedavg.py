@@ -3,9 +3,15 @@
     w_{t+1} = sum_k (n_k / n) * w_k,   n = sum_k n_k
 
 computed incrementally: one float64 accumulator per parameter holds sum_k n_k * w_k, so memory does
-not grow with the number of sites. float64 keeps the result independent of the order in which
-results arrive (in float32 it would differ in the last bit between runs), which is what makes a
-resumed or multi-process run end with exactly the model of an uninterrupted in-process one.
+not grow with the number of sites.
+
+Arrival order: a float16/float32 model is summed with at least 29 spare bits, so once rounded
+back it does not depend on the order in which results arrive (in a float32 accumulator it would
+differ in the last bit between runs); that is what makes a resumed or multi-process run end with
+exactly the model of an uninterrupted in-process one. This is exact whenever the float64 sums are,
+as for ordinary updates (sample counts below about 2**20, values within a few orders of magnitude
+of each other). float64 parameters have no spare bits: their mean can differ in the last bits
+(about 1e-16 relative) with arrival order, so such runs agree to that precision, not bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.message import Config, TrainResult, check_scalars
 from fedcare.core.strategy import Aggregator, Strategy
 from fedcare.core.weights import Weights
@@ -43,11 +49,14 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights) -> We
             continue
         mean = np.divide(acc[name], total, out=acc[name])  # in place: no second copy
         if np.issubdtype(ref.dtype, np.floating):
-            out[name] = mean.astype(ref.dtype, copy=False)
+            array = mean.astype(ref.dtype, copy=False)
         elif ref.dtype == np.bool_:
-            out[name] = mean >= 0.5
+            array = mean >= 0.5
         else:
-            out[name] = np.rint(mean).astype(ref.dtype)
+            array = np.rint(mean).astype(ref.dtype)
+        array = np.asarray(array)  # a 0-d result is a numpy scalar
+        array.flags.writeable = False  # owned by nobody else: Weights takes it without a copy
+        out[name] = array
     return Weights(out)
 
 
@@ -107,6 +116,7 @@ class FedAvg(Strategy):
         self.fraction = fraction
         self.seed = seed
         self.selector = selector
+        self._min_sites: int | None = None  # the job's, once a Job has checked this strategy
         self.train_config = dict(train_config or {})
         self.evaluate_config = dict(evaluate_config or {})
         try:
@@ -115,12 +125,32 @@ class FedAvg(Strategy):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"FedAvg: {exc}") from None
 
+    def _sample_size(self, num_available: int) -> int:
+        return max(1, round(self.fraction * num_available))
+
+    def check_job(self, *, min_sites: int, num_sites: int | None) -> None:
+        self._min_sites = min_sites  # checked again in select_sites, against the connected sites
+        if self.selector is not None or self.fraction >= 1.0 or num_sites is None:
+            return
+        count = self._sample_size(num_sites)
+        if count < min_sites:
+            raise ConfigError(
+                f"{type(self).__name__} fraction={self.fraction} asks {count} of the job's "
+                f"{num_sites} sites to train each round, fewer than min_sites={min_sites}: "
+                "every round would fail")
+
     def select_sites(self, round_num: int, available: Sequence[str]) -> list[str]:
         if self.selector is not None:
             return [s for s in self.selector(round_num, available) if s in available]
-        if self.fraction >= 1.0:
-            return list(available)
-        count = max(1, round(self.fraction * len(available)))
+        if self.fraction >= 1.0 or not available:
+            return list(available)  # none: the controller reports too few sites
+        count = self._sample_size(len(available))
+        min_sites = self._min_sites
+        if min_sites is not None and count < min_sites <= len(available):
+            raise AggregationError(
+                f"{type(self).__name__} fraction={self.fraction} asks {count} of the "
+                f"{len(available)} connected sites to train, fewer than min_sites={min_sites}",
+                round_num=round_num)
         rng = np.random.default_rng([self.seed, round_num])
         chosen = rng.choice(len(available), size=count, replace=False)
         return [available[i] for i in sorted(chosen)]

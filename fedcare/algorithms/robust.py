@@ -16,6 +16,9 @@ that is refused), i.e. memory is ``max_sites`` x the model. Norm clipping is inc
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 
 from fedcare.algorithms.fedavg import FedAvg, WeightedMeanAggregator
@@ -23,6 +26,8 @@ from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.message import TrainResult
 from fedcare.core.strategy import Aggregator
 from fedcare.core.weights import Weights
+
+log = logging.getLogger(__name__)
 
 
 def _flat(weights: Weights) -> np.ndarray:
@@ -34,8 +39,10 @@ def _unflat(vector: np.ndarray, like: Weights) -> Weights:
     for name, ref in like.items():
         part = vector[offset:offset + ref.size].reshape(ref.shape)
         offset += ref.size
-        out[name] = (part if np.issubdtype(ref.dtype, np.floating) else np.rint(part)).astype(
-            ref.dtype)
+        array = np.asarray((part if np.issubdtype(ref.dtype, np.floating) else np.rint(part))
+                           .astype(ref.dtype))  # asarray: a 0-d result is a numpy scalar
+        array.flags.writeable = False  # a fresh array: Weights takes it without a copy
+        out[name] = array
     return Weights(out)
 
 
@@ -86,17 +93,46 @@ class Median(RobustFedAvg):
 
 
 class TrimmedMean(RobustFedAvg):
-    """Drops ``trim`` (in [0, 0.5)) of the values at each end, per coordinate."""
+    """Drops ``trim`` (in [0, 0.5)) of the values at each end, per coordinate.
+
+    That is floor(trim * n) of the n results at each end, so a round with fewer than 1 / trim
+    results trims nothing and is a plain (unweighted) mean. A job whose declared sites are that
+    few is refused when it is built; otherwise the first such round logs a warning.
+    """
 
     def __init__(self, *, trim: float = 0.1, **kwargs: object) -> None:
         if not 0.0 <= trim < 0.5:
             raise ConfigError(f"TrimmedMean: trim must be in [0, 0.5), got {trim}")
         super().__init__(**kwargs)
         self.trim = trim
+        self._warned = False
+
+    def _trimmed(self, n: int) -> int:
+        return int(np.floor(self.trim * n))
+
+    def _needed(self) -> int:
+        """The fewest results of which something is trimmed (trim > 0)."""
+        n = math.ceil(1 / self.trim)
+        while self._trimmed(n) == 0:  # float rounding of trim * n
+            n += 1
+        return n
+
+    def check_job(self, *, min_sites: int, num_sites: int | None) -> None:
+        super().check_job(min_sites=min_sites, num_sites=num_sites)
+        if self.trim > 0 and num_sites is not None and self._trimmed(num_sites) == 0:
+            raise ConfigError(
+                f"TrimmedMean trim={self.trim} would trim nothing with the job's {num_sites} "
+                f"sites (floor({self.trim} x {num_sites}) = 0): it needs at least "
+                f"{self._needed()} results per round; use a larger trim or Median")
 
     def combine(self, models: np.ndarray, samples: np.ndarray) -> np.ndarray:
         n = len(models)
-        k = int(np.floor(self.trim * n))
+        k = self._trimmed(n)
+        if k == 0 and self.trim > 0 and not self._warned:
+            self._warned = True
+            log.warning("TrimmedMean trim=%s trims nothing with %d results (floor(%s x %d) = 0): "
+                        "this round is a plain mean; it needs at least %d results per round",
+                        self.trim, n, self.trim, n, self._needed())
         ordered = np.sort(models, axis=0)
         return ordered[k:n - k].mean(axis=0)
 
@@ -112,6 +148,7 @@ class Krum(RobustFedAvg):
         self.num_byzantine, self.multi = num_byzantine, multi
 
     def check_job(self, *, min_sites: int, num_sites: int | None) -> None:
+        super().check_job(min_sites=min_sites, num_sites=num_sites)
         needed = 2 * self.num_byzantine + 3
         if min_sites < needed or (num_sites is not None and num_sites < needed):
             raise ConfigError(

@@ -38,7 +38,13 @@ class JobFile(BaseModel):
 
 
 def _read(path: Path) -> object:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"job file {path}: not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"job file {path}: cannot read: {exc.strerror or exc}") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -80,6 +86,10 @@ def build_job(source: JobSource) -> Job:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"entry point {source.entry_point}: cannot import: {exc}") from None
+    except SyntaxError as exc:  # raised by the import of a module with a typo
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
+        raise ConfigError(f"entry point {source.entry_point}: cannot import: syntax error in "
+                          f"{where}: {exc.msg}") from None
     factory = getattr(module, attr, None)
     if factory is None:
         raise ConfigError(f"entry point {source.entry_point}: {module_name} has no {attr!r}")
@@ -109,6 +119,10 @@ def load_job(target: str, params: dict[str, Any] | None = None) -> Job:
         spec = read_job_file(path)
         merged = {**spec.params, **(params or {})}
         source = JobSource(spec.entry_point, merged, str(path.resolve().parent))
+        try:
+            return build_job(source)
+        except ConfigError as exc:  # name the file, e.g. for a bad value in its params
+            raise ConfigError(f"job file {path}: {exc.message}", job_id=exc.job_id) from None
     else:
         try:
             spec = JobFile(entry_point=target, params=params or {})

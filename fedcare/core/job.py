@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Protocol
 
 from fedcare.core.errors import ConfigError
@@ -76,8 +77,18 @@ class Job:
     source: JobSource | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+        if (not isinstance(self.name, str) or not self.name
+                or not self.name.replace("-", "").replace("_", "").isalnum()):
             raise ConfigError(f"job name must be letters, digits, '-' or '_', got {self.name!r}")
+        # Exact types: 2.5 rounds or min_sites=True are mistakes, not values to round.
+        for attr in ("num_rounds", "min_sites", "evaluate_every", "seed"):
+            value = getattr(self, attr)
+            if not isinstance(value, Integral) or isinstance(value, bool):
+                raise ConfigError(f"{attr} must be an integer, got {value!r} "
+                                  f"({type(value).__name__})", job_id=self.name)
+        if not isinstance(self.round_timeout_s, Real) or isinstance(self.round_timeout_s, bool):
+            raise ConfigError(f"round_timeout_s must be a number, got {self.round_timeout_s!r} "
+                              f"({type(self.round_timeout_s).__name__})", job_id=self.name)
         if self.num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}", job_id=self.name)
         if self.evaluate_every < 0:

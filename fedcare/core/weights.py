@@ -5,6 +5,12 @@ crosses a site boundary (transport, filters, checkpoints) only ever sees numpy a
 
 Arrays handed out by a ``Weights`` are read-only views: a trainer that wants to change them must
 copy first, so one site can never mutate the global model another site is reading in memory.
+They cannot be made writable again (``flags.writeable = True`` raises): a ``Weights`` copies an
+array that someone else could still write to, once, into a read-only array of its own. It takes
+without a copy an array that is read-only down to its memory: one that owns its data and was
+marked read-only by its creator, one over an immutable buffer such as the ``bytes`` a message was
+decoded from, or another ``Weights``' arrays. (This stops mistakes, not hostile code in the same
+process, which could reach the owning array through ``.base``.)
 """
 
 from __future__ import annotations
@@ -27,6 +33,49 @@ ALLOWED_DTYPES = frozenset(
 )
 
 
+def _read_only_memory(obj: object) -> bool:
+    """True when nothing can write to ``obj``'s memory without re-enabling a flag that only its
+    creator holds: read-only down to an array that owns its data, or to a read-only buffer."""
+    while True:
+        if isinstance(obj, np.ndarray):
+            if obj.flags.writeable:
+                return False
+            if obj.base is None:
+                return True  # owns its data, marked read-only
+            obj = obj.base
+        elif isinstance(obj, memoryview):
+            if not obj.readonly:
+                return False
+            obj = obj.obj  # a read-only view of a bytearray is not enough: look at the owner
+        else:
+            try:
+                with memoryview(obj) as buffer:  # type: ignore[arg-type]
+                    return buffer.readonly  # e.g. bytes
+            except (TypeError, ValueError, BufferError):  # no buffer, or a closed one
+                return False
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array``'s values that cannot be made writable again."""
+    if not _read_only_memory(array):
+        # One copy, owned here and read-only: numpy refuses to make a view of it writable.
+        array = array.copy()
+        array.flags.writeable = False
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _checked(arrays: Mapping[str, np.ndarray] | None) -> Iterator[tuple[str, np.ndarray]]:
+    for name, value in (arrays or {}).items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"parameter names must be non-empty strings, got {name!r}")
+        array = np.asarray(value)
+        if array.dtype not in ALLOWED_DTYPES:
+            raise TypeError(f"parameter {name!r} has unsupported dtype {array.dtype}")
+        yield name, array
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, dtype and shape of one parameter: what two models must agree on to be averaged."""
@@ -42,17 +91,24 @@ class Weights(Mapping[str, np.ndarray]):
     __slots__ = ("_arrays",)
 
     def __init__(self, arrays: Mapping[str, np.ndarray] | None = None) -> None:
-        frozen: dict[str, np.ndarray] = {}
-        for name, value in (arrays or {}).items():
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"parameter names must be non-empty strings, got {name!r}")
-            array = np.asarray(value)
-            if array.dtype not in ALLOWED_DTYPES:
-                raise TypeError(f"parameter {name!r} has unsupported dtype {array.dtype}")
+        self._arrays = {name: _frozen(array) for name, array in _checked(arrays)}
+
+    @classmethod
+    def adopt(cls, arrays: Mapping[str, np.ndarray]) -> Weights:
+        """Wrap arrays without a copy, the caller handing over their memory for good.
+
+        For buffers nobody else holds, such as the private buffer a received message was
+        reassembled into: copying a large model there would cost time and a second copy in
+        memory. The arrays are handed out read-only, as always.
+        """
+        weights = cls.__new__(cls)
+        views = {}
+        for name, array in _checked(arrays):
             view = array.view()
             view.flags.writeable = False
-            frozen[name] = view
-        self._arrays = frozen
+            views[name] = view
+        weights._arrays = views
+        return weights
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self._arrays[name]

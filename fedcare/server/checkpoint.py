@@ -27,6 +27,16 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     os.replace(tmp, path)
 
 
+def _by_round(directory: Path, prefix: str) -> list[Path]:
+    """``{prefix}NNNN.npz`` files, oldest round first (by number: round10000 after round9999)."""
+    found = []
+    for path in directory.glob(f"{prefix}*.npz"):
+        digits = path.name[len(prefix):-len(".npz")]
+        if digits.isascii() and digits.isdigit():
+            found.append((int(digits), path))
+    return [path for _, path in sorted(found)]
+
+
 class Checkpointer:
     """Keeps the newest global model of a run in ``directory``."""
 
@@ -47,8 +57,8 @@ class Checkpointer:
         meta = {"round_num": round_num, "file": name, "names": list(weights)}
         meta_bytes = json.dumps(meta).encode()
         _atomic_write(self.directory / "latest.json", lambda fh: fh.write(meta_bytes))
-        for pattern in ("global-round*.npz", "strategy-round*.npz"):
-            for old in sorted(self.directory.glob(pattern))[:-self.keep]:
+        for prefix in ("global-round", "strategy-round"):
+            for old in _by_round(self.directory, prefix)[:-self.keep]:
                 old.unlink(missing_ok=True)
         return path
 
@@ -83,4 +93,8 @@ def load_weights(path: Path, order: list[str] | None = None) -> Weights:
     """Read a model saved by :class:`Checkpointer` (never unpickles)."""
     with np.load(path, allow_pickle=False) as data:
         names = order or list(data.files)
-        return Weights({name: data[name] for name in names})
+        arrays = {}
+        for name in names:
+            array = arrays[name] = data[name]
+            array.flags.writeable = False  # freshly read: Weights takes it without a copy
+        return Weights(arrays)

@@ -164,7 +164,7 @@ class RoundController:
             except ValueError as exc:
                 self._fail(failures, SiteFailure(site_id, 0, "statistics", str(exc)))
         self._require(totals.num_results, 0, "statistics", failures)
-        return Weights(stat.finalize(totals.totals(), totals.num_samples, weights))
+        return totals.finalize(stat, weights)
 
     def _train_round(self, round_num: int, weights: Weights) -> Weights:
         started = time.monotonic()

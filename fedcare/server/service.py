@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,13 +39,22 @@ log = logging.getLogger(__name__)
 
 
 class JobTransport(Transport):
-    """Stamps every task with its job's entry point, so a real site can build the trainer."""
+    """Stamps every task with its job's entry point, so a real site can build the trainer.
 
-    def __init__(self, inner: Transport, row: JobRow) -> None:
+    Each site's index (and the site count) is fixed for the whole job, so no two sites ever
+    share an index: a job that declares its sites numbers them in the declared order (as the
+    simulator does); otherwise the sites connected when the first task goes out are numbered
+    in sorted order and a site first seen later gets the next free index. A late site is told
+    the count as it stands then, so it may partition pooled data differently from the others.
+    """
+
+    def __init__(self, inner: Transport, row: JobRow,
+                 site_ids: Sequence[str] | None = None) -> None:
         super().__init__()
         self.inner = inner
         self._stamp = {JOB_ENTRY_POINT_KEY: row.entry_point,
                        JOB_PARAMS_KEY: json.dumps(row.params, sort_keys=True)}
+        self._index: dict[str, int] = {s: i for i, s in enumerate(site_ids or ())}
 
     def site_ids(self) -> list[str]:
         return self.inner.site_ids()
@@ -53,11 +62,17 @@ class JobTransport(Transport):
     def wait_for_sites(self, count: int, timeout_s: float) -> list[str]:
         return self.inner.wait_for_sites(count, timeout_s)
 
+    def site_index(self, site_id: str) -> int:
+        """The site's index in this job, assigned once and never changed."""
+        if not self._index:
+            for site in sorted(self.inner.site_ids()):
+                self._index[site] = len(self._index)
+        return self._index.setdefault(site_id, len(self._index))
+
     def send(self, site_id: str, task: Task) -> None:
-        sites = sorted(self.inner.site_ids())
-        index = sites.index(site_id) if site_id in sites else 0
+        index = self.site_index(site_id)
         config = {**task.config, **self._stamp, SITE_INDEX_KEY: index,
-                  NUM_SITES_KEY: len(sites)}
+                  NUM_SITES_KEY: len(self._index)}
         self.inner.send(site_id, dataclasses.replace(task, config=config))
 
     def receive(self, timeout_s: float) -> Reply | None:
@@ -134,7 +149,11 @@ class FederationServer:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            self._run_job(row)
+            try:
+                self._run_job(row)
+            except Exception as exc:  # e.g. an unreadable checkpoint: fail the job, go on
+                log.exception("job %s failed", row.job_id)
+                self.store.set_status(row.job_id, "failed", f"{type(exc).__name__}: {exc}")
 
     def _run_job(self, row: JobRow) -> None:
         try:
@@ -148,7 +167,8 @@ class FederationServer:
         self.store.audit("server", "resume" if resume else "start", row.job_id)
         stop = self._aborts.setdefault(row.job_id, threading.Event())
         controller = RoundController(
-            job, JobTransport(self.transport, row), run_dir=run_dir, job_id=row.job_id,
+            job, JobTransport(self.transport, row, job.site_ids), run_dir=run_dir,
+            job_id=row.job_id,
             listener=_StoreListener(self.store, row.job_id), resume=resume, stop=stop,
             connect_timeout_s=self.connect_timeout_s, keep_checkpoints=2)
         self.current = controller
@@ -161,6 +181,9 @@ class FederationServer:
         except FedcareError as exc:
             log.error("%s", exc)
             self.store.set_status(row.job_id, "failed", str(exc))
+        except Exception as exc:  # a bug in job code fails its job, not the job runner
+            log.exception("job %s failed", row.job_id)
+            self.store.set_status(row.job_id, "failed", f"{type(exc).__name__}: {exc}")
         finally:
             self.current = None
             self._aborts.pop(row.job_id, None)

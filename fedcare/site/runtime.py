@@ -4,6 +4,10 @@ The first task of a job names the job's entry point; the site checks it against 
 allow-list, builds the trainer from its own configuration (data locations never come from the
 server) and keeps it for the rest of the job, so trainer state persists across rounds and
 across reconnections.
+
+No task says that a job has ended, so the runtime keeps the trainers of the ``max_jobs`` most
+recently used jobs and frees older ones. A server runs one job at a time, so a task of a new job
+means the previous one is over; a stray late task of an evicted job starts a fresh trainer.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,15 +38,23 @@ log = logging.getLogger(__name__)
 
 
 class SiteRuntime:
-    """Dispatches tasks to one SiteAgent per job; refuses jobs the site does not allow."""
+    """Dispatches tasks to one SiteAgent per job; refuses jobs the site does not allow.
+
+    Keeps the agents (trainer, model, data) of at most ``max_jobs`` jobs, least recently used
+    evicted first.
+    """
 
     def __init__(self, site_id: str, *, data_dir: Path | None = None,
-                 allowed_trainers: Sequence[str] = (), filters: Sequence[Filter] = ()) -> None:
+                 allowed_trainers: Sequence[str] = (), filters: Sequence[Filter] = (),
+                 max_jobs: int = 1) -> None:
+        if max_jobs < 1:
+            raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
         self.site_id = site_id
         self.data_dir = data_dir
         self.allowed_trainers = list(allowed_trainers)
         self.filters = list(filters)
-        self._agents: dict[str, SiteAgent] = {}
+        self.max_jobs = max_jobs
+        self._agents: OrderedDict[str, SiteAgent] = OrderedDict()
         self._lock = threading.Lock()
 
     def handle(self, task: Task) -> Reply:
@@ -65,7 +78,9 @@ class SiteRuntime:
     def _agent(self, task: Task, entry_point: str) -> SiteAgent:
         with self._lock:
             agent = self._agents.get(task.job_id)
-            if agent is None:
+            if agent is not None:
+                self._agents.move_to_end(task.job_id)
+            else:
                 params = json.loads(str(task.config.get(JOB_PARAMS_KEY, "{}")))
                 job = build_job(JobSource(entry_point, params))
                 context = SiteContext(
@@ -75,4 +90,7 @@ class SiteRuntime:
                 agent = SiteAgent(self.site_id, job.trainer(context), self.filters)
                 self._agents[task.job_id] = agent
                 log.info("site %s started job %s (%s)", self.site_id, task.job_id, entry_point)
+                while len(self._agents) > self.max_jobs:
+                    old_job, _ = self._agents.popitem(last=False)
+                    log.info("site %s freed job %s", self.site_id, old_job)
             return agent

@@ -156,7 +156,7 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
     return _frame(header, buffers)
 
 
-def _decode_tensors(specs: list[_TensorHeader], payload: memoryview) -> Weights:
+def _decode_tensors(specs: list[_TensorHeader], payload: memoryview, adopt: bool) -> Weights:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for spec in specs:
@@ -177,12 +177,18 @@ def _decode_tensors(specs: list[_TensorHeader], payload: memoryview) -> Weights:
         offset += nbytes
     if offset != len(payload):
         raise TransportError(f"{len(payload) - offset} payload bytes not described by the header")
-    return Weights(arrays)
+    return Weights.adopt(arrays) if adopt else Weights(arrays)
 
 
-def decode(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+def decode(data: bytes | bytearray | memoryview, *,
+           max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, adopt: bool = False
            ) -> Task | Reply | Hello:
-    """Parse one message, refusing anything malformed with a TransportError saying what."""
+    """Parse one message, refusing anything malformed with a TransportError saying what.
+
+    The tensors are views of ``data``. With ``adopt`` the caller hands ``data`` over for good
+    (a buffer nobody else will write, like a freshly reassembled message) and the tensors are
+    not copied even when ``data`` is writable.
+    """
     view = memoryview(data)
     if len(view) > max_bytes:
         raise TransportError(f"message of {len(view)} bytes exceeds the limit of {max_bytes}")
@@ -199,7 +205,8 @@ def decode(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
     payload = view[start + head_len:]
     if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
         raise TransportError("payload checksum mismatch (corrupted or truncated message)")
-    weights = _decode_tensors(header.tensors, payload) if header.tensors is not None else None
+    weights = (_decode_tensors(header.tensors, payload, adopt) if header.tensors is not None
+               else None)
     if header.type == "hello":
         return Hello(site_id=header.site_id, error=header.error)
     if header.type == "task":

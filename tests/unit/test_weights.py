@@ -11,11 +11,11 @@ def test_weights_are_ordered_read_only_views():
     assert list(w) == ["b", "a"]
     with pytest.raises(ValueError):
         w["a"][0, 0] = 5
-    source[0, 0] = 7  # the caller's array stays writable; no copy was made
-    assert w["a"][0, 0] == 7
+    source[0, 0] = 7  # the caller's array stays writable; Weights holds its own copy
+    assert w["a"][0, 0] == 0
     copy = w.copy()
     copy["a"][0, 0] = 1
-    assert w["a"][0, 0] == 7
+    assert w["a"][0, 0] == 0
     assert w.nbytes == 6 * 4 + 2 * 8
 
 
@@ -41,3 +41,12 @@ def test_non_finite_names_the_parameters():
     w = {"a": np.array([1.0, np.nan]), "b": np.array([np.inf]), "c": np.array([1, 2]),
          "d": np.ones(3)}
     assert non_finite(w) == ["a", "b"]
+
+
+def test_adopted_buffers_are_not_copied_and_stay_read_only():
+    buffer = bytearray(np.arange(4, dtype=np.float32).tobytes())
+    w = Weights.adopt({"x": np.frombuffer(buffer, np.float32)})
+    assert np.shares_memory(w["x"], np.frombuffer(buffer, np.float32))
+    with pytest.raises(ValueError):
+        w["x"][0] = 1
+    np.testing.assert_array_equal(w["x"], [0, 1, 2, 3])

@@ -97,7 +97,7 @@ class SiteConnection:
                 data = reassembler.feed(chunk)
                 if data is None:
                     continue
-                task = decode(data, max_bytes=self.max_message_bytes)
+                task = decode(data, max_bytes=self.max_message_bytes, adopt=True)
                 if not isinstance(task, Task):
                     raise TransportError(f"expected a Task, got {type(task).__name__}",
                                          site_id=self.site_id)

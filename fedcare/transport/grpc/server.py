@@ -152,7 +152,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                 data = reassembler.feed(chunk)
                 if data is None:
                     continue
-                reply = decode(data, max_bytes=self._max)
+                reply = decode(data, max_bytes=self._max, adopt=True)
                 if not isinstance(reply, Reply) or reply.site_id != session.site_id:
                     raise TransportError(f"expected a Reply from {session.site_id}")
                 with self._lock:
