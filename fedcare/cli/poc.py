@@ -87,13 +87,15 @@ class PocFederation:
         for name in self.site_names:
             self.start_site(name)
 
-    def start_site(self, name: str) -> None:
+    def start_site(self, name: str, server_address: str | None = None) -> None:
+        """Start one site process; ``server_address`` overrides where it dials (e.g. a relay)."""
         log = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - owned by the process
         # All sites share this machine's cores: one math thread each, or OpenMP threads
         # spin-waiting in N processes starve each other (a real site has its own machine).
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         self.sites[name] = subprocess.Popen(
-            self._command("site", "start", str(self.kits[name]), "--server", self.address),
+            self._command("site", "start", str(self.kits[name]), "--server",
+                          server_address or self.address),
             stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def admin(self, name: str = "admin") -> pb_grpc.AdminStub:

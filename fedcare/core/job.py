@@ -53,6 +53,9 @@ class Job:
         num_rounds: Training rounds after the optional statistics task.
         min_sites: A round fails unless at least this many sites return a valid result.
         round_timeout_s: Results arriving later than this after a round starts are discarded.
+        rejoin_timeout_s: When fewer than ``min_sites`` sites are connected (a network outage,
+            a site restarting), the round waits this long for them to come back and then
+            runs again, instead of failing the job.
         site_ids: The sites the job is written for (a natural partition, e.g. real hospitals),
             or None when any number of sites will do.
         statistics: Optional federated statistics computed before round 1.
@@ -70,6 +73,7 @@ class Job:
     num_rounds: int
     min_sites: int = 1
     round_timeout_s: float = 600.0
+    rejoin_timeout_s: float = 900.0
     site_ids: tuple[str, ...] | None = None
     statistics: FederatedStatistic | None = None
     seed: int = 0
@@ -86,9 +90,11 @@ class Job:
             if not isinstance(value, Integral) or isinstance(value, bool):
                 raise ConfigError(f"{attr} must be an integer, got {value!r} "
                                   f"({type(value).__name__})", job_id=self.name)
-        if not isinstance(self.round_timeout_s, Real) or isinstance(self.round_timeout_s, bool):
-            raise ConfigError(f"round_timeout_s must be a number, got {self.round_timeout_s!r} "
-                              f"({type(self.round_timeout_s).__name__})", job_id=self.name)
+        for attr in ("round_timeout_s", "rejoin_timeout_s"):
+            value = getattr(self, attr)
+            if not isinstance(value, Real) or isinstance(value, bool) or not value >= 0:
+                raise ConfigError(f"{attr} must be a number >= 0, got {value!r} "
+                                  f"({type(value).__name__})", job_id=self.name)
         if self.num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}", job_id=self.name)
         if self.evaluate_every < 0:

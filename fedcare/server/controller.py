@@ -141,9 +141,49 @@ class RoundController:
                 weights = self._statistics(weights)
             self._finish_round(0, weights, [], {}, [], time.monotonic())
         for round_num in range(first, job.num_rounds + 1):
-            self._check_stop(round_num)
-            weights = self._train_round(round_num, weights)
+            weights = self._train_round_through_outages(round_num, weights)
         return weights
+
+    def _train_round_through_outages(self, round_num: int, weights: Weights) -> Weights:
+        """One round; if it falls short because sites dropped off, wait for them and rerun it.
+
+        A round that fails while ``min_sites`` sites are still connected (bad results) stops the
+        job as before; one that fails because too few are connected is run again once they are
+        back, for up to ``rejoin_timeout_s`` of waiting.
+        """
+        waited_since: float | None = None
+        while True:
+            self._check_stop(round_num)
+            if len(self._available()) < self.job.min_sites:
+                waited_since = waited_since if waited_since is not None else time.monotonic()
+                self._await_sites(round_num, waited_since)
+            try:
+                return self._train_round(round_num, weights)
+            except AggregationError:
+                if len(self._available()) >= self.job.min_sites:
+                    raise
+                log.warning("job %s round %d: sites dropped off mid-round; the round will run "
+                            "again when %d are connected", self.job_id, round_num,
+                            self.job.min_sites)
+
+    def _await_sites(self, round_num: int, since: float) -> None:
+        need, limit = self.job.min_sites, self.job.rejoin_timeout_s
+        log.warning("job %s round %d: %d of min_sites=%d connected %s; waiting up to %.0f s for "
+                    "sites to rejoin", self.job_id, round_num, len(self._available()), need,
+                    self._available(), limit - (time.monotonic() - since))
+        while len(available := self._available()) < need:
+            self._check_stop(round_num)
+            remaining = since + limit - time.monotonic()
+            if remaining <= 0:
+                raise AggregationError(
+                    f"only {len(available)} site(s) connected {available}, min_sites={need}, "
+                    f"after waiting rejoin_timeout_s={limit:g} for sites to come back",
+                    job_id=self.job_id, round_num=round_num)
+            self.transport.wait_for_sites(need, min(remaining, 0.5))
+            if len(self._available()) < need:  # others connected, not this job's sites
+                self._stop.wait(min(remaining, 0.2))
+        log.warning("job %s round %d: %d sites connected again %s", self.job_id, round_num,
+                 len(available), available)
 
     def _check_stop(self, round_num: int) -> None:
         if self._stop.is_set():
