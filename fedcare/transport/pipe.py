@@ -22,15 +22,24 @@ from typing import BinaryIO
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, Task
 from fedcare.transport.base import Transport
-from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode
+from fedcare.transport.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Hello,
+    decode,
+    encode,
+    encode_parts,
+)
 
 log = logging.getLogger(__name__)
 _LEN = struct.Struct("<Q")
 
 
-def write_frame(stream: BinaryIO, data: bytes) -> None:
-    stream.write(_LEN.pack(len(data)))
-    stream.write(data)
+def write_frame(stream: BinaryIO, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """One length-prefixed frame; ``data`` may be a list of buffers (written without joining)."""
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+    stream.write(_LEN.pack(sum(memoryview(p).nbytes for p in parts)))
+    for part in parts:
+        stream.write(part)
     stream.flush()
 
 
@@ -77,7 +86,7 @@ class PipeTransport(Transport):
         self._outstanding: dict[str, set[str]] = {s: set() for s in commands}
         self._lock = threading.Lock()
         self._dead: set[str] = set()
-        self._outboxes: dict[str, queue.Queue[bytes | None]] = {}
+        self._outboxes: dict[str, queue.Queue[list[bytes | memoryview] | None]] = {}
         self.failures: dict[str, str] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         for site_id, command in commands.items():
@@ -86,14 +95,15 @@ class PipeTransport(Transport):
                 env=dict(env) if env is not None else None,
             )
             self.processes[site_id] = proc
-            outbox: queue.Queue[bytes | None] = queue.Queue()
+            outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
             self._outboxes[site_id] = outbox
             threading.Thread(target=self._write, args=(proc, outbox), daemon=True,
                              name=f"pipe-write-{site_id}").start()
             threading.Thread(target=self._read, args=(site_id, proc), daemon=True,
                              name=f"pipe-read-{site_id}").start()
 
-    def _write(self, proc: subprocess.Popen[bytes], outbox: queue.Queue[bytes | None]) -> None:
+    def _write(self, proc: subprocess.Popen[bytes],
+               outbox: queue.Queue[list[bytes | memoryview] | None]) -> None:
         assert proc.stdin is not None
         while (data := outbox.get()) is not None:
             try:
@@ -156,7 +166,8 @@ class PipeTransport(Transport):
         return any(s not in self._connected and s not in self.failures for s in self.processes)
 
     def send(self, site_id: str, task: Task) -> None:
-        data = encode(task)
+        # Views of the model, not a copy: the same model sent to N sites stays one model in memory.
+        data = encode_parts(task)
         with self._lock:
             if site_id in self._dead or site_id not in self.site_ids():
                 raise TransportError(f"unknown or disconnected site, task {task.task_id}",

@@ -246,3 +246,17 @@ def test_a_site_that_breaks_the_protocol_is_stopped_and_its_task_fails():
         transport.close(timeout_s=WAIT_S)
     codes = _assert_all_exited(transport)
     assert codes["rogue"] != 0  # killed by the transport, not a clean exit
+
+
+def test_a_frame_written_from_buffers_reads_back_whole():
+    from fedcare.transport.codec import decode, encode_parts
+
+    weights = Weights({"w": np.arange(6, dtype=np.float32)})
+    parts = encode_parts(Task("t", "j", 1, TaskKind.TRAIN, weights))
+    assert any(isinstance(p, memoryview) and np.shares_memory(np.asarray(p), weights["w"])
+               for p in parts)  # the model is referenced, not copied, until written
+    stream = io.BytesIO()
+    write_frame(stream, parts)
+    stream.seek(0)
+    task = decode(read_frame(stream))
+    np.testing.assert_array_equal(task.weights["w"], weights["w"])
