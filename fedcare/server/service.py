@@ -96,6 +96,7 @@ class FederationServer:
     def __init__(self, tls: TlsFiles, workspace: Path, *, host: str = "127.0.0.1",
                  port: int = 0, revoked: Callable[[], set[int]] = set,
                  connect_timeout_s: float = 300.0,
+                 stall_timeout_s: float = 60.0,
                  add_services: Callable[[FederationServer, object], None] | None = None
                  ) -> None:
         self.workspace = workspace
@@ -108,6 +109,7 @@ class FederationServer:
         self.current: RoundController | None = None
         self.transport = GrpcServerTransport(
             tls, host=host, port=port, authorize=self.authorize_site,
+            stall_timeout_s=stall_timeout_s,
             add_services=(lambda server: add_services(self, server)) if add_services else None)
         self.port = self.transport.port
         self._runner = threading.Thread(target=self._run_jobs, name="job-runner", daemon=True)

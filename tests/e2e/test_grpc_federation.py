@@ -25,6 +25,7 @@ def federation(tmp_path):
     revoked: set[int] = set()
     server = FederationServer(
         server_tls, tmp_path / "ws", revoked=lambda: revoked, connect_timeout_s=30,
+        stall_timeout_s=2.0,
         add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
     server.start()
     stops = []
@@ -162,6 +163,8 @@ def _rogue_stream(ca, server, mode):
                 outbox.put(pb.Chunk(data=good[:-5], total_size=len(good), last=True))
             elif mode == "oversized":
                 outbox.put(pb.Chunk(data=good[:10], total_size=2**40, last=False))
+            elif mode == "stalled":  # starts an upload, then sends nothing more
+                outbox.put(pb.Chunk(data=good[:10], total_size=len(good), last=False))
             elif mode == "checksum":  # flip one bit of the tensor bytes
                 model = encode(Reply("x", "site-2", result=TrainResult(
                     Weights({"w": np.ones(4, np.float32)}), 1)))
@@ -176,7 +179,7 @@ def _rogue_stream(ca, server, mode):
     return outbox
 
 
-@pytest.mark.parametrize("mode", ["malformed", "truncated", "oversized", "checksum"])
+@pytest.mark.parametrize("mode", ["malformed", "truncated", "oversized", "checksum", "stalled"])
 def test_bad_chunks_are_refused_without_touching_other_sites(federation, mode, caplog):
     ca, server, start_site, admin, _ = federation
     for i in range(2):
@@ -199,7 +202,8 @@ def test_bad_chunks_are_refused_without_touching_other_sites(federation, mode, c
     assert failures, rounds
     logged = " ".join(r.getMessage() for r in caplog.records)
     expected = {"malformed": "bad magic", "truncated": "message ended after",
-                "oversized": "limit is", "checksum": "checksum mismatch"}[mode]
+                "oversized": "limit is", "checksum": "checksum mismatch",
+                "stalled": "upload stalled"}[mode]
     assert "site site-2: " in logged and expected in logged
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Sequence
 
 from fedcare.core.errors import TransportError
@@ -47,12 +48,15 @@ def to_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTE
                        last=True)
 
 
+_MAP_AT = 1024 * 1024
+
+
 class Reassembler:
     """Accumulates chunks into whole messages, refusing oversized or inconsistent streams."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._buffer: bytearray | None = None
+        self._buffer: bytearray | mmap.mmap | None = None
         self._expected = 0
         self._filled = 0
 
@@ -60,7 +64,7 @@ class Reassembler:
     def in_progress(self) -> bool:
         return self._buffer is not None
 
-    def feed(self, chunk: pb.Chunk) -> bytearray | None:
+    def feed(self, chunk: pb.Chunk) -> bytearray | mmap.mmap | None:
         """Add one chunk; returns the whole message (not copied) when ``chunk`` completes it."""
         if self._buffer is None:
             if chunk.total_size > self.max_bytes:
@@ -68,9 +72,13 @@ class Reassembler:
                                      f"limit is {self.max_bytes}")
             if chunk.total_size == 0 and not (chunk.last and not chunk.data):
                 raise TransportError("first chunk of a message does not announce its size")
-            # Sized once: a large zeroed allocation is mapped lazily, so memory grows only as
-            # bytes arrive, and there is no doubling as there would be with appends.
-            self._buffer = bytearray(chunk.total_size)
+            # Sized once, with no doubling as appends would cost. A large message goes into an
+            # anonymous memory map: its pages are only backed as bytes arrive (a bytearray
+            # would be zero-filled, all of it, at once), so announcing a huge size costs
+            # nothing until the bytes come, and the memory goes back to the system as soon
+            # as the decoded model is dropped.
+            size = chunk.total_size
+            self._buffer = mmap.mmap(-1, size) if size >= _MAP_AT else bytearray(size)
             self._expected = chunk.total_size
             self._filled = 0
         elif chunk.total_size:

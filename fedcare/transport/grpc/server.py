@@ -4,7 +4,9 @@ Identity is the client certificate's common name; a pluggable ``authorize`` call
 server process checks its site list and the revocation list) refuses the rest with a log line.
 Replies are reassembled under a small number of receive permits: a permit is taken when a
 message starts and given back when the controller asks for the next reply, so the server never
-holds more than ``receive_permits`` uploaded models at once, whatever the number of sites.
+holds more than ``receive_permits`` uploaded models at once, whatever the number of sites. A
+site whose upload stops making progress for ``stall_timeout_s`` is disconnected, so a stalled
+(or malicious) site cannot hold a permit and starve the honest ones.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,10 +43,12 @@ _HELLO_LIMIT = 64 * 1024
 class _Session:
     """One live stream of one site."""
 
-    def __init__(self, site_id: str) -> None:
+    def __init__(self, site_id: str, context: grpc.ServicerContext | None = None) -> None:
         self.site_id = site_id
+        self.context = context
         self.outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
         self.closed = threading.Event()
+        self.upload_progress_at: float | None = None  # set while an upload is in flight
 
 
 class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
@@ -59,7 +64,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         receive_permits: int = 1,
         send_permits: int = 2,
-        max_workers: int = 64,
+        stall_timeout_s: float = 60.0,
+        max_sites: int = 1000,
         add_services: Callable[[grpc.Server], None] | None = None,
     ) -> None:
         super().__init__()
@@ -72,8 +78,13 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         self._permits = threading.BoundedSemaphore(receive_permits)
         self._send_permits = threading.BoundedSemaphore(send_permits)
         self._held = False
+        self._stall_timeout_s = stall_timeout_s
+        # Each site's stream holds a worker thread for as long as it is connected, so the pool
+        # is sized for max_sites plus admin calls (threads are only created when needed). Past
+        # that, gRPC refuses new calls with RESOURCE_EXHAUSTED instead of queueing them.
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            ThreadPoolExecutor(max_workers=max_sites + 32, thread_name_prefix="grpc"),
+            maximum_concurrent_rpcs=max_sites + 32,
             options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
                      ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT), *KEEPALIVE_OPTIONS],
         )
@@ -84,7 +95,10 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         if self.port == 0:
             raise TransportError(f"cannot listen on {host}:{port}")
         self.address = f"{host}:{self.port}"
+        self._closing = threading.Event()
         self._server.start()
+        threading.Thread(target=self._watch_uploads, name="grpc-upload-watchdog",
+                         daemon=True).start()
 
     # -- the Federation service ----------------------------------------------------------
     def Connect(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
@@ -106,7 +120,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                        f"as {claimed!r}")
             log.warning("refused a connection from %s: %s", identity.address, message)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        session = self._open(identity.name)
+        session = self._open(identity.name, context)
         log.info("site %s connected from %s", identity.name, identity.address)
         threading.Thread(target=self._read_replies, args=(session, request_iterator),
                          name=f"grpc-read-{identity.name}", daemon=True).start()
@@ -128,8 +142,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             return f"a malformed Hello ({exc})"
         return "nothing"
 
-    def _open(self, site_id: str) -> _Session:
-        session = _Session(site_id)
+    def _open(self, site_id: str, context: grpc.ServicerContext) -> _Session:
+        session = _Session(site_id, context)
         with self._lock:
             old = self._sessions.get(site_id)
             self._sessions[site_id] = session
@@ -149,9 +163,11 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                 if not holding:
                     self._permits.acquire()  # backpressure: at most N uploads held in memory
                     holding = True
+                session.upload_progress_at = time.monotonic()
                 data = reassembler.feed(chunk)
                 if data is None:
                     continue
+                session.upload_progress_at = None
                 reply = decode(data, max_bytes=self._max, adopt=True)
                 if not isinstance(reply, Reply) or reply.site_id != session.site_id:
                     raise TransportError(f"expected a Reply from {session.site_id}")
@@ -177,6 +193,22 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             if holding:
                 self._permits.release()
             self._close_session(session, reason)
+
+    def _watch_uploads(self) -> None:
+        """Disconnect a site whose upload has made no progress for ``stall_timeout_s``."""
+        while not self._closing.wait(min(1.0, self._stall_timeout_s / 4)):
+            now = time.monotonic()
+            with self._lock:
+                sessions = list(self._sessions.values())
+            for session in sessions:
+                since = session.upload_progress_at
+                if since is not None and now - since > self._stall_timeout_s:
+                    log.error("site %s: upload stalled for %.0f s (stall_timeout_s=%g); closing "
+                              "its connection", session.site_id, now - since,
+                              self._stall_timeout_s)
+                    session.upload_progress_at = None
+                    if session.context is not None:
+                        session.context.cancel()
 
     def _close_session(self, session: _Session, reason: str) -> None:
         if session.closed.is_set():
@@ -217,6 +249,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         return reply
 
     def close(self, grace_s: float = 2.0) -> None:
+        self._closing.set()
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
