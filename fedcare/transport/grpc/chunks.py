@@ -15,17 +15,13 @@ CHUNK_BYTES = 2 * 1024 * 1024
 GRPC_MESSAGE_LIMIT = CHUNK_BYTES + 64 * 1024
 
 
-def to_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTES
-              ) -> Iterator[pb.Chunk]:
-    """The chunks of one message given as buffers (see ``codec.encode_parts``).
-
-    The first chunk carries the total size and the last says so. Only one chunk's worth of
-    bytes is copied at a time, so streaming a 1 GiB model costs no second 1 GiB.
-    """
+def _slices(parts: Sequence[bytes | memoryview], chunk_bytes: int
+            ) -> Iterator[tuple[list[memoryview], int, bool]]:
+    """(buffers of one chunk, total size on the first chunk else 0, is last) per chunk."""
     views = [memoryview(p).cast("B") for p in parts]
     total = sum(len(v) for v in views)
     if total == 0:
-        yield pb.Chunk(data=b"", total_size=0, last=True)
+        yield [], 0, True
         return
     sent = 0
     pending: list[memoryview] = []
@@ -38,14 +34,97 @@ def to_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTE
             pending_bytes += take
             offset += take
             if pending_bytes == chunk_bytes:
+                first = sent == 0
                 sent += pending_bytes
-                yield pb.Chunk(data=b"".join(pending), total_size=total if sent == pending_bytes
-                               else 0, last=sent == total)
+                yield pending, total if first else 0, sent == total
                 pending, pending_bytes = [], 0
     if pending_bytes:
-        sent += pending_bytes
-        yield pb.Chunk(data=b"".join(pending), total_size=total if sent == pending_bytes else 0,
-                       last=True)
+        yield pending, total if sent == 0 else 0, True
+
+
+def to_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTES
+              ) -> Iterator[pb.Chunk]:
+    """The chunks of one message given as buffers (see ``codec.encode_parts``).
+
+    The first chunk carries the total size and the last says so. Only one chunk's worth of
+    bytes is copied at a time, so streaming a 1 GiB model costs no second 1 GiB.
+    """
+    for pending, total, last in _slices(parts, chunk_bytes):
+        yield pb.Chunk(data=b"".join(pending), total_size=total, last=last)
+
+
+def to_wire_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTES
+                   ) -> Iterator[bytes]:
+    """Like ``to_chunks``, but each Chunk already serialized, for the model stream.
+
+    The bytes are exactly the protobuf encoding of ``Chunk`` (fedcare.proto stays the contract:
+    any protobuf client can read and write this stream), built in a single copy of the tensor
+    bytes; going through the protobuf message costs two more copies per chunk.
+    """
+    for pending, total, last in _slices(parts, chunk_bytes):
+        size = sum(len(v) for v in pending)
+        head = b"\x0a" + _varint(size) if size else b""
+        tail = (b"\x10" + _varint(total) if total else b"") + (b"\x18\x01" if last else b"")
+        yield b"".join([head, *pending, tail])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise TransportError("malformed chunk: bad varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+class WireChunk:
+    """A Chunk parsed from its protobuf bytes; ``data`` is a view of them, not a copy."""
+
+    __slots__ = ("data", "last", "total_size")
+
+    def __init__(self, raw: bytes) -> None:
+        buf = memoryview(raw)
+        self.data: memoryview = buf[0:0]
+        self.total_size = 0
+        self.last = False
+        pos = 0
+        while pos < len(buf):  # proto3 rules: any field order, last value wins, skip unknown
+            key, pos = _read_varint(buf, pos)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _read_varint(buf, pos)
+                if field == 2:
+                    self.total_size = value
+                elif field == 3:
+                    self.last = value != 0
+            elif wire == 2:
+                size, pos = _read_varint(buf, pos)
+                if pos + size > len(buf):
+                    raise TransportError("malformed chunk: field longer than the chunk")
+                if field == 1:
+                    self.data = buf[pos:pos + size]
+                pos += size
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                raise TransportError(f"malformed chunk: wire type {wire}")
+        if pos != len(buf):
+            raise TransportError("malformed chunk: truncated field")
 
 
 _MAP_AT = 1024 * 1024
@@ -64,8 +143,13 @@ class Reassembler:
     def in_progress(self) -> bool:
         return self._buffer is not None
 
-    def feed(self, chunk: pb.Chunk) -> bytearray | mmap.mmap | None:
-        """Add one chunk; returns the whole message (not copied) when ``chunk`` completes it."""
+    def feed(self, chunk: pb.Chunk | WireChunk | bytes) -> bytearray | mmap.mmap | None:
+        """Add one chunk; returns the whole message (not copied) when ``chunk`` completes it.
+
+        ``chunk`` may be the serialized bytes of a Chunk, as the model stream delivers them.
+        """
+        if isinstance(chunk, bytes):
+            chunk = WireChunk(chunk)
         if self._buffer is None:
             if chunk.total_size > self.max_bytes:
                 raise TransportError(f"message of {chunk.total_size} bytes announced, "

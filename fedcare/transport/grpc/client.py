@@ -18,9 +18,7 @@ import grpc
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, Task
 from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode_parts
-from fedcare.transport.grpc import fedcare_pb2 as pb
-from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
-from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_chunks
+from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_wire_chunks
 from fedcare.transport.grpc.tls import KEEPALIVE_OPTIONS, TlsFiles, channel_credentials
 
 log = logging.getLogger(__name__)
@@ -83,13 +81,15 @@ class SiteConnection:
         outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
         outbox.put(encode_parts(Hello(site_id=self.site_id)))
 
-        def requests() -> Iterator[pb.Chunk]:
+        def requests() -> Iterator[bytes]:
             while (parts := outbox.get()) is not None:
-                yield from to_chunks(parts)
+                yield from to_wire_chunks(parts)
 
         channel = secure_channel(self.address, self.tls)
         try:
-            responses = pb_grpc.FederationStub(channel).Connect(requests())
+            # Serialized Chunks both ways (see chunks.to_wire_chunks), hence no (de)serializer.
+            connect = channel.stream_stream("/fedcare.v1.Federation/Connect")
+            responses = connect(requests())
             self._responses = responses
             reassembler = Reassembler(self.max_message_bytes)
             for chunk in responses:

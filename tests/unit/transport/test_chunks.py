@@ -1,0 +1,53 @@
+"""Chunking a message for the gRPC stream and reassembling it, bounded and checked."""
+
+import os
+
+import pytest
+
+from fedcare.core.errors import TransportError
+from fedcare.transport.grpc import fedcare_pb2 as pb
+from fedcare.transport.grpc.chunks import Reassembler, WireChunk, to_chunks, to_wire_chunks
+
+PARTS = [b"head", os.urandom(5_000_000), b"", memoryview(os.urandom(300))]
+WHOLE = b"".join(bytes(memoryview(p)) for p in PARTS)
+
+
+def test_wire_chunks_are_exactly_protobuf_chunks():
+    wire = list(to_wire_chunks(PARTS))
+    assert wire == [c.SerializeToString() for c in to_chunks(PARTS)]
+    assert len(wire) == 3 and all(len(w) <= 2 * 1024 * 1024 + 16 for w in wire)
+    first, last = pb.Chunk.FromString(wire[0]), pb.Chunk.FromString(wire[-1])
+    assert first.total_size == len(WHOLE) and not first.last and last.last
+    assert list(to_wire_chunks([])) == [pb.Chunk(last=True).SerializeToString()]
+
+
+def test_reassembled_from_wire_or_protobuf_chunks():
+    for chunks in (list(to_wire_chunks(PARTS)), list(to_chunks(PARTS))):
+        reassembler = Reassembler(10**8)
+        out = [reassembler.feed(c) for c in chunks]
+        assert out[:-1] == [None] * (len(chunks) - 1)
+        assert bytes(out[-1]) == WHOLE
+
+
+def test_wire_chunk_reads_any_field_order_and_skips_unknown_fields():
+    # last, total_size, an unknown fixed64 field 9, then data: what any protobuf writer may do
+    raw = b"\x18\x01" + b"\x10\x05" + b"\x49" + bytes(8) + b"\x0a\x05hello"
+    chunk = WireChunk(raw)
+    assert (bytes(chunk.data), chunk.total_size, chunk.last) == (b"hello", 5, True)
+    assert pb.Chunk.FromString(raw).data == b"hello"
+
+
+@pytest.mark.parametrize("raw, problem", [
+    (b"\x0a\x09short", "longer than the chunk"),
+    (b"\x10" + b"\xff" * 11, "bad varint"),
+    (b"\x0b", "wire type 3"),
+    (b"\x49\x00", "truncated field"),
+])
+def test_malformed_wire_chunks_are_refused(raw, problem):
+    with pytest.raises(TransportError, match=problem):
+        Reassembler(100).feed(raw)
+
+
+def test_announced_size_above_the_limit_is_refused_before_any_allocation():
+    with pytest.raises(TransportError, match="limit is 1000"):
+        Reassembler(1000).feed(pb.Chunk(data=b"x", total_size=2**40).SerializeToString())
