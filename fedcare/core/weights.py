@@ -5,12 +5,14 @@ crosses a site boundary (transport, filters, checkpoints) only ever sees numpy a
 
 Arrays handed out by a ``Weights`` are read-only views: a trainer that wants to change them must
 copy first, so one site can never mutate the global model another site is reading in memory.
-They cannot be made writable again (``flags.writeable = True`` raises): a ``Weights`` copies an
-array that someone else could still write to, once, into a read-only array of its own. It takes
-without a copy an array that is read-only down to its memory: one that owns its data and was
-marked read-only by its creator, one over an immutable buffer such as the ``bytes`` a message was
-decoded from, or another ``Weights``' arrays. (This stops mistakes, not hostile code in the same
-process, which could reach the owning array through ``.base``.)
+They cannot be made writable again (``flags.writeable = True`` raises). A ``Weights`` takes an
+array that owns its memory without a copy and marks it read-only, for its creator too: a trainer
+that returns freshly computed arrays pays nothing, and one that keeps updating an array in place
+after handing it over gets numpy's "read-only" error instead of silently changing a model that
+was already sent. A view of memory someone else can still write (a slice, a torch tensor's
+buffer) is copied once. Arrays over an immutable buffer such as the ``bytes`` a message was
+decoded from, or another ``Weights``' arrays, are taken as they are. (This stops mistakes, not
+hostile code in the same process, which could reach the owning array through ``.base``.)
 """
 
 from __future__ import annotations
@@ -57,8 +59,13 @@ def _read_only_memory(obj: object) -> bool:
 
 def _frozen(array: np.ndarray) -> np.ndarray:
     """A read-only view of ``array``'s values that cannot be made writable again."""
-    if not _read_only_memory(array):
-        # One copy, owned here and read-only: numpy refuses to make a view of it writable.
+    if array.base is None and array.flags.writeable:
+        # An array that owns its memory (what a trainer or an aggregator just computed) is
+        # taken over without a copy: it is made read-only, for its creator too, so numpy
+        # refuses to make any view of it writable again.
+        array.flags.writeable = False
+    elif not _read_only_memory(array):
+        # A view of memory someone else can write: one copy, owned here and read-only.
         array = array.copy()
         array.flags.writeable = False
     view = array.view()

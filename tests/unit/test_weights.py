@@ -6,13 +6,18 @@ from fedcare.core.validation import incompatibilities, non_finite
 
 
 def test_weights_are_ordered_read_only_views():
-    source = np.arange(6, dtype=np.float32).reshape(2, 3)
+    source = np.arange(6, dtype=np.float32).reshape(2, 3).copy()  # owns its memory
     w = Weights({"b": np.zeros(2), "a": source})
     assert list(w) == ["b", "a"]
     with pytest.raises(ValueError):
         w["a"][0, 0] = 5
-    source[0, 0] = 7  # the caller's array stays writable; Weights holds its own copy
-    assert w["a"][0, 0] == 0
+    with pytest.raises(ValueError):  # taken over without a copy: read-only for its creator too
+        source[0, 0] = 7
+    assert np.shares_memory(w["a"], source)
+    sliced = np.zeros((4, 3), np.float32)
+    v = Weights({"a": sliced[:2]})  # a view of memory the caller can still write: copied
+    sliced[0, 0] = 7
+    assert v["a"][0, 0] == 0
     copy = w.copy()
     copy["a"][0, 0] = 1
     assert w["a"][0, 0] == 0
