@@ -29,6 +29,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT / "bench"), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import benchjob  # noqa: E402
+import rawgrpc  # noqa: E402
 
 from fedcare.cli.poc import PocFederation  # noqa: E402
 from fedcare.transport.grpc import fedcare_pb2 as pb  # noqa: E402
@@ -129,6 +130,13 @@ def poc_first_round_s() -> float:
     raise RuntimeError("the POC job never completed a round")
 
 
+def raw_grpc() -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        fed = PocFederation(Path(tmp) / "poc", ["site-1"])
+        fed.provision()
+        return rawgrpc.measure(fed.kits["server"], fed.kits["site-1"])
+
+
 def git_sha() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -142,27 +150,35 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 M parameters only, no 1 GiB")
     args = parser.parse_args()
     sizes = [1_000_000] if args.quick else [1_000_000, 25_000_000]
+    raw = raw_grpc()
+    raw_MBps = min(raw.values())
     cases = []
     for num_params in sizes:
         for num_sites in (2, 8):
             fed = federation_run(num_params, num_sites)
             floor = floor_round_s(num_params, num_sites)
+            # no framework on this transport could beat moving the round's bytes at raw speed
+            transport_floor = num_params * 4 * num_sites * 2 / (raw_MBps * 1e6)
             cases.append({"num_params": num_params, "num_sites": num_sites,
-                          "floor_round_s": floor, **fed,
-                          "round_over_floor": fed["round_s_median"] / floor})
+                          "floor_round_s": floor, "raw_grpc_round_s": transport_floor, **fed,
+                          "round_over_floor": fed["round_s_median"] / floor,
+                          "round_over_raw_grpc": fed["round_s_median"] / transport_floor})
             print(f"done {num_params} x {num_sites}", file=sys.stderr, flush=True)
     gib = None if args.quick else federation_run(1024**3 // 4, 1, rounds=1)
     first = poc_first_round_s()
     result = {"name": "transport", "git_sha": git_sha(),
               "params": {"rounds": 3, "chunk_bytes": 2 * 1024**2, "quick": args.quick},
-              "metrics": {"cases": cases, "one_gib_round_trip": gib,
+              "metrics": {"raw_grpc_mtls": raw, "cases": cases, "one_gib_round_trip": gib,
                           "poc_start_to_first_round_s": first}}
     print(json.dumps(result, indent=1))
+    print(f"\nplain gRPC over mTLS, no framework: {raw['server_to_site_MBps']:.0f} MB/s down, "
+          f"{raw['site_to_server_MBps']:.0f} MB/s up")
     print(f"\n{'params':>10} {'sites':>5} {'round s':>8} {'floor s':>8} {'x floor':>7} "
-          f"{'wire/raw':>8} {'MB/s':>7} {'peak/model':>10}")
+          f"{'gRPC s':>7} {'x gRPC':>6} {'wire/raw':>8} {'MB/s':>7} {'peak/model':>10}")
     for c in cases:
         print(f"{c['num_params']:>10} {c['num_sites']:>5} {c['round_s_median']:>8.3f} "
               f"{c['floor_round_s']:>8.4f} {c['round_over_floor']:>7.1f} "
+              f"{c['raw_grpc_round_s']:>7.3f} {c['round_over_raw_grpc']:>6.1f} "
               f"{c['wire_over_raw']:>8.3f} {c['throughput_MBps']:>7.0f} "
               f"{c['peak_above_idle_over_model']:>10.2f}")
     if gib:
