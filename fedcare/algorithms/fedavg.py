@@ -25,15 +25,36 @@ from fedcare.core.message import Config, TrainResult, check_scalars
 from fedcare.core.strategy import Aggregator, Strategy
 from fedcare.core.weights import Weights
 
+#: Elements per block when folding a large tensor in (2 MiB of float64: stays in cache).
+_BLOCK = 1 << 18
+
 
 def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], scale: float) -> None:
-    """acc[name] += scale * weights[name], in place, one tensor-sized temporary at a time."""
+    """acc[name] += scale * weights[name], in place.
+
+    A large tensor is folded in blocks through one small scratch buffer: the same float64
+    operations element by element (so the same bits), without a tensor-sized temporary, whose
+    fresh pages cost more than the arithmetic for a large model.
+    """
+    scratch: np.ndarray | None = None
     for name, array in weights.items():
         array = np.asarray(array)
-        if name not in acc:
-            acc[name] = np.zeros(array.shape, np.float64)
+        if name not in acc:  # the first result: 0 + scale * w, computed directly
+            acc[name] = np.multiply(array, scale, dtype=np.float64,
+                                    out=np.empty(array.shape, np.float64))  # 0-d stays an array
+            continue
         target = acc[name]
-        target += np.multiply(array, scale, dtype=target.dtype)
+        if array.size <= _BLOCK:
+            target += np.multiply(array, scale, dtype=target.dtype)
+            continue
+        if scratch is None:
+            scratch = np.empty(_BLOCK, np.float64)
+        flat_target, flat = target.reshape(-1), array.reshape(-1)
+        for start in range(0, flat.size, _BLOCK):
+            stop = min(start + _BLOCK, flat.size)
+            block = scratch[:stop - start]
+            np.multiply(flat[start:stop], scale, out=block, dtype=np.float64)
+            flat_target[start:stop] += block
 
 
 def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights) -> Weights:

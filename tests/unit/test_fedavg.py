@@ -57,3 +57,21 @@ def test_non_scalar_config_is_refused():
         FedAvg(train_config={"lr": [0.1]})
     with pytest.raises(ConfigError, match="not finite"):
         FedAvg(train_config={"lr": float("nan")})
+
+
+def test_blockwise_accumulation_gives_the_bits_of_the_plain_sum():
+    from fedcare.algorithms.fedavg import _BLOCK, accumulate
+
+    rng = np.random.default_rng(0)
+    size = 3 * _BLOCK + 7  # several blocks and a ragged end
+    sites = [(rng.standard_normal(size).astype(np.float32), float(rng.integers(1, 1000)))
+             for _ in range(4)]
+    plain = np.zeros(size, np.float64)
+    for values, n in sites:
+        plain += np.multiply(values, n, dtype=np.float64)
+    acc = {}
+    for values, n in sites:
+        accumulate(acc, {"x": values, "s": values[:1].reshape(())}, n)
+    assert np.array_equal(acc["x"], plain)
+    assert isinstance(acc["s"], np.ndarray) and acc["s"].shape == ()
+    assert acc["s"] == plain[0]
