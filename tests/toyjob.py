@@ -101,3 +101,23 @@ def make_job(num_rounds: int = 3, modes: dict[str, str] | None = None, num_sites
                min_sites=min_sites, round_timeout_s=round_timeout_s,
                site_ids=tuple(f"site-{i}" for i in range(num_sites)),
                statistics=MeanTarget() if statistics else None)
+
+
+class LargeTrainer:
+    """Adds one to a large vector: a model bigger than what gRPC buffers for a slow reader."""
+
+    def __init__(self, ctx: SiteContext) -> None:
+        pass
+
+    def train(self, weights, config):
+        return TrainResult(Weights({"x": weights["x"] + np.float32(1)}), 10)
+
+    def evaluate(self, weights, config):
+        return EvalResult(10, {})
+
+
+def make_large_job(num_params: int = 8_000_000, min_sites: int = 2) -> Job:
+    return Job(name="large", initial_weights=lambda: Weights({"x": np.zeros(num_params,
+                                                                           np.float32)}),
+               trainer=LargeTrainer, strategy=FedAvg(), num_rounds=1, min_sites=min_sites,
+               round_timeout_s=120, evaluate_every=0)

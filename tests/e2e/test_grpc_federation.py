@@ -230,3 +230,41 @@ def test_every_strategy_runs_over_the_real_transport_unchanged(federation):
         local = simulate(load_job("fedcare.jobs.heart:make_job", params)).weights
         for name in local:  # the same job gives the same model over gRPC and in the simulator
             np.testing.assert_allclose(remote[name], local[name], atol=1e-5, err_msg=algorithm)
+
+
+def _silent_site(ca, server, name):
+    """A site that connects and introduces itself, then never reads what it is sent."""
+    from fedcare.transport.codec import Hello, encode
+
+    hello = encode(Hello(site_id=name))
+    done = threading.Event()
+
+    def requests():
+        yield pb.Chunk(data=hello, total_size=len(hello), last=True)
+        done.wait(60)
+
+    stub = pb_grpc.FederationStub(secure_channel(f"127.0.0.1:{server.port}",
+                                                 ca.issue(name, "site")[0]))
+    return stub.Connect(requests()), done
+
+
+def test_sites_that_stop_reading_cannot_block_the_broadcast(federation, caplog):
+    # Two silent sites could hold both send permits forever; the watchdog cuts them.
+    ca, server, start_site, admin, _ = federation
+    silent = [_silent_site(ca, server, f"a-silent-{i}") for i in range(2)]
+    assert len(server.transport.wait_for_sites(2, 30)) == 2
+    for i in range(2):
+        start_site(f"site-{i}", ca.issue(f"site-{i}", "site")[0])
+    assert len(server.transport.wait_for_sites(4, 30)) == 4
+    stub = admin()
+    job_id = stub.Submit(pb.SubmitRequest(entry_point="toyjob:make_large_job",
+                                          params_json="{}")).job_id
+    state = wait_done(stub, job_id)
+    for _, done in silent:
+        done.set()
+    assert state["status"] == "finished", state
+    record = json.loads(stub.Metrics(pb.JobRef(job_id=job_id)).json)[-1]
+    assert sorted(record["trained_sites"]) == ["site-0", "site-1"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    for i in range(2):
+        assert f"site a-silent-{i}: download stalled" in logged

@@ -5,8 +5,8 @@ server process checks its site list and the revocation list) refuses the rest wi
 Replies are reassembled under a small number of receive permits: a permit is taken when a
 message starts and given back when the controller asks for the next reply, so the server never
 holds more than ``receive_permits`` uploaded models at once, whatever the number of sites. A
-site whose upload stops making progress for ``stall_timeout_s`` is disconnected, so a stalled
-(or malicious) site cannot hold a permit and starve the honest ones.
+site whose upload, or whose reading of a task, stops making progress for ``stall_timeout_s`` is
+disconnected, so a stalled (or malicious) site cannot hold a permit and starve the honest ones.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class _Session:
         self.outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
         self.closed = threading.Event()
         self.upload_progress_at: float | None = None  # set while an upload is in flight
+        self.send_progress_at: float | None = None  # set while a task is being streamed
 
 
 class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
@@ -133,7 +134,10 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             # Stream at most ``send_permits`` messages at once: gRPC buffers what it is handed,
             # so N concurrent broadcasts of a large model would cost N copies in memory.
             with self._send_permits:
-                yield from to_wire_chunks(parts)
+                for chunk in to_wire_chunks(parts):
+                    session.send_progress_at = time.monotonic()
+                    yield chunk  # returns once gRPC has taken the chunk: the site is reading
+                session.send_progress_at = None
 
     def _read_hello(self, request_iterator: Iterator[bytes]) -> object:
         reassembler = Reassembler(_HELLO_LIMIT)
@@ -199,18 +203,21 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             self._close_session(session, reason)
 
     def _watch_uploads(self) -> None:
-        """Disconnect a site whose upload has made no progress for ``stall_timeout_s``."""
+        """Disconnect a site whose upload, or whose reading of a task (it holds a send permit
+        meanwhile), has made no progress for ``stall_timeout_s``."""
         while not self._closing.wait(min(1.0, self._stall_timeout_s / 4)):
             now = time.monotonic()
             with self._lock:
                 sessions = list(self._sessions.values())
             for session in sessions:
-                since = session.upload_progress_at
-                if since is not None and now - since > self._stall_timeout_s:
-                    log.error("site %s: upload stalled for %.0f s (stall_timeout_s=%g); closing "
-                              "its connection", session.site_id, now - since,
+                for what, since in (("upload", session.upload_progress_at),
+                                    ("download", session.send_progress_at)):
+                    if since is None or now - since <= self._stall_timeout_s:
+                        continue
+                    log.error("site %s: %s stalled for %.0f s (stall_timeout_s=%g); closing its "
+                              "connection", session.site_id, what, now - since,
                               self._stall_timeout_s)
-                    session.upload_progress_at = None
+                    session.upload_progress_at = session.send_progress_at = None
                     if session.context is not None:
                         session.context.cancel()
 
