@@ -162,6 +162,10 @@ class RoundController:
             except AggregationError:
                 if len(self._available()) >= self.job.min_sites:
                     raise
+                # a flapping link must not rerun the round forever: one budget for the round
+                waited_since = waited_since if waited_since is not None else time.monotonic()
+                if time.monotonic() - waited_since > self.job.rejoin_timeout_s:
+                    raise
                 log.warning("job %s round %d: sites dropped off mid-round; the round will run "
                             "again when %d are connected", self.job_id, round_num,
                             self.job.min_sites)
