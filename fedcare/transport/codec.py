@@ -180,14 +180,23 @@ def _decode_tensors(specs: list[_TensorHeader], payload: memoryview, adopt: bool
     return Weights.adopt(arrays) if adopt else Weights(arrays)
 
 
+def payload_offset(head: memoryview) -> int | None:
+    """Where the payload starts in a message beginning with ``head`` (None: cannot tell yet)."""
+    start = len(MAGIC) + _HEADER_LEN.size
+    if len(head) < start or bytes(head[:len(MAGIC)]) != MAGIC:
+        return None
+    return start + _HEADER_LEN.unpack_from(head, len(MAGIC))[0]
+
+
 def decode(data: bytes | bytearray | memoryview, *,
-           max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, adopt: bool = False
-           ) -> Task | Reply | Hello:
+           max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, adopt: bool = False,
+           payload_sha256: str | None = None) -> Task | Reply | Hello:
     """Parse one message, refusing anything malformed with a TransportError saying what.
 
     The tensors are views of ``data``. With ``adopt`` the caller hands ``data`` over for good
     (a buffer nobody else will write, like a freshly reassembled message) and the tensors are
-    not copied even when ``data`` is writable.
+    not copied even when ``data`` is writable. ``payload_sha256``: the payload's digest, already
+    computed by the caller over these very bytes (the gRPC reassembler hashes as chunks arrive).
     """
     view = memoryview(data)
     if len(view) > max_bytes:
@@ -203,7 +212,8 @@ def decode(data: bytes | bytearray | memoryview, *,
     except (ValueError, RecursionError, _PydanticValidationError) as exc:
         raise TransportError(f"malformed message header: {exc}") from None
     payload = view[start + head_len:]
-    if hashlib.sha256(payload).hexdigest() != header.payload_sha256:
+    digest = payload_sha256 or hashlib.sha256(payload).hexdigest()
+    if digest != header.payload_sha256:
         raise TransportError("payload checksum mismatch (corrupted or truncated message)")
     weights = (_decode_tensors(header.tensors, payload, adopt) if header.tensors is not None
                else None)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 from collections.abc import Iterator, Sequence
 
 from fedcare.core.errors import TransportError
+from fedcare.transport.codec import payload_offset
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
 #: 2 MiB: large enough that per-chunk overhead is negligible, small enough to keep gRPC
@@ -131,13 +133,22 @@ _MAP_AT = 1024 * 1024
 
 
 class Reassembler:
-    """Accumulates chunks into whole messages, refusing oversized or inconsistent streams."""
+    """Accumulates chunks into whole messages, refusing oversized or inconsistent streams.
+
+    It also hashes the codec payload as the chunks arrive (SHA-256 releases the GIL, so this
+    overlaps with the network instead of following it); ``payload_sha256`` then lets
+    ``codec.decode`` check the message's checksum without a second pass over the bytes.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._buffer: bytearray | mmap.mmap | None = None
         self._expected = 0
         self._filled = 0
+        self._hash: hashlib._Hash | None = None
+        self._payload_at: int | None = None
+        #: SHA-256 hex digest of the last completed message's payload (None: not computed)
+        self.payload_sha256: str | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -165,14 +176,17 @@ class Reassembler:
             self._buffer = mmap.mmap(-1, size) if size >= _MAP_AT else bytearray(size)
             self._expected = chunk.total_size
             self._filled = 0
+            self._hash, self._payload_at, self.payload_sha256 = hashlib.sha256(), None, None
         elif chunk.total_size:
             raise TransportError("chunk announces a new message before the last one ended")
         end = self._filled + len(chunk.data)
         if end > self._expected:
             self._buffer = None
             raise TransportError(f"message longer than the {self._expected} bytes announced")
-        self._buffer[self._filled:end] = chunk.data
+        start = self._filled
+        self._buffer[start:end] = chunk.data
         self._filled = end
+        self._hash_payload(start, end)
         if not chunk.last:
             return None
         if self._filled != self._expected:
@@ -180,4 +194,22 @@ class Reassembler:
             raise TransportError(f"message ended after {filled} of {self._expected} bytes "
                                  "announced")
         data, self._buffer = self._buffer, None
+        if self._hash is not None and self._payload_at is not None:
+            self.payload_sha256 = self._hash.hexdigest()
+        self._hash = None
         return data
+
+    def _hash_payload(self, start: int, end: int) -> None:
+        if self._hash is None or self._buffer is None:
+            return
+        with memoryview(self._buffer) as view:
+            if self._payload_at is None:
+                self._payload_at = payload_offset(view[:end])
+                if self._payload_at is None:
+                    if end >= 8:  # not a fedcare message: decode will say so
+                        self._hash = None
+                    return
+                start = 0  # the bytes so far are in the buffer: hash from the payload's start
+            begin = max(start, self._payload_at)
+            if begin < end:
+                self._hash.update(view[begin:end])

@@ -97,7 +97,8 @@ class SiteConnection:
                 data = reassembler.feed(chunk)
                 if data is None:
                     continue
-                task = decode(data, max_bytes=self.max_message_bytes, adopt=True)
+                task = decode(data, max_bytes=self.max_message_bytes, adopt=True,
+                              payload_sha256=reassembler.payload_sha256)
                 if not isinstance(task, Task):
                     raise TransportError(f"expected a Task, got {type(task).__name__}",
                                          site_id=self.site_id)

@@ -176,7 +176,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                 if data is None:
                     continue
                 session.upload_progress_at = None
-                reply = decode(data, max_bytes=self._max, adopt=True)
+                reply = decode(data, max_bytes=self._max, adopt=True,
+                               payload_sha256=reassembler.payload_sha256)
                 if not isinstance(reply, Reply) or reply.site_id != session.site_id:
                     raise TransportError(f"expected a Reply from {session.site_id}")
                 with self._lock:

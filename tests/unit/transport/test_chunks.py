@@ -51,3 +51,31 @@ def test_malformed_wire_chunks_are_refused(raw, problem):
 def test_announced_size_above_the_limit_is_refused_before_any_allocation():
     with pytest.raises(TransportError, match="limit is 1000"):
         Reassembler(1000).feed(pb.Chunk(data=b"x", total_size=2**40).SerializeToString())
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 4096, 2 * 1024 * 1024])
+def test_payload_is_hashed_as_it_arrives_and_corruption_still_caught(chunk_bytes):
+    import hashlib
+
+    import numpy as np
+
+    from fedcare import TrainResult, Weights
+    from fedcare.core.message import Reply
+    from fedcare.transport.codec import decode, encode, encode_parts
+
+    reply = Reply("t", "site-1", result=TrainResult(
+        Weights({"w": np.arange(1_000_000, dtype=np.float32)}), 3))
+    whole = encode(reply)
+    payload_at = 8 + int.from_bytes(whole[4:8], "little")
+    chunks = list(to_wire_chunks(encode_parts(reply), chunk_bytes))
+    reassembler = Reassembler(10**8)
+    data = [reassembler.feed(c) for c in chunks][-1]
+    assert reassembler.payload_sha256 == hashlib.sha256(whole[payload_at:]).hexdigest()
+    assert decode(data, payload_sha256=reassembler.payload_sha256).result.num_samples == 3
+    # flip one payload bit in transit: the digest computed on arrival no longer matches
+    last = pb.Chunk.FromString(chunks[-1])
+    last.data = last.data[:-1] + bytes([last.data[-1] ^ 1])
+    reassembler = Reassembler(10**8)
+    data = [reassembler.feed(c) for c in [*chunks[:-1], last.SerializeToString()]][-1]
+    with pytest.raises(TransportError, match="checksum mismatch"):
+        decode(data, payload_sha256=reassembler.payload_sha256)
