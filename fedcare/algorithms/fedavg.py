@@ -29,19 +29,23 @@ from fedcare.core.weights import Weights
 _BLOCK = 1 << 18
 
 
-def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], scale: float) -> None:
+def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], scale: float,
+               spare: dict[str, np.ndarray] | None = None) -> None:
     """acc[name] += scale * weights[name], in place.
 
     A large tensor is folded in blocks through one small scratch buffer: the same float64
     operations element by element (so the same bits), without a tensor-sized temporary, whose
-    fresh pages cost more than the arithmetic for a large model.
+    fresh pages cost more than the arithmetic for a large model. ``spare``: float64 buffers
+    left from an earlier round, reused for a new accumulator instead of fresh memory.
     """
     scratch: np.ndarray | None = None
     for name, array in weights.items():
         array = np.asarray(array)
         if name not in acc:  # the first result: 0 + scale * w, computed directly
-            acc[name] = np.multiply(array, scale, dtype=np.float64,
-                                    out=np.empty(array.shape, np.float64))  # 0-d stays an array
+            buffer = spare.pop(name, None) if spare is not None else None
+            if buffer is None or buffer.shape != array.shape:
+                buffer = np.empty(array.shape, np.float64)  # out=: a 0-d result stays an array
+            acc[name] = np.multiply(array, scale, dtype=np.float64, out=buffer)
             continue
         target = acc[name]
         if array.size <= _BLOCK:
@@ -84,15 +88,17 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights) -> We
 class WeightedMeanAggregator(Aggregator):
     """Running sample-weighted mean of site models."""
 
-    def __init__(self, global_weights: Weights) -> None:
+    def __init__(self, global_weights: Weights,
+                 spare: dict[str, np.ndarray] | None = None) -> None:
         self._like = global_weights
+        self._spare = spare
         self._acc: dict[str, np.ndarray] = {}
         self._total = 0
         self._count = 0
         self._spent = False
 
     def add(self, site_id: str, result: TrainResult) -> None:
-        accumulate(self._acc, result.weights, float(result.num_samples))
+        accumulate(self._acc, result.weights, float(result.num_samples), self._spare)
         self._total += result.num_samples
         self._count += 1
 
@@ -107,7 +113,12 @@ class WeightedMeanAggregator(Aggregator):
             raise RuntimeError("finish() was already called for this round")
         self._spent = True
         acc, self._acc = self._acc, {}
-        return finalize_mean(acc, float(self._total), self._like)
+        weights = finalize_mean(acc, float(self._total), self._like)
+        if self._spare is not None:  # keep the accumulators for next round, unless they
+            self._spare.clear()      # became the model itself (float64 parameters)
+            self._spare.update({n: a for n, a in acc.items()
+                                if not np.may_share_memory(a, weights[n])})
+        return weights
 
 
 class FedAvg(Strategy):
@@ -138,6 +149,7 @@ class FedAvg(Strategy):
         self.seed = seed
         self.selector = selector
         self._min_sites: int | None = None  # the job's, once a Job has checked this strategy
+        self._spare: dict[str, np.ndarray] = {}  # last round's float64 accumulators
         self.train_config = dict(train_config or {})
         self.evaluate_config = dict(evaluate_config or {})
         try:
@@ -183,7 +195,9 @@ class FedAvg(Strategy):
         return dict(self.evaluate_config)
 
     def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
-        return WeightedMeanAggregator(global_weights)
+        # One round at a time: the float64 accumulators of the last round are reused (for a
+        # large model, fresh memory costs more than the arithmetic).
+        return WeightedMeanAggregator(global_weights, self._spare)
 
 
 class Cyclic(FedAvg):

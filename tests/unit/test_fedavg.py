@@ -75,3 +75,22 @@ def test_blockwise_accumulation_gives_the_bits_of_the_plain_sum():
     assert np.array_equal(acc["x"], plain)
     assert isinstance(acc["s"], np.ndarray) and acc["s"].shape == ()
     assert acc["s"] == plain[0]
+
+
+def test_accumulators_are_reused_across_rounds_without_changing_results():
+    strategy = FedAvg()
+    like = Weights({"w": np.zeros(4, np.float32), "d": np.zeros(2, np.float64)})
+    results = [Weights({"w": np.full(4, v, np.float32), "d": np.full(2, v)}) for v in (1, 2)]
+    models, buffers = [], []
+    for round_num in (1, 2):
+        aggregator = strategy.aggregator(round_num, like)
+        for n, weights in zip((1, 3), results, strict=True):
+            aggregator.add(f"s{n}", TrainResult(weights, n))
+        buffers.append(aggregator._acc["w"])
+        models.append(aggregator.finish())
+    assert buffers[1] is buffers[0]  # round 2 accumulated into round 1's float64 buffer
+    for model in models:
+        np.testing.assert_array_equal(model["w"], np.full(4, 1.75, np.float32))
+        np.testing.assert_array_equal(model["d"], np.full(2, 1.75))
+    # float64 parameters: the accumulator became the model, so it is never reused
+    assert not np.may_share_memory(models[0]["d"], models[1]["d"])
