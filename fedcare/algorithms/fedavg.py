@@ -46,6 +46,7 @@ def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], sc
             if buffer is None or buffer.shape != array.shape:
                 buffer = np.empty(array.shape, np.float64)  # out=: a 0-d result stays an array
             acc[name] = np.multiply(array, scale, dtype=np.float64, out=buffer)
+            buffer += 0.0  # 0 + scale * w exactly: -0.0 becomes +0.0, as in a zero-started sum
             continue
         target = acc[name]
         if array.size <= _BLOCK:

@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 #: The largest sample count a site may report: exact in float64, and small enough that a
 #: weighted sum of float32 values (at most ~3.4e38 each) cannot overflow float64.
 MAX_NUM_SAMPLES = 2**53
+#: What the transports say of a site that lost its connection (an outage, not a bad result).
+_OUTAGE_MESSAGES = ("site disconnected", "site is not connected", "unknown or disconnected site")
+#: A float64 update whose largest |value| times its sample count exceeds this could overflow
+#: the float64 sum (1.8e308) together with the others; float16/32 values cannot.
+_MAX_WEIGHTED_MAGNITUDE = 1e290
 _RESULT_TYPES: dict[TaskKind, type] = {
     TaskKind.TRAIN: TrainResult, TaskKind.EVALUATE: EvalResult, TaskKind.STATISTICS: StatsResult,
 }
@@ -92,6 +97,7 @@ class RoundController:
         self.history = History()
         self._resume = resume
         self._stop = stop or threading.Event()
+        self._outage_in_round = False  # a site lost its connection during the current round
         if resume is not None:
             for record in resume.records:
                 self.history.append(record)
@@ -147,9 +153,9 @@ class RoundController:
     def _train_round_through_outages(self, round_num: int, weights: Weights) -> Weights:
         """One round; if it falls short because sites dropped off, wait for them and rerun it.
 
-        A round that fails while ``min_sites`` sites are still connected (bad results) stops the
-        job as before; one that fails because too few are connected is run again once they are
-        back, for up to ``rejoin_timeout_s`` of waiting.
+        A round that fails on bad results stops the job as before; one that falls short because
+        sites lost their connection is run again once ``min_sites`` are connected, within one
+        ``rejoin_timeout_s`` budget per round.
         """
         waited_since: float | None = None
         while True:
@@ -157,10 +163,13 @@ class RoundController:
             if len(self._available()) < self.job.min_sites:
                 waited_since = waited_since if waited_since is not None else time.monotonic()
                 self._await_sites(round_num, waited_since)
+            self._outage_in_round = False
             try:
                 return self._train_round(round_num, weights)
             except AggregationError:
-                if len(self._available()) >= self.job.min_sites:
+                # Decided by what happened in the round, not by who is connected now: a site
+                # that dropped mid-round has often reconnected by the time the round fails.
+                if not self._outage_in_round and len(self._available()) >= self.job.min_sites:
                     raise
                 # a flapping link must not rerun the round forever: one budget for the round
                 waited_since = waited_since if waited_since is not None else time.monotonic()
@@ -178,6 +187,10 @@ class RoundController:
         while len(available := self._available()) < need:
             self._check_stop(round_num)
             remaining = since + limit - time.monotonic()
+            if not self.transport.may_still_connect():
+                raise AggregationError(
+                    f"only {len(available)} site(s) connected {available}, min_sites={need}, "
+                    "and no site can connect any more", job_id=self.job_id, round_num=round_num)
             if remaining <= 0:
                 raise AggregationError(
                     f"only {len(available)} site(s) connected {available}, min_sites={need}, "
@@ -230,6 +243,10 @@ class RoundController:
             if problems:
                 self._fail(failures, SiteFailure(
                     site_id, round_num, "train", "model does not match: " + "; ".join(problems)))
+                continue
+            too_large = _too_large(result)
+            if too_large:
+                self._fail(failures, SiteFailure(site_id, round_num, "train", too_large))
                 continue
             try:
                 aggregator.add(site_id, result)
@@ -358,6 +375,8 @@ class RoundController:
         return None
 
     def _fail(self, failures: list[SiteFailure], failure: SiteFailure) -> None:
+        if failure.message.startswith(_OUTAGE_MESSAGES):
+            self._outage_in_round = True
         error = SiteError(failure.message, job_id=self.job_id, round_num=failure.round_num,
                           site_id=failure.site_id)
         log.error("%s", error)
@@ -383,3 +402,15 @@ def _finite_number(value: object) -> bool:
         return math.isfinite(float(value)) and abs(float(value)) <= 1e300
     except OverflowError:
         return False
+
+
+def _too_large(result: TrainResult) -> str | None:
+    """Why a float64 update could overflow the float64 sum, or None (checked before folding in,
+    so a refused site leaves nothing of itself in the aggregate)."""
+    for name, array in result.weights.items():
+        if array.dtype == np.float64 and array.size:
+            peak = max(float(array.max()), -float(array.min()))
+            if peak * result.num_samples > _MAX_WEIGHTED_MAGNITUDE:
+                return (f"{name}: |value| up to {peak:.3g} with num_samples={result.num_samples} "
+                        "would overflow the weighted sum")
+    return None

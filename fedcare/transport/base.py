@@ -36,6 +36,11 @@ class Transport(ABC):
                     break
             return list(self._connected)
 
+    def may_still_connect(self) -> bool:
+        """False once no further site can ever connect (e.g. every site process has exited)."""
+        with self._changed:
+            return self._may_still_connect()
+
     def _may_still_connect(self) -> bool:
         """False once no further site can connect (lets waiting end early). Lock held."""
         return True

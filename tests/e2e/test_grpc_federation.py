@@ -268,3 +268,30 @@ def test_sites_that_stop_reading_cannot_block_the_broadcast(federation, caplog):
     logged = " ".join(r.getMessage() for r in caplog.records)
     for i in range(2):
         assert f"site a-silent-{i}: download stalled" in logged
+
+
+def test_a_connection_that_never_says_hello_is_cut():
+    import time
+
+    from fedcare.transport.grpc.server import GrpcServerTransport
+
+    ca = ThrowawayCA()
+    transport = GrpcServerTransport(ca.issue("server", "server")[0], hello_timeout_s=1.0)
+    release = threading.Event()
+
+    def requests():  # connects with a valid certificate, then sends nothing
+        release.wait(30)
+        yield from ()
+
+    try:
+        stub = pb_grpc.FederationStub(secure_channel(transport.address,
+                                                     ca.issue("site-1", "site")[0]))
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Connect(requests(), timeout=20))
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert time.monotonic() - started < 10
+        assert transport.site_ids() == []
+    finally:
+        release.set()
+        transport.close()

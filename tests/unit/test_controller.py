@@ -196,3 +196,69 @@ class ScaffoldToy(toyjob.ToyTrainer):
         deltas = {f"scaffold.dc.{k}": np.full_like(v, 0.1 * self.target)
                   for k, v in model.items() if np.issubdtype(v.dtype, np.floating)}
         return type(result)(Weights({**result.weights, **deltas}), result.num_samples)
+
+
+def _replying(train):
+    from fedcare.core.message import EvalResult, Reply, TaskKind
+
+    def handler_for(site):
+        def handle(task):
+            if task.kind is TaskKind.TRAIN:
+                return train(site, task)
+            return Reply(task.task_id, site, result=EvalResult(10, {}))
+        return handle
+    return handler_for
+
+
+def test_a_site_that_drops_and_is_back_before_the_round_fails_gets_the_round_rerun():
+    import threading
+    import time
+
+    from fedcare.core.message import Reply, TrainResult
+    from fedcare.server.controller import RoundController
+    from fedcare.transport.memory import MemoryTransport
+
+    dropped = []
+
+    def train(site, task):
+        if site == "site-0" and not dropped:
+            dropped.append(site)
+            transport._set_connected(site, False)  # the link goes down ...
+            threading.Timer(0.1, transport._set_connected, (site, True)).start()  # ... briefly
+            return Reply(task.task_id, site, error="site disconnected: connection lost")
+        time.sleep(0.5)  # the others are still training when the site is back
+        return Reply(task.task_id, site, result=TrainResult(Weights(dict(task.weights)), 10))
+
+    transport = MemoryTransport({f"site-{i}": _replying(train)(f"site-{i}") for i in range(3)})
+    try:
+        result = RoundController(toyjob.make_job(num_rounds=1, min_sites=3), transport).run()
+    finally:
+        transport.close()
+    assert dropped == ["site-0"]
+    assert result.history.rounds[1].trained_sites == ["site-0", "site-1", "site-2"]
+
+
+def test_a_float64_update_that_would_overflow_the_sum_fails_only_its_site():
+    import dataclasses
+
+    from fedcare.core.message import Reply, TrainResult
+    from fedcare.server.controller import RoundController
+    from fedcare.transport.memory import MemoryTransport
+
+    def train(site, task):
+        big = site == "site-2"  # finite values and a legal count, but the product overflows
+        values = np.full(3, 1e300 if big else 1.0)
+        return Reply(task.task_id, site, result=TrainResult(Weights({"w": values}),
+                                                            2**53 if big else 10))
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1, min_sites=2),
+                              initial_weights=lambda: Weights({"w": np.zeros(3)}))
+    transport = MemoryTransport({f"site-{i}": _replying(train)(f"site-{i}") for i in range(3)})
+    try:
+        result = RoundController(job, transport).run()
+    finally:
+        transport.close()
+    record = result.history.rounds[1]
+    assert record.trained_sites == ["site-0", "site-1"]
+    assert "would overflow the weighted sum" in record.failures[0].message
+    np.testing.assert_array_equal(result.weights["w"], np.ones(3))

@@ -66,6 +66,8 @@ def test_blockwise_accumulation_gives_the_bits_of_the_plain_sum():
     size = 3 * _BLOCK + 7  # several blocks and a ragged end
     sites = [(rng.standard_normal(size).astype(np.float32), float(rng.integers(1, 1000)))
              for _ in range(4)]
+    for values, _ in sites:
+        values[:3] = -0.0  # every site sends -0.0 there: a zero-started sum gives +0.0
     plain = np.zeros(size, np.float64)
     for values, n in sites:
         plain += np.multiply(values, n, dtype=np.float64)
@@ -73,6 +75,7 @@ def test_blockwise_accumulation_gives_the_bits_of_the_plain_sum():
     for values, n in sites:
         accumulate(acc, {"x": values, "s": values[:1].reshape(())}, n)
     assert np.array_equal(acc["x"], plain)
+    assert not np.signbit(acc["x"][:3]).any()
     assert isinstance(acc["s"], np.ndarray) and acc["s"].shape == ()
     assert acc["s"] == plain[0]
 

@@ -90,6 +90,8 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
         pos += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
+            if value >= 1 << 64:
+                raise TransportError("malformed chunk: varint above 64 bits")
             return value, pos
         shift += 7
 
@@ -123,7 +125,7 @@ class WireChunk:
                 pos += size
             elif wire in (1, 5):
                 pos += 8 if wire == 1 else 4
-            else:
+            else:  # groups (3, 4) are deprecated protobuf and never written for a Chunk
                 raise TransportError(f"malformed chunk: wire type {wire}")
         if pos != len(buf):
             raise TransportError("malformed chunk: truncated field")

@@ -65,6 +65,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         receive_permits: int = 1,
         send_permits: int = 2,
         stall_timeout_s: float = 60.0,
+        hello_timeout_s: float = 30.0,
         max_sites: int = 1000,
         add_services: Callable[[grpc.Server], None] | None = None,
     ) -> None:
@@ -79,6 +80,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         self._send_permits = threading.BoundedSemaphore(send_permits)
         self._held = False
         self._stall_timeout_s = stall_timeout_s
+        self._hello_timeout_s = hello_timeout_s
         # Each site's stream holds a worker thread for as long as it is connected, so the pool
         # is sized for max_sites plus admin calls (threads are only created when needed). Past
         # that, gRPC refuses new calls with RESOURCE_EXHAUSTED instead of queueing them.
@@ -118,7 +120,14 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         if reason:
             log.warning("refused site %s from %s: %s", identity.name, identity.address, reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-        hello = self._read_hello(request_iterator)
+        # A connection that never introduces itself must not keep a worker thread for good.
+        hello_timer = threading.Timer(self._hello_timeout_s, context.cancel)
+        hello_timer.daemon = True
+        hello_timer.start()
+        try:
+            hello = self._read_hello(request_iterator)
+        finally:
+            hello_timer.cancel()
         if not isinstance(hello, Hello) or hello.site_id != identity.name:
             claimed = hello.site_id if isinstance(hello, Hello) else type(hello).__name__
             message = (f"certificate is for {identity.name!r} but the site introduced itself "
@@ -227,6 +236,10 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             return
         session.closed.set()
         session.outbox.put(None)
+        if session.context is not None:
+            # End the stream itself too: a replaced stream stuck sending to a site that stopped
+            # reading would otherwise keep its send permit, unwatched, for good.
+            session.context.cancel()
         with self._lock:
             if self._sessions.get(session.site_id) is not session:
                 return  # already replaced by a newer connection, which keeps its tasks

@@ -42,6 +42,7 @@ def test_wire_chunk_reads_any_field_order_and_skips_unknown_fields():
     (b"\x10" + b"\xff" * 11, "bad varint"),
     (b"\x0b", "wire type 3"),
     (b"\x49\x00", "truncated field"),
+    (b"\x10" + b"\xff" * 9 + b"\x7f", "above 64 bits"),
 ])
 def test_malformed_wire_chunks_are_refused(raw, problem):
     with pytest.raises(TransportError, match=problem):
