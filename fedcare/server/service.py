@@ -138,10 +138,12 @@ class FederationServer:
         if row is None:
             return "unknown"
         self.store.audit(actor, "abort", job_id)
+        # Set the job's stop event whatever its state: the runner may have picked a queued job
+        # up a moment ago and not yet marked it running; it checks the event before starting.
+        if row.status in ("queued", "running"):
+            self._aborts.setdefault(job_id, threading.Event()).set()
         if row.status == "queued":
             self.store.set_status(job_id, "aborted", f"aborted by {actor} before it started")
-        elif job_id in self._aborts:
-            self._aborts[job_id].set()
         return "aborting"
 
     def _run_jobs(self) -> None:
@@ -165,9 +167,13 @@ class FederationServer:
             return
         run_dir = self.workspace / "jobs" / row.job_id
         resume = self._resume_point(row, Checkpointer(run_dir / "checkpoints", keep=2))
+        stop = self._aborts.setdefault(row.job_id, threading.Event())
+        if stop.is_set():  # aborted between being picked up and starting
+            self.store.set_status(row.job_id, "aborted", "aborted before it started")
+            self._aborts.pop(row.job_id, None)
+            return
         self.store.set_status(row.job_id, "running")
         self.store.audit("server", "resume" if resume else "start", row.job_id)
-        stop = self._aborts.setdefault(row.job_id, threading.Event())
         controller = RoundController(
             job, JobTransport(self.transport, row, job.site_ids), run_dir=run_dir,
             job_id=row.job_id,

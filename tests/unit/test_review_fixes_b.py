@@ -170,3 +170,22 @@ def test_least_recently_used_agent_is_freed_first():
     for job_id in ("a", "b", "a", "c"):
         assert runtime.handle(_toy_task(job_id)).error is None
     assert list(runtime._agents) == ["a", "c"]
+
+
+def test_abort_between_pick_up_and_start_is_not_lost(tmp_path):
+    tls, _ = ThrowawayCA().issue("server", "server")
+    server = FederationServer(tls, tmp_path / "ws", connect_timeout_s=5)  # runner not started
+    grpc_transport, server.transport = server.transport, MemoryTransport(
+        {f"site-{i}": SiteRuntime(f"site-{i}").handle for i in range(3)})
+    grpc_transport.close()
+    try:
+        job_id = server.submit("toyjob:make_job", {"num_rounds": 1}, "alice")
+        row = server.store.next_job()  # the runner has just picked the queued job up ...
+        assert row.job_id == job_id and row.status == "queued"
+        assert server.abort(job_id, "alice") == "aborting"  # ... when an admin aborts it
+        server._run_job(row)
+        after = server.store.job(job_id)
+        assert after.status == "aborted" and after.round_num == 0
+        assert not list((tmp_path / "ws" / "jobs" / job_id).rglob("*.npz"))  # nothing ran
+    finally:
+        server.transport.close()
