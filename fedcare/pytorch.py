@@ -24,7 +24,7 @@ def weights_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Weights:
             raise TypeError(f"parameter {name!r} is bfloat16, which numpy cannot hold; "
                             "convert the model to float32 first")
         arrays[name] = tensor.detach().cpu().numpy().copy()
-    return Weights.adopt(arrays)  # the copies are ours: no second copy
+    return Weights(arrays)  # the copies own their memory: taken over, not copied again
 
 
 def state_dict_from_weights(weights: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -75,14 +75,11 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights) -> We
             continue
         mean = np.divide(acc[name], total, out=acc[name])  # in place: no second copy
         if np.issubdtype(ref.dtype, np.floating):
-            array = mean.astype(ref.dtype, copy=False)
+            out[name] = mean.astype(ref.dtype, copy=False)
         elif ref.dtype == np.bool_:
-            array = mean >= 0.5
+            out[name] = mean >= 0.5
         else:
-            array = np.rint(mean).astype(ref.dtype)
-        array = np.asarray(array)  # a 0-d result is a numpy scalar
-        array.flags.writeable = False  # owned by nobody else: Weights takes it without a copy
-        out[name] = array
+            out[name] = np.rint(mean).astype(ref.dtype)
     return Weights(out)
 
 

@@ -39,10 +39,8 @@ def _unflat(vector: np.ndarray, like: Weights) -> Weights:
     for name, ref in like.items():
         part = vector[offset:offset + ref.size].reshape(ref.shape)
         offset += ref.size
-        array = np.asarray((part if np.issubdtype(ref.dtype, np.floating) else np.rint(part))
-                           .astype(ref.dtype))  # asarray: a 0-d result is a numpy scalar
-        array.flags.writeable = False  # a fresh array: Weights takes it without a copy
-        out[name] = array
+        out[name] = (part if np.issubdtype(ref.dtype, np.floating) else np.rint(part)).astype(
+            ref.dtype)
     return Weights(out)
 
 

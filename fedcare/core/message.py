@@ -78,6 +78,9 @@ class Reply:
     site_id: str
     result: Result | None = None
     error: str | None = None
+    #: Set by the server's transport when the site's connection was lost with the task
+    #: outstanding (an outage, not a bad result); never sent over the wire.
+    connection_lost: bool = False
 
     def __post_init__(self) -> None:
         if (self.result is None) == (self.error is None):

@@ -93,8 +93,4 @@ def load_weights(path: Path, order: list[str] | None = None) -> Weights:
     """Read a model saved by :class:`Checkpointer` (never unpickles)."""
     with np.load(path, allow_pickle=False) as data:
         names = order or list(data.files)
-        arrays = {}
-        for name in names:
-            array = arrays[name] = data[name]
-            array.flags.writeable = False  # freshly read: Weights takes it without a copy
-        return Weights(arrays)
+        return Weights({name: data[name] for name in names})

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcare.core.errors import AggregationError, FedcareError, JobAborted, SiteError
+from fedcare.core.errors import (
+    AggregationError,
+    FedcareError,
+    JobAborted,
+    SiteError,
+    TransportError,
+)
 from fedcare.core.job import Job
 from fedcare.core.message import (
     EvalResult,
@@ -43,8 +49,6 @@ log = logging.getLogger(__name__)
 #: The largest sample count a site may report: exact in float64, and small enough that a
 #: weighted sum of float32 values (at most ~3.4e38 each) cannot overflow float64.
 MAX_NUM_SAMPLES = 2**53
-#: What the transports say of a site that lost its connection (an outage, not a bad result).
-_OUTAGE_MESSAGES = ("site disconnected", "site is not connected", "unknown or disconnected site")
 #: A float64 update whose largest |value| times its sample count exceeds this could overflow
 #: the float64 sum (1.8e308) together with the others; float16/32 values cannot.
 _MAX_WEIGHTED_MAGNITUDE = 1e290
@@ -248,12 +252,7 @@ class RoundController:
             if too_large:
                 self._fail(failures, SiteFailure(site_id, round_num, "train", too_large))
                 continue
-            try:
-                aggregator.add(site_id, result)
-            except (ValueError, ArithmeticError) as exc:  # e.g. an update too large to sum
-                self._fail(failures, SiteFailure(site_id, round_num, "train",
-                                                 f"cannot be aggregated: {exc}"))
-                continue
+            aggregator.add(site_id, result)
             train_metrics.add(result.num_samples, result.metrics)
             trained.append(site_id)
             del result  # dropped before the next one is received: one upload in memory
@@ -321,6 +320,7 @@ class RoundController:
                 self.transport.send(site_id, task)
                 pending[task_id] = site_id
             except FedcareError as exc:
+                self._outage_in_round |= isinstance(exc, TransportError)  # not connected
                 self._fail(failures, SiteFailure(site_id, round_num, kind.value, exc.message))
         while pending:
             self._check_stop(round_num)
@@ -336,6 +336,7 @@ class RoundController:
                             self.job_id, reply.task_id, reply.site_id)
                 continue
             del pending[reply.task_id]
+            self._outage_in_round |= reply.connection_lost
             problem = self._check(kind, reply)
             self.listener.on_reply(round_num, site_id, problem is None)
             if problem is not None:
@@ -375,8 +376,6 @@ class RoundController:
         return None
 
     def _fail(self, failures: list[SiteFailure], failure: SiteFailure) -> None:
-        if failure.message.startswith(_OUTAGE_MESSAGES):
-            self._outage_in_round = True
         error = SiteError(failure.message, job_id=self.job_id, round_num=failure.round_num,
                           site_id=failure.site_id)
         log.error("%s", error)

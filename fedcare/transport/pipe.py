@@ -134,7 +134,7 @@ class PipeTransport(Transport):
             lost, self._outstanding[site_id] = self._outstanding[site_id], set()
         self._set_connected(site_id, False)
         for task_id in sorted(lost):
-            self._replies.put(Reply(task_id, site_id, error=reason))
+            self._replies.put(Reply(task_id, site_id, error=reason, connection_lost=True))
 
     def _read_messages(self, site_id: str, stream: BinaryIO) -> None:
         first = True

@@ -56,6 +56,21 @@ def federation(tmp_path):
     server.stop()
 
 
+def start_sites(federation, count, *, connected):
+    """Start site-0 .. site-{count-1}; wait until ``connected`` sites in all are there."""
+    ca, server, start_site, _, _ = federation
+    for i in range(count):
+        start_site(f"site-{i}", ca.issue(f"site-{i}", "site")[0])
+    assert len(server.transport.wait_for_sites(connected, 30)) == connected
+
+
+def run_job(stub, entry_point, params_json):
+    """Submit a job and follow it to its end: (stub, job id, last status)."""
+    job_id = stub.Submit(pb.SubmitRequest(entry_point=entry_point,
+                                          params_json=params_json)).job_id
+    return stub, job_id, wait_done(stub, job_id)
+
+
 def wait_done(admin_stub, job_id):
     for update in admin_stub.Watch(pb.JobRef(job_id=job_id), timeout=120):
         state = json.loads(update.json)
@@ -63,14 +78,9 @@ def wait_done(admin_stub, job_id):
 
 
 def test_three_sites_train_the_toy_job_over_mtls(federation):
-    ca, server, start_site, admin, _ = federation
-    for i in range(3):
-        start_site(f"site-{i}", ca.issue(f"site-{i}", "site")[0])
-    assert len(server.transport.wait_for_sites(3, 30)) == 3
-    stub = admin()
-    job_id = stub.Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
-                                          params_json='{"num_rounds": 3}')).job_id
-    state = wait_done(stub, job_id)
+    admin = federation[3]
+    start_sites(federation, 3, connected=3)
+    stub, job_id, state = run_job(admin(), "toyjob:make_job", '{"num_rounds": 3}')
     assert state["status"] == "finished" and state["round_num"] == 3
     rounds = json.loads(stub.Metrics(pb.JobRef(job_id=job_id)).json)
     assert [r["round_num"] for r in rounds] == [0, 1, 2, 3]
@@ -250,16 +260,11 @@ def _silent_site(ca, server, name):
 
 def test_sites_that_stop_reading_cannot_block_the_broadcast(federation, caplog):
     # Two silent sites could hold both send permits forever; the watchdog cuts them.
-    ca, server, start_site, admin, _ = federation
+    ca, server, _, admin, _ = federation
     silent = [_silent_site(ca, server, f"a-silent-{i}") for i in range(2)]
     assert len(server.transport.wait_for_sites(2, 30)) == 2
-    for i in range(2):
-        start_site(f"site-{i}", ca.issue(f"site-{i}", "site")[0])
-    assert len(server.transport.wait_for_sites(4, 30)) == 4
-    stub = admin()
-    job_id = stub.Submit(pb.SubmitRequest(entry_point="toyjob:make_large_job",
-                                          params_json="{}")).job_id
-    state = wait_done(stub, job_id)
+    start_sites(federation, 2, connected=4)
+    stub, job_id, state = run_job(admin(), "toyjob:make_large_job", "{}")
     for _, done in silent:
         done.set()
     assert state["status"] == "finished", state

@@ -225,7 +225,8 @@ def test_a_site_that_drops_and_is_back_before_the_round_fails_gets_the_round_rer
             dropped.append(site)
             transport._set_connected(site, False)  # the link goes down ...
             threading.Timer(0.1, transport._set_connected, (site, True)).start()  # ... briefly
-            return Reply(task.task_id, site, error="site disconnected: connection lost")
+            return Reply(task.task_id, site, error="site disconnected: connection lost",
+                         connection_lost=True)  # as the server's transport reports it
         time.sleep(0.5)  # the others are still training when the site is back
         return Reply(task.task_id, site, result=TrainResult(Weights(dict(task.weights)), 10))
 

@@ -249,7 +249,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         self._set_connected(session.site_id, False)
         for task_id in sorted(lost):
             self._replies.put((Reply(task_id, session.site_id,
-                                     error=f"site disconnected: {reason}"), False))
+                                     error=f"site disconnected: {reason}",
+                                     connection_lost=True), False))
 
     # -- the Transport interface ----------------------------------------------------------
     def send(self, site_id: str, task: Task) -> None:
