@@ -23,7 +23,8 @@ import numpy as np
 from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.message import Config, TrainResult, check_scalars
 from fedcare.core.strategy import Aggregator, Strategy
-from fedcare.core.weights import Weights
+from fedcare.core.stream import UpdateStream
+from fedcare.core.weights import TensorSpec, Weights
 
 #: Elements per block when folding a large tensor in (2 MiB of float64: stays in cache).
 _BLOCK = 1 << 18
@@ -62,25 +63,50 @@ def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], sc
             flat_target[start:stop] += block
 
 
-def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights) -> Weights:
+def fold(target: np.ndarray, values: np.ndarray, scale: float, *, undo: bool = False) -> None:
+    """target += scale * values (``undo``: -=), for 1-D ``target`` (float64) and ``values``.
+
+    The same float64 operations as :func:`accumulate`, so the same bits; an undo restores the
+    exact previous sum whenever the sums are exact (see the module docstring).
+    """
+    scratch = np.empty(min(_BLOCK, values.size), np.float64)
+    for start in range(0, values.size, _BLOCK):
+        stop = min(start + _BLOCK, values.size)
+        block = scratch[:stop - start]
+        np.multiply(values[start:stop], scale, out=block, dtype=np.float64)
+        if undo:
+            target[start:stop] -= block
+        else:
+            target[start:stop] += block
+
+
+def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights,
+                  out: Mapping[str, np.ndarray] | None = None) -> Weights:
     """acc / total cast back to each parameter's dtype (integers and flags rounded).
 
     Divides ``acc`` in place and reuses it as the result where dtypes agree, so finishing a
-    round costs no extra model copy; ``acc`` is spent afterwards.
+    round costs no extra model copy; ``acc`` is spent afterwards. ``out``: arrays of the
+    parameters' shapes and dtypes (owned by nobody else) to write floating-point results into
+    instead of new memory.
     """
-    out: dict[str, np.ndarray] = {}
+    result: dict[str, np.ndarray] = {}
     for name, ref in like.items():
         if name not in acc:  # a parameter that stays at the sites keeps the global value
-            out[name] = ref
+            result[name] = ref
             continue
         mean = np.divide(acc[name], total, out=acc[name])  # in place: no second copy
         if np.issubdtype(ref.dtype, np.floating):
-            out[name] = mean.astype(ref.dtype, copy=False)
+            target = out.get(name) if out is not None else None
+            if target is not None and target.dtype == ref.dtype and target.shape == ref.shape:
+                np.copyto(target, mean, casting="same_kind")
+                result[name] = target
+            else:
+                result[name] = mean.astype(ref.dtype, copy=False)
         elif ref.dtype == np.bool_:
-            out[name] = mean >= 0.5
+            result[name] = mean >= 0.5
         else:
-            out[name] = np.rint(mean).astype(ref.dtype)
-    return Weights(out)
+            result[name] = np.rint(mean).astype(ref.dtype)
+    return Weights(result)
 
 
 class WeightedMeanAggregator(Aggregator):
@@ -94,11 +120,50 @@ class WeightedMeanAggregator(Aggregator):
         self._total = 0
         self._count = 0
         self._spent = False
+        # A copy of the values a stream has folded in so far, to take them back out if its
+        # upload fails: one model-sized set, shared by one stream at a time (the transport
+        # folds one upload at a time), and the new model's memory once the round is done.
+        self._undo: dict[str, np.ndarray] = {}
+        self._undo_busy = False
 
     def add(self, site_id: str, result: TrainResult) -> None:
         accumulate(self._acc, result.weights, float(result.num_samples), self._spare)
-        self._total += result.num_samples
+        self._count_in(result.num_samples)
+
+    def _count_in(self, num_samples: int) -> None:
+        self._total += num_samples
         self._count += 1
+
+    def stream(self, site_id: str, num_samples: int,
+               specs: Sequence[TensorSpec]) -> UpdateStream | None:
+        return _MeanStream(self, [self._zeroed(s) for s in specs], self._undo_space(specs),
+                           num_samples)
+
+    def _undo_space(self, specs: Sequence[TensorSpec]) -> list[np.ndarray] | None:
+        if self._undo_busy:  # another stream in flight: it gets its own
+            return [np.empty(s.shape, s.dtype).reshape(-1) for s in specs]
+        for spec in specs:
+            if spec.name not in self._undo:
+                self._undo[spec.name] = np.empty(spec.shape, spec.dtype)
+        self._undo_busy = True
+        return [self._undo[s.name].reshape(-1) for s in specs]
+
+    def _stream_done(self, undo: list[np.ndarray]) -> None:
+        if undo and self._undo and np.may_share_memory(undo[0], next(iter(self._undo.values()))):
+            self._undo_busy = False
+
+    def _zeroed(self, spec: TensorSpec) -> np.ndarray:
+        """The flat float64 accumulator of one parameter, created as zeros if it is new
+        (0 + x is the first result's bits in :func:`accumulate` too)."""
+        acc = self._acc.get(spec.name)
+        if acc is None:
+            acc = self._spare.pop(spec.name, None) if self._spare is not None else None
+            if acc is None or acc.shape != spec.shape:
+                acc = np.zeros(spec.shape, np.float64)
+            else:
+                acc.fill(0.0)
+            self._acc[spec.name] = acc
+        return acc.reshape(-1)
 
     @property
     def num_results(self) -> int:
@@ -111,12 +176,48 @@ class WeightedMeanAggregator(Aggregator):
             raise RuntimeError("finish() was already called for this round")
         self._spent = True
         acc, self._acc = self._acc, {}
-        weights = finalize_mean(acc, float(self._total), self._like)
+        out, self._undo = (self._undo, {}) if not self._undo_busy else (None, {})
+        weights = finalize_mean(acc, float(self._total), self._like, out)
         if self._spare is not None:  # keep the accumulators for next round, unless they
             self._spare.clear()      # became the model itself (float64 parameters)
             self._spare.update({n: a for n, a in acc.items()
                                 if not np.may_share_memory(a, weights[n])})
         return weights
+
+
+class _MeanStream(UpdateStream):
+    """Folds one site's model into a WeightedMeanAggregator as it arrives.
+
+    Keeps a copy of what it folded in (the received bytes can then be freed at once) until it
+    is committed, so a discarded upload can be taken back out exactly.
+    """
+
+    def __init__(self, owner: WeightedMeanAggregator, targets: list[np.ndarray],
+                 undo: list[np.ndarray], num_samples: int) -> None:
+        self._owner = owner
+        self._targets = targets
+        self._undo = undo
+        self._num_samples = num_samples
+        self._scale = float(num_samples)
+        self._written: list[tuple[int, int, int]] = []
+
+    def write(self, index: int, start: int, values: np.ndarray) -> None:
+        stop = start + values.size
+        self._undo[index][start:stop] = values
+        fold(self._targets[index][start:stop], values, self._scale)
+        self._written.append((index, start, stop))
+
+    def commit(self) -> None:
+        self._written.clear()
+        self._owner._count_in(self._num_samples)
+        self._owner._stream_done(self._undo)
+
+    def discard(self) -> None:
+        for index, start, stop in reversed(self._written):
+            fold(self._targets[index][start:stop], self._undo[index][start:stop], self._scale,
+                 undo=True)
+        self._written.clear()
+        self._owner._stream_done(self._undo)
 
 
 class FedAvg(Strategy):

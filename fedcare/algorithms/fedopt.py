@@ -16,7 +16,7 @@ resumed job continues with the same moments.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from fedcare.algorithms.fedavg import FedAvg, WeightedMeanAggregator
 from fedcare.core.errors import ConfigError
 from fedcare.core.message import TrainResult
 from fedcare.core.strategy import Aggregator
-from fedcare.core.weights import Weights
+from fedcare.core.stream import UpdateStream
+from fedcare.core.weights import TensorSpec, Weights
 
 
 class _StepAggregator(Aggregator):
@@ -37,6 +38,10 @@ class _StepAggregator(Aggregator):
 
     def add(self, site_id: str, result: TrainResult) -> None:
         self._mean.add(site_id, result)
+
+    def stream(self, site_id: str, num_samples: int,
+               specs: Sequence[TensorSpec]) -> UpdateStream | None:
+        return self._mean.stream(site_id, num_samples, specs)
 
     @property
     def num_results(self) -> int:

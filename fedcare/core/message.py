@@ -81,6 +81,9 @@ class Reply:
     #: Set by the server's transport when the site's connection was lost with the task
     #: outstanding (an outage, not a bad result); never sent over the wire.
     connection_lost: bool = False
+    #: Set by a transport that folded the result's tensors into the round's aggregate as they
+    #: arrived (``result.weights`` is then empty); never sent over the wire.
+    folded: bool = False
 
     def __post_init__(self) -> None:
         if (self.result is None) == (self.error is None):

@@ -3,6 +3,8 @@
 Aggregation is incremental: the controller feeds an :class:`Aggregator` one result at a time as
 results arrive and drops each one after ``add``, so server memory does not grow with the number of
 sites. Algorithms that cannot be computed this way (median, Krum) must say so and bound memory.
+An aggregator that can fold a result in element run by element run (FedAvg) also offers
+:meth:`Aggregator.stream`, so a transport can aggregate an upload while it is still arriving.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedcare.core.message import Config, TrainResult
-from fedcare.core.weights import Weights
+from fedcare.core.stream import UpdateStream
+from fedcare.core.weights import TensorSpec, Weights
 
 
 class Aggregator(ABC):
@@ -22,6 +25,16 @@ class Aggregator(ABC):
     @abstractmethod
     def add(self, site_id: str, result: TrainResult) -> None:
         """Fold in one validated result; the caller may drop ``result`` afterwards."""
+
+    def stream(self, site_id: str, num_samples: int,
+               specs: Sequence[TensorSpec]) -> UpdateStream | None:
+        """Fold a result in as its tensors arrive (see :mod:`fedcare.core.stream`), or None.
+
+        None by default: the result is then delivered whole to :meth:`add`. An aggregator that
+        needs a whole update at once (a norm, a median) keeps the default. ``specs`` were
+        already checked against the expected model.
+        """
+        return None
 
     @property
     @abstractmethod

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from fedcare.core.weights import Weights
+from fedcare.core.weights import TensorSpec, Weights
+
+
+class _Described(NamedTuple):
+    """A tensor known by its header only (its bytes have not arrived yet)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
 
 
 def incompatibilities(reference: Weights, candidate: Mapping[str, np.ndarray]) -> list[str]:
@@ -25,7 +33,9 @@ def incompatibilities(reference: Weights, candidate: Mapping[str, np.ndarray]) -
     for name in reference:
         if name not in candidate:
             continue
-        want, got = reference[name], np.asarray(candidate[name])
+        want, got = reference[name], candidate[name]
+        if not isinstance(got, _Described):
+            got = np.asarray(got)
         if got.shape != want.shape:
             problems.append(f"{name}: shape {list(got.shape)}, expected {list(want.shape)}")
         if got.dtype != want.dtype:
@@ -41,3 +51,12 @@ def non_finite(weights: Mapping[str, np.ndarray]) -> list[str]:
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             bad.append(name)
     return bad
+
+
+def spec_incompatibilities(reference: Weights, specs: Sequence[TensorSpec]) -> list[str]:
+    """:func:`incompatibilities` of a model described by its tensors' names, dtypes and shapes."""
+    described = {s.name: _Described(tuple(s.shape), np.dtype(s.dtype)) for s in specs}
+    problems = incompatibilities(reference, described)  # type: ignore[arg-type]
+    if len(described) != len(specs):
+        problems.append("a parameter appears twice")
+    return problems

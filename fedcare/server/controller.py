@@ -10,7 +10,6 @@ AggregationError, and the last good global model stays on disk untouched.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,19 +38,15 @@ from fedcare.core.message import (
 from fedcare.core.validation import incompatibilities, non_finite
 from fedcare.core.weights import Weights
 from fedcare.server.checkpoint import Checkpointer
+from fedcare.server.checks import count_problem, metrics_problem, values_problem
 from fedcare.server.events import RunListener, RunState, RunStatus
 from fedcare.server.history import History, RoundRecord, SiteEval, SiteFailure
 from fedcare.server.metrics import WeightedMetrics
 from fedcare.server.statistics import SumAggregator
+from fedcare.server.streams import RoundStreams
 from fedcare.transport.base import Transport
 
 log = logging.getLogger(__name__)
-#: The largest sample count a site may report: exact in float64, and small enough that a
-#: weighted sum of float32 values (at most ~3.4e38 each) cannot overflow float64.
-MAX_NUM_SAMPLES = 2**53
-#: A float64 update whose largest |value| times its sample count exceeds this could overflow
-#: the float64 sum (1.8e308) together with the others; float16/32 values cannot.
-_MAX_WEIGHTED_MAGNITUDE = 1e290
 _RESULT_TYPES: dict[TaskKind, type] = {
     TaskKind.TRAIN: TrainResult, TaskKind.EVALUATE: EvalResult, TaskKind.STATISTICS: StatsResult,
 }
@@ -217,7 +212,7 @@ class RoundController:
         totals = SumAggregator()
         failures: list[SiteFailure] = []
         sites = self._available()
-        for site_id, result in self._gather(TaskKind.STATISTICS, 0, sites, None,
+        for site_id, result, _ in self._gather(TaskKind.STATISTICS, 0, sites, None,
                                             lambda s: {"name": stat.name}, failures):
             assert isinstance(result, StatsResult)
             try:
@@ -240,22 +235,26 @@ class RoundController:
         trained: list[str] = []
         configure = lambda s: strategy.configure_train(round_num, s)  # noqa: E731
         payload = strategy.train_payload(round_num, weights)
-        for site_id, result in self._gather(TaskKind.TRAIN, round_num, selected, payload,
-                                            configure, failures):
-            assert isinstance(result, TrainResult)
-            problems = incompatibilities(expected, result.weights)
-            if problems:
-                self._fail(failures, SiteFailure(
-                    site_id, round_num, "train", "model does not match: " + "; ".join(problems)))
-                continue
-            too_large = _too_large(result)
-            if too_large:
-                self._fail(failures, SiteFailure(site_id, round_num, "train", too_large))
-                continue
-            aggregator.add(site_id, result)
-            train_metrics.add(result.num_samples, result.metrics)
-            trained.append(site_id)
-            del result  # dropped before the next one is received: one upload in memory
+        # A transport that can (gRPC) folds each upload into the aggregate as it arrives.
+        streams = RoundStreams(aggregator, expected,
+                               lambda s: _task_id(self.job_id, round_num, TaskKind.TRAIN, s))
+        self.transport.stream_into(streams)
+        try:
+            for site_id, result, folded in self._gather(
+                    TaskKind.TRAIN, round_num, selected, payload, configure, failures, streams):
+                assert isinstance(result, TrainResult)
+                if not folded:
+                    problem = self._train_problem(expected, result)
+                    if problem:
+                        self._fail(failures, SiteFailure(site_id, round_num, "train", problem))
+                        continue
+                    aggregator.add(site_id, result)
+                train_metrics.add(result.num_samples, result.metrics)
+                trained.append(site_id)
+                del result  # dropped before the next one is received: one upload in memory
+        finally:
+            self.transport.stream_into(None)
+            streams.close()  # uploads still arriving are taken back out
         self._require(aggregator.num_results, round_num, "train", failures)
         new_weights = aggregator.finish()
         bad = non_finite(new_weights)
@@ -278,7 +277,7 @@ class RoundController:
         strategy = self.job.strategy
         every = self.job.evaluate_every
         evaluate = every > 0 and (round_num % every == 0 or round_num == self.job.num_rounds)
-        for site_id, result in self._gather(
+        for site_id, result, _ in self._gather(
             TaskKind.EVALUATE, round_num, self._available() if evaluate else [], weights,
             lambda s: strategy.configure_evaluate(round_num, s), failures,
         ):
@@ -309,12 +308,17 @@ class RoundController:
         weights: Weights | None,
         configure: Callable[[str], object],
         failures: list[SiteFailure],
-    ) -> Iterator[tuple[str, Result]]:
-        """Send one task per site; yield each valid result as it arrives, until the deadline."""
+        streams: RoundStreams | None = None,
+    ) -> Iterator[tuple[str, Result, bool]]:
+        """Send one task per site; yield each valid result as it arrives, until the deadline.
+
+        Yields (site, result, folded): a folded result's tensors are already in the round's
+        aggregate (``streams`` accepted them); its ``weights`` are empty.
+        """
         deadline = time.monotonic() + self.job.round_timeout_s
         pending: dict[str, str] = {}
         for site_id in site_ids:
-            task_id = f"{self.job_id}/r{round_num}/{kind.value}/{site_id}"
+            task_id = _task_id(self.job_id, round_num, kind, site_id)
             task = Task(task_id, self.job_id, round_num, kind, weights, configure(site_id))  # type: ignore[arg-type]
             try:
                 self.transport.send(site_id, task)
@@ -338,19 +342,30 @@ class RoundController:
             del pending[reply.task_id]
             self._outage_in_round |= reply.connection_lost
             problem = self._check(kind, reply)
+            if problem is None and reply.folded and (streams is None
+                                                     or not streams.accept(reply.task_id)):
+                problem = "its streamed upload was not complete when the round took it"
             self.listener.on_reply(round_num, site_id, problem is None)
             if problem is not None:
                 self._fail(failures, SiteFailure(site_id, round_num, kind.value, problem))
                 continue
             assert reply.result is not None
-            result = reply.result
+            result, folded = reply.result, reply.folded
             del reply  # hold no reference while waiting for the next reply (memory)
-            yield site_id, result
+            yield site_id, result, folded
             del result
         for site_id in pending.values():
             self._fail(failures, SiteFailure(
                 site_id, round_num, kind.value,
                 f"no result within round_timeout_s={self.job.round_timeout_s}"))
+
+    @staticmethod
+    def _train_problem(expected: Weights, result: TrainResult) -> str | None:
+        """Why a whole (not streamed) training result cannot be folded in, or None."""
+        problems = incompatibilities(expected, result.weights)
+        if problems:
+            return "model does not match: " + "; ".join(problems)
+        return _too_large(result)
 
     @staticmethod
     def _check(kind: TaskKind, reply: Reply) -> str | None:
@@ -360,14 +375,11 @@ class RoundController:
         result = reply.result
         if not isinstance(result, _RESULT_TYPES[kind]):
             return f"sent {type(result).__name__} for a {kind.value} task"
-        n = result.num_samples
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_NUM_SAMPLES:
-            shown = n if not isinstance(n, int) or n.bit_length() < 64 else f"~2**{n.bit_length()}"
-            return f"num_samples must be an integer in 1..2**53, got {shown!r}"
-        if isinstance(result, TrainResult | EvalResult):
-            bad = [k for k, v in result.metrics.items() if not _finite_number(v)]
-            if bad:
-                return f"metrics {bad} are not finite numbers"
+        problem = count_problem(result.num_samples)
+        if problem is None and isinstance(result, TrainResult | EvalResult):
+            problem = metrics_problem(result.metrics)
+        if problem is not None:
+            return problem
         if isinstance(result, TrainResult | StatsResult):
             values = result.weights if isinstance(result, TrainResult) else result.values
             bad = non_finite(values)
@@ -393,23 +405,16 @@ class RoundController:
         )
 
 
-def _finite_number(value: object) -> bool:
-    """A real number of magnitude at most 1e300 (huge ints such as 10**400 are not)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(float(value)) and abs(float(value)) <= 1e300
-    except OverflowError:
-        return False
+def _task_id(job_id: str, round_num: int, kind: TaskKind, site_id: str) -> str:
+    return f"{job_id}/r{round_num}/{kind.value}/{site_id}"
 
 
 def _too_large(result: TrainResult) -> str | None:
     """Why a float64 update could overflow the float64 sum, or None (checked before folding in,
     so a refused site leaves nothing of itself in the aggregate)."""
     for name, array in result.weights.items():
-        if array.dtype == np.float64 and array.size:
-            peak = max(float(array.max()), -float(array.min()))
-            if peak * result.num_samples > _MAX_WEIGHTED_MAGNITUDE:
-                return (f"{name}: |value| up to {peak:.3g} with num_samples={result.num_samples} "
-                        "would overflow the weighted sum")
+        if array.dtype == np.float64:
+            problem = values_problem(name, array, result.num_samples)
+            if problem:
+                return problem
     return None

@@ -26,6 +26,7 @@ from fedcare.core.message import (
     Reply,
     Task,
 )
+from fedcare.core.stream import StreamTarget
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
 from fedcare.server.events import RunListener
@@ -77,6 +78,12 @@ class JobTransport(Transport):
 
     def receive(self, timeout_s: float) -> Reply | None:
         return self.inner.receive(timeout_s)
+
+    def stream_into(self, target: StreamTarget | None) -> None:
+        self.inner.stream_into(target)
+
+    def may_still_connect(self) -> bool:
+        return self.inner.may_still_connect()
 
 
 class _StoreListener(RunListener):

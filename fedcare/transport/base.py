@@ -12,6 +12,7 @@ import time
 from abc import ABC, abstractmethod
 
 from fedcare.core.message import Reply, Task
+from fedcare.core.stream import StreamTarget
 
 
 class Transport(ABC):
@@ -66,6 +67,14 @@ class Transport(ABC):
         """The next reply from any site, or None if none arrives within ``timeout_s``.
 
         A site that disconnects with a task outstanding yields an error Reply for that task.
+        """
+
+    def stream_into(self, target: StreamTarget | None) -> None:  # noqa: B027 - optional hook
+        """Fold training results into ``target`` as their bytes arrive (None: stop).
+
+        Optional: a transport that receives results whole (in process, over a pipe) ignores
+        it and delivers them to the controller as usual. One that streams delivers a Reply
+        with ``folded`` set once a result is all in.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

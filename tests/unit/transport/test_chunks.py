@@ -80,3 +80,22 @@ def test_payload_is_hashed_as_it_arrives_and_corruption_still_caught(chunk_bytes
     data = [reassembler.feed(c) for c in [*chunks[:-1], last.SerializeToString()]][-1]
     with pytest.raises(TransportError, match="checksum mismatch"):
         decode(data, payload_sha256=reassembler.payload_sha256)
+
+
+def test_a_reusing_reassembler_refills_its_buffer_only_once_nothing_views_it():
+    import numpy as np
+
+    messages = [os.urandom(3 * 1024 * 1024) for _ in range(3)]
+    reassembler = Reassembler(10**8, reuse=True)
+
+    def receive(message):
+        out = [reassembler.feed(c) for c in to_wire_chunks([message])]
+        return out[-1]
+
+    first = receive(messages[0])
+    held = np.frombuffer(first, np.uint8)  # e.g. a trainer that keeps the last global model
+    second = receive(messages[1])
+    assert second is not first and bytes(held[:16]) == messages[0][:16]  # not overwritten
+    del held
+    third = receive(messages[2])
+    assert third is second and bytes(third) == messages[2]  # refilled: no fresh memory

@@ -1,0 +1,55 @@
+"""What a site's result must satisfy before any of it may touch the global model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+#: The largest sample count a site may report: exact in float64, and small enough that a
+#: weighted sum of float32 values (at most ~3.4e38 each) cannot overflow float64.
+MAX_NUM_SAMPLES = 2**53
+#: A float64 update whose largest |value| times its sample count exceeds this could overflow
+#: the float64 sum (1.8e308) together with the others; float16/32 values cannot.
+_MAX_WEIGHTED_MAGNITUDE = 1e290
+
+
+def finite_number(value: object) -> bool:
+    """A real number of magnitude at most 1e300 (huge ints such as 10**400 are not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) <= 1e300
+    except OverflowError:
+        return False
+
+
+def count_problem(num_samples: object) -> str | None:
+    """Why a reported sample count cannot be used, or None."""
+    n = num_samples
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_NUM_SAMPLES:
+        shown = n if not isinstance(n, int) or n.bit_length() < 64 else f"~2**{n.bit_length()}"
+        return f"num_samples must be an integer in 1..2**53, got {shown!r}"
+    return None
+
+
+def metrics_problem(metrics: Mapping[str, object]) -> str | None:
+    """Why reported metrics cannot be used, or None."""
+    bad = [k for k, v in metrics.items() if not finite_number(v)]
+    return f"metrics {bad} are not finite numbers" if bad else None
+
+
+def values_problem(name: str, values: np.ndarray, num_samples: int) -> str | None:
+    """Why (part of) a parameter cannot be folded into the weighted sum, or None: NaN or
+    infinity, or a float64 magnitude that could overflow the float64 sum."""
+    if not np.issubdtype(values.dtype, np.floating) or not values.size:
+        return None
+    if not np.isfinite(values).all():
+        return f"returned NaN or infinity in [{name!r}]"
+    if values.dtype == np.float64:
+        peak = max(float(values.max()), -float(values.min()))
+        if peak * num_samples > _MAX_WEIGHTED_MAGNITUDE:
+            return (f"{name}: |value| up to {peak:.3g} with num_samples={num_samples} "
+                    "would overflow the weighted sum")
+    return None
