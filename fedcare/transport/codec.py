@@ -1,7 +1,8 @@
 """Binary encoding of Tasks and Replies without pickle.
 
 A message is ``MAGIC | u32 header length | JSON header | raw tensor bytes``. The header lists
-every tensor's name, dtype and shape in payload order and the payload's SHA-256; decoding checks
+every tensor's name, dtype and shape in payload order and the payload's checksum (XXH3-128,
+see :mod:`fedcare.transport.checksum`); decoding checks
 each field against a schema, each dtype against an allow-list, that the shapes account for every
 payload byte, and the checksum. Nothing in a message can make the decoder run code. Arrays are
 decoded as zero-copy read-only views of the received buffer.
@@ -9,7 +10,6 @@ decoded as zero-copy read-only views of the received buffer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -30,6 +30,7 @@ from fedcare.core.message import (
     TrainResult,
 )
 from fedcare.core.weights import ALLOWED_DTYPES, Weights
+from fedcare.transport import checksum
 
 MAGIC = b"FCM1"
 _HEADER_LEN = struct.Struct("<I")
@@ -70,7 +71,7 @@ class _Header(_Model):
     result: _ResultHeader | None = None
     error: str | None = None
     tensors: list[_TensorHeader] | None = None
-    payload_sha256: str
+    payload_checksum: str
 
 
 class Hello(_Model):
@@ -103,7 +104,7 @@ _last_digest: tuple[Weights, str] | None = None
 
 
 def _digest(buffers: list[memoryview], weights: Weights | None = None) -> str:
-    """SHA-256 of the payload; the same model sent to N sites is hashed once, not N times.
+    """Checksum of the payload; the same model sent to N sites is hashed once, not N times.
 
     Weights are immutable, so the digest of the last model encoded can be reused.
     """
@@ -111,10 +112,7 @@ def _digest(buffers: list[memoryview], weights: Weights | None = None) -> str:
     cached = _last_digest
     if weights is not None and cached is not None and cached[0] is weights:
         return cached[1]
-    h = hashlib.sha256()
-    for b in buffers:
-        h.update(b)
-    digest = h.hexdigest()
+    digest = checksum.of(buffers)
     if weights is not None:
         _last_digest = (weights, digest)
     return digest
@@ -129,14 +127,14 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
     """One message as a list of buffers, the tensors as zero-copy views (for streaming)."""
     if isinstance(message, Hello):
         header = _Header(type="hello", site_id=message.site_id, error=message.error,
-                         payload_sha256=_digest([]))
+                         payload_checksum=_digest([]))
         return _frame(header, [])
     if isinstance(message, Task):
         tensors, buffers = _tensors(message.weights)
         header = _Header(
             type="task", task_id=message.task_id, job_id=message.job_id,
             round_num=message.round_num, kind=message.kind.value, config=dict(message.config),
-            tensors=tensors, payload_sha256=_digest(buffers, message.weights),
+            tensors=tensors, payload_checksum=_digest(buffers, message.weights),
         )
         return _frame(header, buffers)
     result = message.result
@@ -153,7 +151,7 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
     tensors, buffers = _tensors(weights)
     header = _Header(
         type="reply", task_id=message.task_id, site_id=message.site_id, result=result_header,
-        error=message.error, tensors=tensors, payload_sha256=_digest(buffers),
+        error=message.error, tensors=tensors, payload_checksum=_digest(buffers),
     )
     return _frame(header, buffers)
 
@@ -192,12 +190,12 @@ def payload_offset(head: memoryview) -> int | None:
 
 def decode(data: bytes | bytearray | memoryview, *,
            max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, adopt: bool = False,
-           payload_sha256: str | None = None) -> Task | Reply | Hello:
+           payload_checksum: str | None = None) -> Task | Reply | Hello:
     """Parse one message, refusing anything malformed with a TransportError saying what.
 
     The tensors are views of ``data``. With ``adopt`` the caller hands ``data`` over for good
     (a buffer nobody else will write, like a freshly reassembled message) and the tensors are
-    not copied even when ``data`` is writable. ``payload_sha256``: the payload's digest, already
+    not copied even when ``data`` is writable. ``payload_checksum``: the payload's digest, already
     computed by the caller over these very bytes (the gRPC reassembler hashes as chunks arrive).
     """
     view = memoryview(data)
@@ -214,8 +212,8 @@ def decode(data: bytes | bytearray | memoryview, *,
     except (ValueError, RecursionError, _PydanticValidationError) as exc:
         raise TransportError(f"malformed message header: {exc}") from None
     payload = view[start + head_len:]
-    digest = payload_sha256 or hashlib.sha256(payload).hexdigest()
-    if digest != header.payload_sha256:
+    digest = payload_checksum or checksum.of([payload])
+    if digest != header.payload_checksum:
         raise TransportError("payload checksum mismatch (corrupted or truncated message)")
     weights = (_decode_tensors(header.tensors, payload, adopt) if header.tensors is not None
                else None)

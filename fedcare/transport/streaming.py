@@ -9,7 +9,6 @@ the checksum is checked without a second pass and without ever holding the whole
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pydantic import ValidationError as _PydanticValidationError
 from fedcare.core.errors import TransportError
 from fedcare.core.stream import ResultSink
 from fedcare.core.weights import TensorSpec
+from fedcare.transport import checksum
 from fedcare.transport.codec import _DTYPES, HEADER_AT, _Header, payload_offset
 
 
@@ -32,7 +32,7 @@ class TrainReplyHead:
     num_samples: int
     metrics: dict[str, float]
     specs: list[TensorSpec]
-    payload_sha256: str
+    payload_checksum: str
     payload_at: int  # where the tensor bytes start in the message
 
 
@@ -64,7 +64,7 @@ def peek_train_reply(head: memoryview, total_size: int) -> TrainReplyHead | None
     if at + nbytes != total_size or len({s.name for s in specs}) != len(specs):
         return None
     return TrainReplyHead(header.task_id, header.site_id, result.num_samples,
-                          dict(result.metrics), specs, header.payload_sha256, at)
+                          dict(result.metrics), specs, header.payload_checksum, at)
 
 
 class PayloadRouter:
@@ -80,7 +80,7 @@ class PayloadRouter:
         self._index = 0
         self._done = 0  # elements of the current tensor already written
         self._carry = b""
-        self._hash = hashlib.sha256()
+        self._hash = checksum.new()
 
     def feed(self, data: memoryview) -> None:
         """Route the next payload bytes (ValueError from the sink propagates)."""
@@ -115,10 +115,10 @@ class PayloadRouter:
         while self._index < len(self._sizes) and self._done == self._sizes[self._index]:
             self._index, self._done = self._index + 1, 0
 
-    def finish(self, payload_sha256: str) -> None:
+    def finish(self, payload_checksum: str) -> None:
         """Check that every element arrived and the checksum matches."""
         self._skip_finished()
         if self._index != len(self._sizes) or self._carry:
             raise TransportError("payload shorter than its header describes")
-        if self._hash.hexdigest() != payload_sha256:
+        if self._hash.hexdigest() != payload_checksum:
             raise TransportError("payload checksum mismatch (corrupted or truncated message)")

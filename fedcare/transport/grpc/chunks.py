@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 from collections.abc import Iterator, Sequence
 
 from fedcare.core.errors import TransportError
+from fedcare.transport import checksum
 from fedcare.transport.codec import payload_offset
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
@@ -137,8 +137,7 @@ _MAP_AT = 1024 * 1024
 class Reassembler:
     """Accumulates chunks into whole messages, refusing oversized or inconsistent streams.
 
-    It also hashes the codec payload as the chunks arrive (SHA-256 releases the GIL, so this
-    overlaps with the network instead of following it); ``payload_sha256`` then lets
+    It also checksums the codec payload as the chunks arrive; ``payload_checksum`` then lets
     ``codec.decode`` check the message's checksum without a second pass over the bytes.
     """
 
@@ -152,10 +151,10 @@ class Reassembler:
         self._buffer: bytearray | mmap.mmap | None = None
         self._expected = 0
         self._filled = 0
-        self._hash: hashlib._Hash | None = None
+        self._hash: checksum.xxhash.xxh3_128 | None = None
         self._payload_at: int | None = None
-        #: SHA-256 hex digest of the last completed message's payload (None: not computed)
-        self.payload_sha256: str | None = None
+        #: checksum of the last completed message's payload (None: not computed)
+        self.payload_checksum: str | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -182,7 +181,7 @@ class Reassembler:
             self._buffer = self._new_buffer(chunk.total_size)
             self._expected = chunk.total_size
             self._filled = 0
-            self._hash, self._payload_at, self.payload_sha256 = hashlib.sha256(), None, None
+            self._hash, self._payload_at, self.payload_checksum = checksum.new(), None, None
         elif chunk.total_size:
             raise TransportError("chunk announces a new message before the last one ended")
         end = self._filled + len(chunk.data)
@@ -201,7 +200,7 @@ class Reassembler:
                                  "announced")
         data, self._buffer = self._buffer, None
         if self._hash is not None and self._payload_at is not None:
-            self.payload_sha256 = self._hash.hexdigest()
+            self.payload_checksum = self._hash.hexdigest()
         self._hash = None
         return data
 

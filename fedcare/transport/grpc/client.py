@@ -98,7 +98,7 @@ class SiteConnection:
                 if data is None:
                     continue
                 task = decode(data, max_bytes=self.max_message_bytes, adopt=True,
-                              payload_sha256=reassembler.payload_sha256)
+                              payload_checksum=reassembler.payload_checksum)
                 if not isinstance(task, Task):
                     raise TransportError(f"expected a Task, got {type(task).__name__}",
                                          site_id=self.site_id)

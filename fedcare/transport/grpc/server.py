@@ -212,7 +212,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     if data is None:
                         continue
                     reply = decode(data, max_bytes=self._max, adopt=True,
-                                   payload_sha256=reassembler.payload_sha256)
+                                   payload_checksum=reassembler.payload_checksum)
                     del data
                 session.upload_progress_at = None
                 if not isinstance(reply, Reply) or reply.site_id != session.site_id:

@@ -63,7 +63,7 @@ class StreamedUpload:
                                  "bytes announced")
         head = self.head
         if self._error is None and self._router is not None and self._sink is not None:
-            self._router.finish(head.payload_sha256)
+            self._router.finish(head.payload_checksum)
             try:
                 self._sink.complete()
                 self._open = False

@@ -56,9 +56,8 @@ def test_announced_size_above_the_limit_is_refused_before_any_allocation():
 
 @pytest.mark.parametrize("chunk_bytes", [7, 4096, 2 * 1024 * 1024])
 def test_payload_is_hashed_as_it_arrives_and_corruption_still_caught(chunk_bytes):
-    import hashlib
-
     import numpy as np
+    import xxhash
 
     from fedcare import TrainResult, Weights
     from fedcare.core.message import Reply
@@ -71,15 +70,15 @@ def test_payload_is_hashed_as_it_arrives_and_corruption_still_caught(chunk_bytes
     chunks = list(to_wire_chunks(encode_parts(reply), chunk_bytes))
     reassembler = Reassembler(10**8)
     data = [reassembler.feed(c) for c in chunks][-1]
-    assert reassembler.payload_sha256 == hashlib.sha256(whole[payload_at:]).hexdigest()
-    assert decode(data, payload_sha256=reassembler.payload_sha256).result.num_samples == 3
+    assert reassembler.payload_checksum == xxhash.xxh3_128(whole[payload_at:]).hexdigest()
+    assert decode(data, payload_checksum=reassembler.payload_checksum).result.num_samples == 3
     # flip one payload bit in transit: the digest computed on arrival no longer matches
     last = pb.Chunk.FromString(chunks[-1])
     last.data = last.data[:-1] + bytes([last.data[-1] ^ 1])
     reassembler = Reassembler(10**8)
     data = [reassembler.feed(c) for c in [*chunks[:-1], last.SerializeToString()]][-1]
     with pytest.raises(TransportError, match="checksum mismatch"):
-        decode(data, payload_sha256=reassembler.payload_sha256)
+        decode(data, payload_checksum=reassembler.payload_checksum)
 
 
 def test_a_reusing_reassembler_refills_its_buffer_only_once_nothing_views_it():

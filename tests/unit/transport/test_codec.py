@@ -1,6 +1,5 @@
 """The wire codec: exact round trips, little overhead, and refusal of every malformed message."""
 
-import hashlib
 import json
 import math
 import struct
@@ -8,6 +7,7 @@ import tokenize
 
 import numpy as np
 import pytest
+import xxhash
 
 from fedcare.core.errors import TransportError
 from fedcare.core.message import EvalResult, Reply, StatsResult, Task, TaskKind, TrainResult
@@ -56,7 +56,7 @@ def _split(data: bytes) -> tuple[dict, bytes]:
 
 def _join(header: dict, payload: bytes, *, fix_checksum: bool = True) -> bytes:
     if fix_checksum:
-        header = {**header, "payload_sha256": hashlib.sha256(payload).hexdigest()}
+        header = {**header, "payload_checksum": xxhash.xxh3_128(payload).hexdigest()}
     head = json.dumps(header).encode()
     return MAGIC + _PREFIX.pack(len(head)) + head + payload
 

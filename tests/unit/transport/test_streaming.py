@@ -58,7 +58,7 @@ def test_router_rebuilds_every_tensor_from_pieces_of_any_size(piece):
     router = PayloadRouter(head.specs, sink)
     for start in range(0, len(payload), piece):
         router.feed(memoryview(payload[start:start + piece]))
-    router.finish(head.payload_sha256)
+    router.finish(head.payload_checksum)
     for (name, array), out, seen in zip(MIXED.items(), sink.out, sink.seen, strict=True):
         assert seen.all(), name
         np.testing.assert_array_equal(out.reshape(array.shape), array)
@@ -69,14 +69,14 @@ def test_router_refuses_a_payload_of_the_wrong_length_or_checksum():
     router = PayloadRouter(head.specs, Recorder(MIXED))
     router.feed(memoryview(payload[:-3]))
     with pytest.raises(TransportError, match="shorter"):
-        router.finish(head.payload_sha256)
+        router.finish(head.payload_checksum)
     router = PayloadRouter(head.specs, Recorder(MIXED))
     with pytest.raises(TransportError, match="longer"):
         router.feed(memoryview(payload + b"x"))
     router = PayloadRouter(head.specs, Recorder(MIXED))
     router.feed(memoryview(payload[:-1] + bytes([payload[-1] ^ 1])))
     with pytest.raises(TransportError, match="checksum"):
-        router.finish(head.payload_sha256)
+        router.finish(head.payload_checksum)
 
 
 def test_only_training_replies_with_their_whole_header_are_streamed():
