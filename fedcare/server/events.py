@@ -9,7 +9,8 @@ from fedcare.server.history import RoundRecord, SiteFailure
 
 
 class RunListener:
-    """Receives run events; override what you need. Called from the controller's thread."""
+    """Receives run events; override what you need. Called from the controller's thread
+    (``on_round_saved`` excepted, see there)."""
 
     def on_round_start(self, round_num: int, num_rounds: int, site_ids: list[str]) -> None:
         """A round (0 = initial evaluation) starts with these sites."""
@@ -21,7 +22,14 @@ class RunListener:
         """A site failed a task; the round goes on while min_sites is met."""
 
     def on_round_end(self, record: RoundRecord) -> None:
-        """A round completed and its model was checkpointed."""
+        """A round completed (its checkpoint may still be being written)."""
+
+    def on_round_saved(self, record: RoundRecord) -> None:
+        """A completed round's checkpoint is on disk: a restart would resume after it.
+
+        Comes after ``on_round_end``, in round order; from a background thread when the
+        controller writes checkpoints in the background (the federation server does).
+        """
 
 
 class RunState(StrEnum):

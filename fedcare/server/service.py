@@ -90,7 +90,9 @@ class _StoreListener(RunListener):
     def __init__(self, store: Store, job_id: str) -> None:
         self.store, self.job_id = store, job_id
 
-    def on_round_end(self, record: RoundRecord) -> None:
+    def on_round_saved(self, record: RoundRecord) -> None:
+        # Recorded once its checkpoint is on disk: resuming starts after the last round the
+        # store knows, so it must never know a round whose model could be missing.
         self.store.add_round(self.job_id, record.round_num, asdict(record))
 
     def on_failure(self, failure: object) -> None:
@@ -185,7 +187,8 @@ class FederationServer:
             job, JobTransport(self.transport, row, job.site_ids), run_dir=run_dir,
             job_id=row.job_id,
             listener=_StoreListener(self.store, row.job_id), resume=resume, stop=stop,
-            connect_timeout_s=self.connect_timeout_s, keep_checkpoints=2)
+            connect_timeout_s=self.connect_timeout_s, keep_checkpoints=2,
+            save_in_background=True)
         self.current = controller
         try:
             controller.run()
