@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from fedcare.core.buffers import BufferPool
 from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.message import Config, TrainResult, check_scalars
 from fedcare.core.strategy import Aggregator, Strategy
@@ -87,7 +88,7 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights,
     Divides ``acc`` in place and reuses it as the result where dtypes agree, so finishing a
     round costs no extra model copy; ``acc`` is spent afterwards. ``out``: arrays of the
     parameters' shapes and dtypes (owned by nobody else) to write floating-point results into
-    instead of new memory.
+    instead of new memory (handed over for good: see ``Weights.adopt``).
     """
     result: dict[str, np.ndarray] = {}
     for name, ref in like.items():
@@ -106,16 +107,18 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights,
             result[name] = mean >= 0.5
         else:
             result[name] = np.rint(mean).astype(ref.dtype)
-    return Weights(result)
+    return Weights.adopt(result) if out is not None else Weights(result)
 
 
 class WeightedMeanAggregator(Aggregator):
     """Running sample-weighted mean of site models."""
 
     def __init__(self, global_weights: Weights,
-                 spare: dict[str, np.ndarray] | None = None) -> None:
+                 spare: dict[str, np.ndarray] | None = None,
+                 pool: BufferPool | None = None) -> None:
         self._like = global_weights
         self._spare = spare
+        self._pool = pool or BufferPool(keep=0)
         self._acc: dict[str, np.ndarray] = {}
         self._total = 0
         self._count = 0
@@ -136,20 +139,18 @@ class WeightedMeanAggregator(Aggregator):
 
     def stream(self, site_id: str, num_samples: int,
                specs: Sequence[TensorSpec]) -> UpdateStream | None:
-        return _MeanStream(self, [self._zeroed(s) for s in specs], self._undo_space(specs),
-                           num_samples)
-
-    def _undo_space(self, specs: Sequence[TensorSpec]) -> list[np.ndarray] | None:
-        if self._undo_busy:  # another stream in flight: it gets its own
-            return [np.empty(s.shape, s.dtype).reshape(-1) for s in specs]
-        for spec in specs:
-            if spec.name not in self._undo:
-                self._undo[spec.name] = np.empty(spec.shape, spec.dtype)
+        targets = [self._zeroed(s) for s in specs]
+        if self._undo_busy:  # another stream in flight: it gets memory of its own
+            return _MeanStream(self, targets, [np.empty(s.shape, s.dtype).reshape(-1)
+                                               for s in specs], num_samples, shared=False)
+        if list(self._undo) != [s.name for s in specs]:  # the pool's: an old model's memory
+            self._undo = dict(zip([s.name for s in specs], self._pool.arrays(specs), strict=True))
         self._undo_busy = True
-        return [self._undo[s.name].reshape(-1) for s in specs]
+        return _MeanStream(self, targets, [self._undo[s.name].reshape(-1) for s in specs],
+                           num_samples, shared=True)
 
-    def _stream_done(self, undo: list[np.ndarray]) -> None:
-        if undo and self._undo and np.may_share_memory(undo[0], next(iter(self._undo.values()))):
+    def _stream_done(self, shared: bool) -> None:
+        if shared:
             self._undo_busy = False
 
     def _zeroed(self, spec: TensorSpec) -> np.ndarray:
@@ -193,8 +194,9 @@ class _MeanStream(UpdateStream):
     """
 
     def __init__(self, owner: WeightedMeanAggregator, targets: list[np.ndarray],
-                 undo: list[np.ndarray], num_samples: int) -> None:
+                 undo: list[np.ndarray], num_samples: int, *, shared: bool) -> None:
         self._owner = owner
+        self._shared = shared
         self._targets = targets
         self._undo = undo
         self._num_samples = num_samples
@@ -210,14 +212,14 @@ class _MeanStream(UpdateStream):
     def commit(self) -> None:
         self._written.clear()
         self._owner._count_in(self._num_samples)
-        self._owner._stream_done(self._undo)
+        self._owner._stream_done(self._shared)
 
     def discard(self) -> None:
         for index, start, stop in reversed(self._written):
             fold(self._targets[index][start:stop], self._undo[index][start:stop], self._scale,
                  undo=True)
         self._written.clear()
-        self._owner._stream_done(self._undo)
+        self._owner._stream_done(self._shared)
 
 
 class FedAvg(Strategy):
@@ -249,6 +251,7 @@ class FedAvg(Strategy):
         self.selector = selector
         self._min_sites: int | None = None  # the job's, once a Job has checked this strategy
         self._spare: dict[str, np.ndarray] = {}  # last round's float64 accumulators
+        self._pool = BufferPool()  # memory of earlier models, for the next one
         self.train_config = dict(train_config or {})
         self.evaluate_config = dict(evaluate_config or {})
         try:
@@ -296,7 +299,7 @@ class FedAvg(Strategy):
     def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:
         # One round at a time: the float64 accumulators of the last round are reused (for a
         # large model, fresh memory costs more than the arithmetic).
-        return WeightedMeanAggregator(global_weights, self._spare)
+        return WeightedMeanAggregator(global_weights, self._spare, self._pool)
 
 
 class Cyclic(FedAvg):
