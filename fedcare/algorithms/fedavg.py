@@ -86,9 +86,9 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights,
     """acc / total cast back to each parameter's dtype (integers and flags rounded).
 
     Divides ``acc`` in place and reuses it as the result where dtypes agree, so finishing a
-    round costs no extra model copy; ``acc`` is spent afterwards. ``out``: arrays of the
-    parameters' shapes and dtypes (owned by nobody else) to write floating-point results into
-    instead of new memory (handed over for good: see ``Weights.adopt``).
+    round costs no extra model copy; ``acc`` is spent afterwards. ``out``: writable arrays of
+    the parameters' shapes and dtypes, used by nobody else, to write floating-point results
+    into instead of new memory; the model gets read-only views of them.
     """
     result: dict[str, np.ndarray] = {}
     for name, ref in like.items():
@@ -96,18 +96,29 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights,
             result[name] = ref
             continue
         mean = np.divide(acc[name], total, out=acc[name])  # in place: no second copy
-        if np.issubdtype(ref.dtype, np.floating):
-            target = out.get(name) if out is not None else None
-            if target is not None and target.dtype == ref.dtype and target.shape == ref.shape:
-                np.copyto(target, mean, casting="same_kind")
-                result[name] = target
-            else:
-                result[name] = mean.astype(ref.dtype, copy=False)
+        target = out.get(name) if out is not None else None
+        if (target is not None and np.issubdtype(ref.dtype, np.floating)
+                and target.dtype == ref.dtype and target.shape == ref.shape):
+            np.copyto(target, mean, casting="same_kind")
+            result[name] = _read_only_twin(target)
+        elif np.issubdtype(ref.dtype, np.floating):
+            result[name] = mean.astype(ref.dtype, copy=False)
         elif ref.dtype == np.bool_:
             result[name] = mean >= 0.5
         else:
             result[name] = np.rint(mean).astype(ref.dtype)
-    return Weights.adopt(result) if out is not None else Weights(result)
+    for name, value in result.items():  # computed here, so the model's alone: no copy
+        array = result[name] = np.asarray(value)  # (a 0-d result may come back as a scalar)
+        if array.base is None and array.flags.writeable:
+            array.flags.writeable = False
+    return Weights.adopt(result)
+
+
+def _read_only_twin(array: np.ndarray) -> np.ndarray:
+    """The same memory as ``array``, through a read-only buffer: Weights takes it as it is,
+    and nobody holding the model can make it writable again."""
+    frozen = memoryview(array.reshape(-1)).cast("B").toreadonly()
+    return np.frombuffer(frozen, array.dtype).reshape(array.shape)
 
 
 class WeightedMeanAggregator(Aggregator):
@@ -177,7 +188,8 @@ class WeightedMeanAggregator(Aggregator):
             raise RuntimeError("finish() was already called for this round")
         self._spent = True
         acc, self._acc = self._acc, {}
-        out, self._undo = (self._undo, {}) if not self._undo_busy else (None, {})
+        out = self._undo if self._undo and not self._undo_busy else None
+        self._undo = {}
         weights = finalize_mean(acc, float(self._total), self._like, out)
         if self._spare is not None:  # keep the accumulators for next round, unless they
             self._spare.clear()      # became the model itself (float64 parameters)

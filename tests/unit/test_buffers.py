@@ -67,3 +67,16 @@ def test_fedavg_writes_each_new_model_into_the_memory_of_one_no_longer_used():
     assert newer["w"].ctypes.data in addresses  # an old model's memory, not fresh pages
     assert float(newer["w"][0]) == 9.0 and float(models[-1]["w"][0]) == 4.0
     assert not newer["w"].flags.writeable
+
+
+def test_a_streamed_round_gives_a_model_nobody_can_make_writable_again():
+    import pytest
+
+    start = Weights({"w": np.zeros((30, 7), np.float32), "d": np.zeros(4),
+                     "n": np.zeros((), np.int64)})
+    out = stream_round(FedAvg(), start, Weights({"w": np.ones((30, 7), np.float32),
+                                                  "d": np.full(4, 3.0), "n": np.array(5)}))
+    assert [float(out[k].reshape(-1)[0]) for k in out] == [1.0, 3.0, 5.0]
+    for name in out:
+        with pytest.raises(ValueError):
+            out[name].flags.writeable = True
