@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 M parameters only, no 1 GiB")
     args = parser.parse_args()
     sizes = [1_000_000] if args.quick else [1_000_000, 25_000_000]
+    first = poc_first_round_s()  # first: nothing else's memory or disk writes still settling
     raw = raw_grpc()
     raw_MBps = min(raw.values())
     cases = []
@@ -168,7 +169,6 @@ def main() -> None:
     # Two round trips: the first touches every buffer for the first time (page faults cost
     # 1-3 s per GiB on this VM), the second reuses them.
     gib = None if args.quick else federation_run(1024**3 // 4, 1, rounds=2)
-    first = poc_first_round_s()
     result = {"name": "transport", "git_sha": git_sha(),
               "params": {"rounds": 3, "chunk_bytes": 2 * 1024**2, "quick": args.quick},
               "metrics": {"raw_grpc_mtls": raw, "cases": cases, "one_gib_round_trip": gib,

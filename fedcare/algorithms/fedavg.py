@@ -64,13 +64,16 @@ def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], sc
             flat_target[start:stop] += block
 
 
-def fold(target: np.ndarray, values: np.ndarray, scale: float, *, undo: bool = False) -> None:
+def fold(target: np.ndarray, values: np.ndarray, scale: float, *, undo: bool = False,
+         scratch: np.ndarray | None = None) -> None:
     """target += scale * values (``undo``: -=), for 1-D ``target`` (float64) and ``values``.
 
     The same float64 operations as :func:`accumulate`, so the same bits; an undo restores the
-    exact previous sum whenever the sums are exact (see the module docstring).
+    exact previous sum whenever the sums are exact (see the module docstring). ``scratch``: a
+    float64 buffer of at least ``_BLOCK`` elements to reuse (fresh memory per call is dear).
     """
-    scratch = np.empty(min(_BLOCK, values.size), np.float64)
+    if scratch is None:
+        scratch = np.empty(min(_BLOCK, values.size), np.float64)
     for start in range(0, values.size, _BLOCK):
         stop = min(start + _BLOCK, values.size)
         block = scratch[:stop - start]
@@ -79,6 +82,36 @@ def fold(target: np.ndarray, values: np.ndarray, scale: float, *, undo: bool = F
             target[start:stop] -= block
         else:
             target[start:stop] += block
+
+
+def fold_reversibly(target: np.ndarray, values: np.ndarray, scale: float,
+                    restore: list[tuple[np.ndarray, np.ndarray]],
+                    scratch: np.ndarray | None = None) -> int:
+    """``fold`` that records what a plain subtraction could not take back out exactly.
+
+    ``(a + x) - x == a`` only when the float64 sum is exact; a value far larger than the sum so
+    far (1e54 against 25, say) absorbs it, and subtracting it back would leave 0. For every
+    element where the sum is not exactly reversible, (its index in ``target``, its old value)
+    goes to ``restore``. Returns how many elements were recorded. ``scratch``: a reusable
+    float64 buffer of shape (3, _BLOCK).
+    """
+    if scratch is None:
+        scratch = np.empty((3, min(_BLOCK, values.size)), np.float64)
+    block, old, back = scratch
+    recorded = 0
+    for start in range(0, values.size, _BLOCK):
+        stop = min(start + _BLOCK, values.size)
+        k = stop - start
+        np.multiply(values[start:stop], scale, out=block[:k], dtype=np.float64)
+        np.copyto(old[:k], target[start:stop])
+        target[start:stop] += block[:k]
+        np.subtract(target[start:stop], block[:k], out=back[:k])
+        inexact = back[:k] != old[:k]
+        if inexact.any():
+            where = np.flatnonzero(inexact)
+            restore.append((where + start, old[where]))
+            recorded += where.size
+    return recorded
 
 
 def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights,
@@ -150,6 +183,8 @@ class WeightedMeanAggregator(Aggregator):
 
     def stream(self, site_id: str, num_samples: int,
                specs: Sequence[TensorSpec]) -> UpdateStream | None:
+        if type(self).add is not WeightedMeanAggregator.add:
+            return None  # a subclass that changes add (noise, clipping) sees every update whole
         targets = [self._zeroed(s) for s in specs]
         if self._undo_busy:  # another stream in flight: it gets memory of its own
             return _MeanStream(self, targets, [np.empty(s.shape, s.dtype).reshape(-1)
@@ -201,8 +236,10 @@ class WeightedMeanAggregator(Aggregator):
 class _MeanStream(UpdateStream):
     """Folds one site's model into a WeightedMeanAggregator as it arrives.
 
-    Keeps a copy of what it folded in (the received bytes can then be freed at once) until it
-    is committed, so a discarded upload can be taken back out exactly.
+    Until it is committed it keeps a copy of what it folded in (the received bytes can then be
+    freed at once) and the old sum of every element where subtracting that copy back out
+    would not be exact, so a discarded upload is always taken back out bit for bit. The
+    caller folds one stream at a time into a given sum (the transport's receive permit).
     """
 
     def __init__(self, owner: WeightedMeanAggregator, targets: list[np.ndarray],
@@ -214,23 +251,37 @@ class _MeanStream(UpdateStream):
         self._num_samples = num_samples
         self._scale = float(num_samples)
         self._written: list[tuple[int, int, int]] = []
+        self._restore: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # 16 bytes per recorded element: at most the size of a float32 copy of the model
+        self._budget = max(sum(t.size for t in targets) // 4, 1024)
+        self._scratch = np.empty((3, _BLOCK), np.float64)
 
     def write(self, index: int, start: int, values: np.ndarray) -> None:
         stop = start + values.size
         self._undo[index][start:stop] = values
-        fold(self._targets[index][start:stop], values, self._scale)
-        self._written.append((index, start, stop))
+        self._written.append((index, start, stop))  # before folding: discard covers it all
+        restore: list[tuple[np.ndarray, np.ndarray]] = []
+        self._budget -= fold_reversibly(self._targets[index][start:stop], values, self._scale,
+                                        restore, self._scratch)
+        self._restore.extend((index, where + start, old) for where, old in restore)
+        if self._budget < 0:
+            raise ValueError("its values are so far in magnitude from the others' that "
+                             "folding them in could not be undone exactly; refused")
 
     def commit(self) -> None:
         self._written.clear()
+        self._restore.clear()
         self._owner._count_in(self._num_samples)
         self._owner._stream_done(self._shared)
 
     def discard(self) -> None:
         for index, start, stop in reversed(self._written):
             fold(self._targets[index][start:stop], self._undo[index][start:stop], self._scale,
-                 undo=True)
+                 undo=True, scratch=self._scratch[0])
+        for index, where, old in self._restore:  # where subtracting was not exact
+            self._targets[index][where] = old
         self._written.clear()
+        self._restore.clear()
         self._owner._stream_done(self._shared)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,8 +25,7 @@ from fedcare.algorithms.fedavg import FedAvg, WeightedMeanAggregator
 from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.message import TrainResult
 from fedcare.core.strategy import Aggregator
-from fedcare.core.stream import UpdateStream
-from fedcare.core.weights import TensorSpec, Weights
+from fedcare.core.weights import Weights
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +182,6 @@ class _ClippingAggregator(WeightedMeanAggregator):
         clipped = {k: (self._global[k] + scale * deltas[k]) if k in deltas else v
                    for k, v in result.weights.items()}
         super().add(site_id, TrainResult(Weights(clipped), result.num_samples, result.metrics))
-
-    def stream(self, site_id: str, num_samples: int,
-               specs: Sequence[TensorSpec]) -> UpdateStream | None:
-        return None  # clipping needs the whole update's norm first
 
 
 class ClippedFedAvg(FedAvg):

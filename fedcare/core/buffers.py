@@ -55,6 +55,6 @@ class BufferPool:
 def _unused(buffer: mmap.mmap) -> bool:
     try:
         buffer.resize(len(buffer))  # BufferError while any array (or memoryview) views it
-    except BufferError:
+    except (BufferError, OSError, SystemError, ValueError):  # in use, or no mremap
         return False
     return True

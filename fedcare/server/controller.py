@@ -99,6 +99,7 @@ class RoundController:
         self._resume = resume
         self._stop = stop or threading.Event()
         self._outage_in_round = False  # a site lost its connection during the current round
+        self._attempt = 0  # how many times the current round was started again
         if resume is not None:
             for record in resume.records:
                 self.history.append(record)
@@ -108,7 +109,7 @@ class RoundController:
         # next round; the listener hears ``on_round_saved`` only once it is on disk, in order.
         self._saver = (ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
                        if save_in_background and self._checkpointer else None)
-        self._saved: Future[None] | None = None
+        self._saved: Future[object] | None = None
         self._state = RunState.PENDING
         self._round = 0
         self._error: str | None = None
@@ -170,6 +171,7 @@ class RoundController:
         ``rejoin_timeout_s`` budget per round.
         """
         waited_since: float | None = None
+        self._attempt = 0
         while True:
             self._check_stop(round_num)
             if len(self._available()) < self.job.min_sites:
@@ -190,6 +192,7 @@ class RoundController:
                 log.warning("job %s round %d: sites dropped off mid-round; the round will run "
                             "again when %d are connected", self.job_id, round_num,
                             self.job.min_sites)
+                self._attempt += 1
 
     def _await_sites(self, round_num: int, since: float) -> None:
         need, limit = self.job.min_sites, self.job.rejoin_timeout_s
@@ -249,8 +252,9 @@ class RoundController:
         configure = lambda s: strategy.configure_train(round_num, s)  # noqa: E731
         payload = strategy.train_payload(round_num, weights)
         # A transport that can (gRPC) folds each upload into the aggregate as it arrives.
-        streams = RoundStreams(aggregator, expected,
-                               lambda s: _task_id(self.job_id, round_num, TaskKind.TRAIN, s))
+        attempt = self._attempt
+        streams = RoundStreams(aggregator, expected, lambda s: _task_id(
+            self.job_id, round_num, TaskKind.TRAIN, s, attempt))
         self.transport.stream_into(streams)
         try:
             for site_id, result, folded in self._gather(
@@ -261,7 +265,7 @@ class RoundController:
                     if problem:
                         self._fail(failures, SiteFailure(site_id, round_num, "train", problem))
                         continue
-                    aggregator.add(site_id, result)
+                    streams.add(site_id, result)
                 train_metrics.add(result.num_samples, result.metrics)
                 trained.append(site_id)
                 del result  # dropped before the next one is received: one upload in memory
@@ -289,6 +293,7 @@ class RoundController:
             if self._saver is not None:  # strategies replace their state arrays, never mutate
                 saving = self._saver.submit(self._checkpointer.save, round_num, weights,
                                             dict(self.job.strategy.state()))
+                self._saved = saving  # awaited (its error raised) even if this round fails
             else:
                 self._checkpointer.save(round_num, weights, self.job.strategy.state())
         site_eval: dict[str, SiteEval] = {}
@@ -359,7 +364,7 @@ class RoundController:
         deadline = time.monotonic() + self.job.round_timeout_s
         pending: dict[str, str] = {}
         for site_id in site_ids:
-            task_id = _task_id(self.job_id, round_num, kind, site_id)
+            task_id = _task_id(self.job_id, round_num, kind, site_id, self._attempt)
             task = Task(task_id, self.job_id, round_num, kind, weights, configure(site_id))  # type: ignore[arg-type]
             try:
                 self.transport.send(site_id, task)
@@ -446,8 +451,12 @@ class RoundController:
         )
 
 
-def _task_id(job_id: str, round_num: int, kind: TaskKind, site_id: str) -> str:
-    return f"{job_id}/r{round_num}/{kind.value}/{site_id}"
+def _task_id(job_id: str, round_num: int, kind: TaskKind, site_id: str, attempt: int = 0
+             ) -> str:
+    """A task's id; a round run again (after an outage) gets new ids, so a reply or a refusal
+    meant for its first attempt can never be taken for one of the second."""
+    again = f"/a{attempt}" if attempt else ""
+    return f"{job_id}/r{round_num}{again}/{kind.value}/{site_id}"
 
 
 def _too_large(result: TrainResult) -> str | None:

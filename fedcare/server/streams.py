@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from fedcare.core.message import TrainResult
 from fedcare.core.strategy import Aggregator
 from fedcare.core.stream import UpdateStream
 from fedcare.core.validation import spec_incompatibilities
@@ -56,6 +57,11 @@ class RoundStreams:
             sink = _Sink(self._lock, inner, [s.name for s in specs], num_samples)
             self._sinks[task_id] = sink
             return sink
+
+    def add(self, site_id: str, result: TrainResult) -> None:
+        """Fold in a whole result (one that was not streamed), never while a stream writes."""
+        with self._lock:
+            self._aggregator.add(site_id, result)
 
     def accept(self, task_id: str) -> bool:
         """Count the result of ``task_id``, whose folded reply the controller has taken;

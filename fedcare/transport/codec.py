@@ -32,7 +32,8 @@ from fedcare.core.message import (
 from fedcare.core.weights import ALLOWED_DTYPES, Weights
 from fedcare.transport import checksum
 
-MAGIC = b"FCM1"
+#: Format version 2: the payload checksum is XXH3-128 (version 1 had SHA-256).
+MAGIC = b"FCM2"
 _HEADER_LEN = struct.Struct("<I")
 #: Where the JSON header starts in a message.
 HEADER_AT = len(MAGIC) + _HEADER_LEN.size
@@ -202,6 +203,10 @@ def decode(data: bytes | bytearray | memoryview, *,
     if len(view) > max_bytes:
         raise TransportError(f"message of {len(view)} bytes exceeds the limit of {max_bytes}")
     if len(view) < len(MAGIC) + _HEADER_LEN.size or bytes(view[:4]) != MAGIC:
+        if len(view) >= 4 and bytes(view[:3]) == MAGIC[:3] and bytes(view[:4]) != MAGIC:
+            raise TransportError(f"message format {bytes(view[:4]).decode(errors='replace')}, "
+                                 f"this side speaks {MAGIC.decode()}: the two run different "
+                                 "fedcare versions")
         raise TransportError("not a fedcare message (bad magic or truncated)")
     (head_len,) = _HEADER_LEN.unpack_from(view, 4)
     start = 4 + _HEADER_LEN.size

@@ -210,7 +210,7 @@ class Reassembler:
             try:
                 spare.resize(size)  # BufferError while any array still views the last message
                 return spare
-            except BufferError:
+            except (BufferError, OSError, SystemError, ValueError):  # in use, or no mremap
                 pass
         if size < _MAP_AT:
             return bytearray(size)

@@ -235,6 +235,9 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             log.error("site %s: %s; closing its connection", session.site_id, exc)
         except grpc.RpcError:
             reason = "connection lost"
+        except Exception as exc:  # a bug (ours or a strategy's): this site's stream ends
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("site %s: error while receiving its upload", session.site_id)
         finally:
             if upload is not None:
                 upload.abort()

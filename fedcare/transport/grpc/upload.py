@@ -1,9 +1,9 @@
 """A training reply folded into the round's aggregate chunk by chunk, instead of reassembled.
 
-The server keeps no copy of a streamed upload: each chunk's tensor bytes go straight to the
-round's :class:`~fedcare.core.stream.ResultSink` (which keeps views of them until the result is
-accepted, so it can take them back out). Framing is checked as strictly as the Reassembler
-does, and the payload's SHA-256 is checked when the last chunk arrives.
+The server keeps no reassembled copy of a streamed upload: each chunk's tensor bytes go straight
+to the round's :class:`~fedcare.core.stream.ResultSink`, which keeps what it needs to take them
+back out until the result is accepted. Framing is checked as strictly as the Reassembler
+does, and the payload's checksum is checked when the last chunk arrives.
 """
 
 from __future__ import annotations

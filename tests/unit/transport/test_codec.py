@@ -172,6 +172,8 @@ def test_bad_magic_and_truncated_header_are_refused():
     _refused(b"XXXX" + data[4:], "not a fedcare message")
     _refused(b"", "bad magic or truncated")
     _refused(data[:6], "bad magic or truncated")
+    _refused(b"FCM1" + data[4:], "message format FCM1, this side speaks FCM2: the two run "
+             "different fedcare versions")
     (size,) = _PREFIX.unpack_from(data, 4)
     _refused(data[:8 + size // 2], f"truncated message: header of {size} bytes")
 

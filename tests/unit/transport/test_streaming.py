@@ -284,3 +284,49 @@ def _plain(data, last):
 def _first(data, size):
     from fedcare.transport.grpc import fedcare_pb2 as pb
     return pb.Chunk(data=data, total_size=size).SerializeToString()
+
+
+def test_a_huge_upload_taken_back_out_does_not_erase_what_it_absorbed():
+    # 25 + 2.7e54 - 2.7e54 is 0 in float64: subtracting alone would erase site a's values
+    start = Weights({"w": np.zeros(8, np.float32)})
+    aggregator = FedAvg().aggregator(1, start)
+    streams = round_streams(aggregator, start)
+
+    def send(site, value, n, complete=True):
+        sink = streams.open(f"job/r1/train/{site}", site, n, {}, start.specs())
+        sink.write(0, 0, np.full(8, value, np.float32))
+        if complete:
+            sink.complete()
+            assert streams.accept(f"job/r1/train/{site}")
+        return sink
+
+    send("a", 0.25, 100)
+    send("m", 3e38, 2**53, complete=False).discard()  # e.g. its checksum then fails
+    send("b", 0.75, 100)
+    np.testing.assert_array_equal(aggregator.finish()["w"], np.full(8, 0.5, np.float32))
+
+
+def test_an_upload_that_could_not_be_taken_back_out_within_bounds_is_refused_in_time():
+    start = Weights({"w": np.zeros(100_000, np.float32)})
+    aggregator = FedAvg().aggregator(1, start)
+    streams = round_streams(aggregator, start)
+    first = streams.open("job/r1/train/a", "a", 3, {}, start.specs())
+    first.write(0, 0, np.full(100_000, 0.25, np.float32))
+    first.complete()
+    assert streams.accept("job/r1/train/a")
+    huge = streams.open("job/r1/train/m", "m", 2**53, {}, start.specs())
+    with pytest.raises(ValueError, match="could not be undone exactly"):
+        huge.write(0, 0, np.full(100_000, 3e38, np.float32))
+    huge.discard()
+    np.testing.assert_array_equal(aggregator.finish()["w"], np.full(100_000, 0.25, np.float32))
+
+
+def test_a_subclass_that_changes_add_gets_every_update_whole():
+    from fedcare.algorithms import WeightedMeanAggregator
+
+    class Noisy(WeightedMeanAggregator):
+        def add(self, site_id, result):
+            super().add(site_id, result)
+
+    assert Noisy(model(0)).stream("s", 1, model(0).specs()) is None
+    assert WeightedMeanAggregator(model(0)).stream("s", 1, model(0).specs()) is not None
