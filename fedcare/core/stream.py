@@ -60,9 +60,12 @@ class StreamTarget(Protocol):
 class ResultSink(Protocol):
     """What a transport feeds one streamed result into."""
 
-    def write(self, index: int, start: int, values: np.ndarray) -> None: ...
+    def write(self, index: int, start: int, values: np.ndarray) -> None:
+        """Take the next run of values; ValueError: they (or, for a sink that folds in the
+        background, an earlier run) cannot be used, and the result is refused."""
 
     def complete(self) -> None:
-        """All bytes arrived and the checksum matched; raises ValueError if it is too late."""
+        """All bytes arrived and the checksum matched: returns once everything written is
+        folded in; raises ValueError if it is too late or a run could not be folded in."""
 
     def discard(self) -> None: ...

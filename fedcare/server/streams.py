@@ -11,6 +11,7 @@ ends. See :mod:`fedcare.core.stream`.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -24,6 +25,8 @@ from fedcare.core.weights import TensorSpec, Weights
 from fedcare.server.checks import count_problem, metrics_problem, values_problem
 
 _OPEN, _COMPLETE, _ACCEPTED, _DISCARDED = "open", "complete", "accepted", "discarded"
+#: Runs of values received but not yet folded in, per upload (each a view of one chunk).
+_IN_FLIGHT = 4
 
 
 class RoundStreams:
@@ -83,7 +86,15 @@ class RoundStreams:
 
 
 class _Sink:
-    """One result being folded in (the transport's handle)."""
+    """One result being folded in (the transport's handle).
+
+    Values are checked as they are written, on the transport's receiving thread, and folded
+    into the aggregate on a thread of the sink's own, so receiving the next chunk (TLS, HTTP/2,
+    the checksum) and folding the last one use two cores. At most ``_IN_FLIGHT`` runs wait to
+    be folded (they are views of received chunks: a few MiB). A problem found while folding
+    (e.g. values that could not be taken back out exactly) is raised by the next ``write`` or
+    by ``complete``.
+    """
 
     def __init__(self, lock: threading.Lock, inner: UpdateStream, names: list[str],
                  num_samples: int) -> None:
@@ -92,23 +103,57 @@ class _Sink:
         self._names = names
         self._num_samples = num_samples
         self.state = _OPEN
+        self._queue: queue.Queue[tuple[int, int, np.ndarray] | None] = queue.Queue(_IN_FLIGHT)
+        self._folder: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     def write(self, index: int, start: int, values: np.ndarray) -> None:
+        self._raise_failure()
         problem = values_problem(self._names[index], values, self._num_samples)
         if problem:
             raise ValueError(problem)
-        with self._lock:
-            if self.state != _OPEN:
-                raise ValueError("the round ended before this upload did")
-            self.inner.write(index, start, values)
+        if self._folder is None:
+            self._folder = threading.Thread(target=self._fold_queued, daemon=True,
+                                            name="fold-upload")
+            self._folder.start()
+        self._queue.put((index, start, values))
+
+    def _fold_queued(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._failure is not None:
+                continue  # refused or discarded: what is still queued is dropped
+            try:
+                with self._lock:
+                    if self.state != _OPEN:
+                        raise ValueError("the round ended before this upload did")
+                    self.inner.write(*item)
+            except Exception as exc:  # handed to the receiving thread, which decides
+                self._failure = exc
+
+    def _drain(self) -> None:
+        """Wait until everything written is folded in (or dropped)."""
+        if self._folder is not None:
+            self._queue.put(None)
+            self._folder.join()
+            self._folder = None
+
+    def _raise_failure(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            raise (ValueError(str(failure)) if isinstance(failure, ValueError) else failure)
 
     def complete(self) -> None:
+        self._drain()
+        self._raise_failure()
         with self._lock:
             if self.state != _OPEN:
                 raise ValueError("the round ended before this upload did")
             self.state = _COMPLETE
 
     def discard(self) -> None:
+        if self._failure is None:
+            self._failure = ValueError("discarded")
+        self._drain()
         with self._lock:
             self.withdraw()
 

@@ -315,10 +315,35 @@ def test_an_upload_that_could_not_be_taken_back_out_within_bounds_is_refused_in_
     first.complete()
     assert streams.accept("job/r1/train/a")
     huge = streams.open("job/r1/train/m", "m", 2**53, {}, start.specs())
+    huge.write(0, 0, np.full(50_000, 3e38, np.float32))  # folded on the sink's own thread
     with pytest.raises(ValueError, match="could not be undone exactly"):
-        huge.write(0, 0, np.full(100_000, 3e38, np.float32))
+        huge.complete()
+    with pytest.raises(ValueError, match="could not be undone exactly"):  # and stays refused
+        huge.write(0, 50_000, np.full(50_000, 3e38, np.float32))
     huge.discard()
     np.testing.assert_array_equal(aggregator.finish()["w"], np.full(100_000, 0.25, np.float32))
+
+
+def test_an_upload_still_being_folded_when_the_round_ends_is_taken_back_out_whole():
+    start = Weights({"w": np.zeros(1 << 20, np.float32)})
+    aggregator = FedAvg().aggregator(1, start)
+    streams = round_streams(aggregator, start)
+    good = streams.open("job/r1/train/a", "a", 3, {}, start.specs())
+    good.write(0, 0, np.full(1 << 20, 0.25, np.float32))
+    good.complete()
+    assert streams.accept("job/r1/train/a")
+    late = streams.open("job/r1/train/b", "b", 5, {}, start.specs())
+    runs = np.array_split(np.full(1 << 20, 0.75, np.float32), 64)
+    at = 0
+    for run in runs[:40]:  # queued faster than they are folded: the round ends meanwhile
+        late.write(0, at, run)
+        at += run.size
+    streams.close()
+    with pytest.raises(ValueError, match="round ended"):
+        late.complete()
+    late.discard()
+    assert aggregator.num_results == 1
+    np.testing.assert_array_equal(aggregator.finish()["w"], np.full(1 << 20, 0.25, np.float32))
 
 
 def test_a_subclass_that_changes_add_gets_every_update_whole():
