@@ -11,6 +11,7 @@ ends. See :mod:`fedcare.core.stream`.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,8 @@ from fedcare.core.stream import UpdateStream
 from fedcare.core.validation import spec_incompatibilities
 from fedcare.core.weights import TensorSpec, Weights
 from fedcare.server.checks import count_problem, metrics_problem, values_problem
+
+log = logging.getLogger(__name__)
 
 _OPEN, _COMPLETE, _ACCEPTED, _DISCARDED = "open", "complete", "accepted", "discarded"
 #: Runs of values received but not yet folded in, per upload (each a view of one chunk).
@@ -113,9 +116,9 @@ class _Sink:
         if problem:
             raise ValueError(problem)
         if self._folder is None:
-            self._folder = threading.Thread(target=self._fold_queued, daemon=True,
-                                            name="fold-upload")
-            self._folder.start()
+            folder = threading.Thread(target=self._fold_queued, daemon=True, name="fold-upload")
+            folder.start()  # (if it cannot start, there is nothing to join later)
+            self._folder = folder
         self._queue.put((index, start, values))
 
     def _fold_queued(self) -> None:
@@ -128,7 +131,11 @@ class _Sink:
                         raise ValueError("the round ended before this upload did")
                     self.inner.write(*item)
             except Exception as exc:  # handed to the receiving thread, which decides
-                self._failure = exc
+                if not isinstance(exc, ValueError):
+                    log.exception("error while folding in an upload")
+                # without its traceback, whose frames would keep this sink (and its stream's
+                # undo memory) alive until the cyclic garbage collector runs
+                self._failure = exc.with_traceback(None)
 
     def _drain(self) -> None:
         """Wait until everything written is folded in (or dropped)."""

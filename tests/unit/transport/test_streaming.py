@@ -346,6 +346,52 @@ def test_an_upload_still_being_folded_when_the_round_ends_is_taken_back_out_whol
     np.testing.assert_array_equal(aggregator.finish()["w"], np.full(1 << 20, 0.25, np.float32))
 
 
+def test_an_upload_refused_while_folding_is_freed_at_once(monkeypatch):
+    import gc
+    import weakref
+
+    start = Weights({"w": np.zeros(1000, np.float32)})
+    streams = round_streams(FedAvg().aggregator(1, start), start)
+    sink = streams.open("job/r1/train/b", "b", 5, {}, start.specs())
+    sink.write(0, 0, np.full(500, 0.75, np.float32))
+    streams.close()
+    sink.write(0, 500, np.full(500, 0.75, np.float32))  # folded after the round ended
+    with pytest.raises(ValueError, match="round ended"):
+        sink.complete()
+    sink.discard()
+    inner = weakref.ref(sink.inner)  # holds the undo copy: model-sized memory
+    gc.disable()
+    try:
+        del sink
+        streams._sinks.clear()
+        assert inner() is None  # no reference cycle through a kept traceback
+    finally:
+        gc.enable()
+
+
+def test_a_fold_thread_that_cannot_start_fails_its_upload_only(monkeypatch):
+    import threading
+
+    start = Weights({"w": np.zeros(1000, np.float32)})
+    aggregator = FedAvg().aggregator(1, start)
+    streams = round_streams(aggregator, start)
+    sink = streams.open("job/r1/train/b", "b", 5, {}, start.specs())
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises(RuntimeError, match="new thread"):
+            sink.write(0, 0, np.full(1000, 0.75, np.float32))
+    sink.discard()  # the transport's clean-up still works (no thread to join)
+    other = streams.open("job/r1/train/a", "a", 3, {}, start.specs())
+    other.write(0, 0, np.full(1000, 0.25, np.float32))
+    other.complete()
+    assert streams.accept("job/r1/train/a") and aggregator.num_results == 1
+    np.testing.assert_array_equal(aggregator.finish()["w"], np.full(1000, 0.25, np.float32))
+
+
 def test_a_subclass_that_changes_add_gets_every_update_whole():
     from fedcare.algorithms import WeightedMeanAggregator
 
