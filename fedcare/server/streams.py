@@ -96,7 +96,8 @@ class _Sink:
     the checksum) and folding the last one use two cores. At most ``_IN_FLIGHT`` runs wait to
     be folded (they are views of received chunks: a few MiB). A problem found while folding
     (e.g. values that could not be taken back out exactly) is raised by the next ``write`` or
-    by ``complete``.
+    by ``complete``. The transport ends every sink with ``complete`` or ``discard``, which
+    also ends its thread.
     """
 
     def __init__(self, lock: threading.Lock, inner: UpdateStream, names: list[str],
