@@ -181,6 +181,11 @@ def _decode_tensors(specs: list[_TensorHeader], payload: memoryview, adopt: bool
     return Weights.adopt(arrays) if adopt else Weights(arrays)
 
 
+def header_size(parts: list[bytes | memoryview]) -> int:
+    """How many leading bytes of a message from :func:`encode_parts` are its header."""
+    return HEADER_AT + len(parts[2])
+
+
 def payload_offset(head: memoryview) -> int | None:
     """Where the payload starts in a message beginning with ``head`` (None: cannot tell yet)."""
     start = len(MAGIC) + _HEADER_LEN.size

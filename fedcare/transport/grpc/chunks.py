@@ -17,9 +17,12 @@ CHUNK_BYTES = 2 * 1024 * 1024
 GRPC_MESSAGE_LIMIT = CHUNK_BYTES + 64 * 1024
 
 
-def _slices(parts: Sequence[bytes | memoryview], chunk_bytes: int
+def _slices(parts: Sequence[bytes | memoryview], chunk_bytes: int, first_bytes: int = 0
             ) -> Iterator[tuple[list[memoryview], int, bool]]:
-    """(buffers of one chunk, total size on the first chunk else 0, is last) per chunk."""
+    """(buffers of one chunk, total size on the first chunk else 0, is last) per chunk.
+
+    ``first_bytes``: if positive, the first chunk ends after that many bytes.
+    """
     views = [memoryview(p).cast("B") for p in parts]
     total = sum(len(v) for v in views)
     if total == 0:
@@ -31,11 +34,12 @@ def _slices(parts: Sequence[bytes | memoryview], chunk_bytes: int
     for view in views:
         offset = 0
         while offset < len(view):
-            take = min(chunk_bytes - pending_bytes, len(view) - offset)
+            limit = min(first_bytes, chunk_bytes) if sent == 0 and first_bytes > 0 else chunk_bytes
+            take = min(limit - pending_bytes, len(view) - offset)
             pending.append(view[offset:offset + take])
             pending_bytes += take
             offset += take
-            if pending_bytes == chunk_bytes:
+            if pending_bytes == limit:
                 first = sent == 0
                 sent += pending_bytes
                 yield pending, total if first else 0, sent == total
@@ -55,15 +59,18 @@ def to_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTE
         yield pb.Chunk(data=b"".join(pending), total_size=total, last=last)
 
 
-def to_wire_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTES
-                   ) -> Iterator[bytes]:
+def to_wire_chunks(parts: Sequence[bytes | memoryview], chunk_bytes: int = CHUNK_BYTES,
+                   first_bytes: int = 0) -> Iterator[bytes]:
     """Like ``to_chunks``, but each Chunk already serialized, for the model stream.
 
     The bytes are exactly the protobuf encoding of ``Chunk`` (fedcare.proto stays the contract:
     any protobuf client can read and write this stream), built in a single copy of the tensor
     bytes; going through the protobuf message costs two more copies per chunk.
+    ``first_bytes``: if positive, the first chunk ends after that many bytes (a site sends its
+    reply's header alone, so while it waits for the server's receive permit the server holds
+    that header, not 2 MiB of its upload).
     """
-    for pending, total, last in _slices(parts, chunk_bytes):
+    for pending, total, last in _slices(parts, chunk_bytes, first_bytes):
         size = sum(len(v) for v in pending)
         head = b"\x0a" + _varint(size) if size else b""
         tail = (b"\x10" + _varint(total) if total else b"") + (b"\x18\x01" if last else b"")

@@ -17,7 +17,13 @@ import grpc
 
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, Task
-from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode_parts
+from fedcare.transport.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Hello,
+    decode,
+    encode_parts,
+    header_size,
+)
 from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_wire_chunks
 from fedcare.transport.grpc.tls import KEEPALIVE_OPTIONS, TlsFiles, channel_credentials
 
@@ -83,7 +89,7 @@ class SiteConnection:
 
         def requests() -> Iterator[bytes]:
             while (parts := outbox.get()) is not None:
-                yield from to_wire_chunks(parts)
+                yield from to_wire_chunks(parts, first_bytes=header_size(parts))
 
         channel = secure_channel(self.address, self.tls)
         try:

@@ -98,3 +98,35 @@ def test_a_reusing_reassembler_refills_its_buffer_only_once_nothing_views_it():
     del held
     third = receive(messages[2])
     assert third is second and bytes(third) == messages[2]  # refilled: no fresh memory
+
+
+@pytest.mark.parametrize("first_bytes", [1, 37, 2 * 1024 * 1024, 10**9])
+def test_the_first_chunk_can_end_early_and_the_rest_stay_whole_chunks(first_bytes):
+    message = os.urandom(5 * 1024 * 1024 + 11)
+    chunks = [pb.Chunk.FromString(c) for c in to_wire_chunks([message], first_bytes=first_bytes)]
+    sizes = [len(c.data) for c in chunks]
+    first = min(first_bytes, 2 * 1024 * 1024)
+    assert sizes[0] == first and all(s == 2 * 1024 * 1024 for s in sizes[1:-1])
+    assert b"".join(c.data for c in chunks) == message
+    assert chunks[0].total_size == len(message) and [c.last for c in chunks][-1]
+    assert not any(c.total_size for c in chunks[1:]) and not any(c.last for c in chunks[:-1])
+
+
+def test_a_sites_reply_header_travels_alone_in_its_first_chunk():
+    import numpy as np
+
+    from fedcare import TrainResult, Weights
+    from fedcare.core.message import Reply
+    from fedcare.transport.codec import encode, encode_parts, header_size
+    from fedcare.transport.streaming import peek_train_reply
+
+    reply = Reply("t", "site-1", result=TrainResult(
+        Weights({"w": np.arange(1_000_000, dtype=np.float32)}), 3))
+    parts = encode_parts(reply)
+    chunks = [pb.Chunk.FromString(c)
+              for c in to_wire_chunks(parts, first_bytes=header_size(parts))]
+    whole = encode(reply)
+    assert len(chunks[0].data) == 8 + int.from_bytes(whole[4:8], "little")  # the header only
+    head = peek_train_reply(memoryview(chunks[0].data), len(whole))
+    assert head is not None and head.payload_at == len(chunks[0].data) and head.num_samples == 3
+    assert b"".join(c.data for c in chunks) == whole
