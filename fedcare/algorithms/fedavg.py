@@ -254,7 +254,9 @@ class _MeanStream(UpdateStream):
         self._restore: list[tuple[int, np.ndarray, np.ndarray]] = []
         # 16 bytes per recorded element: at most the size of a float32 copy of the model
         self._budget = max(sum(t.size for t in targets) // 4, 1024)
-        self._scratch = np.empty((3, _BLOCK), np.float64)
+        # no larger than the largest tensor: 6 MiB for a small model would be most of it
+        self._scratch = np.empty((3, min(_BLOCK, max((t.size for t in targets), default=1))),
+                                 np.float64)
 
     def write(self, index: int, start: int, values: np.ndarray) -> None:
         stop = start + values.size
