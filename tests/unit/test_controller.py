@@ -263,3 +263,28 @@ def test_a_float64_update_that_would_overflow_the_sum_fails_only_its_site():
     assert record.trained_sites == ["site-0", "site-1"]
     assert "would overflow the weighted sum" in record.failures[0].message
     np.testing.assert_array_equal(result.weights["w"], np.ones(3))
+
+
+def test_checkpoint_files_are_npz_that_numpy_reads_back_exactly(tmp_path):
+    import numpy as np
+
+    from fedcare.server.checkpoint import Checkpointer
+
+    rng = np.random.default_rng(3)
+    arrays = {
+        "conv.weight": rng.standard_normal((4, 3, 5, 5)).astype(np.float32),
+        "scalar": np.array(2.5, np.float64),
+        "flags": np.array([True, False, True]),
+        "steps": np.arange(7, dtype=np.int64),
+        "half": rng.standard_normal(9).astype(np.float16),
+        "transposed": rng.standard_normal((3, 4)).astype(np.float32).T,  # not C-contiguous
+        "empty": np.zeros((0, 3), np.float32),
+    }
+    from fedcare.core.weights import Weights
+
+    path = Checkpointer(tmp_path).save(1, Weights(arrays))
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == sorted(arrays)
+        for name, array in arrays.items():
+            assert data[name].dtype == array.dtype and data[name].shape == array.shape
+            np.testing.assert_array_equal(data[name], array)
