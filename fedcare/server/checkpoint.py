@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fedcare.core.weights import Weights
+from fedcare.core.weights import ALLOWED_DTYPES, Weights
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -36,14 +36,11 @@ def _write_npz(fh: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             array = np.asarray(array)
             with zf.open(name + ".npy", "w", force_zip64=True) as entry:
-                if array.flags.c_contiguous and not array.dtype.hasobject:
+                if array.flags.c_contiguous and array.dtype in ALLOWED_DTYPES:
                     header = np.lib.format.header_data_from_array_1_0(array)
-                    try:
-                        np.lib.format.write_array_header_1_0(entry, header)
-                    except ValueError:  # a header too long for format 1.0
-                        np.lib.format.write_array_header_2_0(entry, header)
+                    np.lib.format.write_array_header_1_0(entry, header)
                     entry.write(memoryview(array.reshape(-1)).cast("B"))
-                else:
+                else:  # anything else a strategy keeps in its state (dates, records, ...)
                     np.lib.format.write_array(entry, array, allow_pickle=False)
 
 

@@ -288,3 +288,23 @@ def test_checkpoint_files_are_npz_that_numpy_reads_back_exactly(tmp_path):
         for name, array in arrays.items():
             assert data[name].dtype == array.dtype and data[name].shape == array.shape
             np.testing.assert_array_equal(data[name], array)
+
+
+@pytest.mark.filterwarnings("ignore:Stored array in format 3.0")
+def test_a_strategy_state_of_any_plain_dtype_survives_a_checkpoint(tmp_path):
+    import numpy as np
+
+    from fedcare.core.weights import Weights
+    from fedcare.server.checkpoint import Checkpointer
+
+    state = {
+        "when": np.array(["2026-12-03", "2026-12-04"], dtype="datetime64[D]"),
+        "record": np.zeros(2, [("\u0436", "<f4")]),  # a field name beyond latin-1
+        "momentum": np.arange(6, dtype=np.float64).reshape(2, 3),
+    }
+    checkpoints = Checkpointer(tmp_path)
+    checkpoints.save(2, Weights({"w": np.ones(3, np.float32)}), state)
+    back = checkpoints.load_strategy_state(2)
+    for name, array in state.items():
+        assert back[name].dtype == array.dtype
+        np.testing.assert_array_equal(back[name], array)
