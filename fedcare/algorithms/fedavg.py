@@ -271,10 +271,8 @@ class _MeanStream(UpdateStream):
                              "folding them in could not be undone exactly; refused")
 
     def commit(self) -> None:
-        self._written.clear()
-        self._restore.clear()
         self._owner._count_in(self._num_samples)
-        self._owner._stream_done(self._shared)
+        self._finish()
 
     def discard(self) -> None:
         for index, start, stop in reversed(self._written):
@@ -282,8 +280,13 @@ class _MeanStream(UpdateStream):
                  undo=True, scratch=self._scratch[0])
         for index, where, old in self._restore:  # where subtracting was not exact
             self._targets[index][where] = old
-        self._written.clear()
-        self._restore.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Hold nothing once done: the round keeps its finished streams until it ends, and
+        their scratch and (for a stream with memory of its own) undo copy would stay with them."""
+        self._written, self._restore, self._targets, self._undo = [], [], [], []
+        self._scratch = np.empty((3, 0), np.float64)
         self._owner._stream_done(self._shared)
 
 

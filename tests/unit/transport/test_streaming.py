@@ -346,7 +346,7 @@ def test_an_upload_still_being_folded_when_the_round_ends_is_taken_back_out_whol
     np.testing.assert_array_equal(aggregator.finish()["w"], np.full(1 << 20, 0.25, np.float32))
 
 
-def test_an_upload_refused_while_folding_is_freed_at_once(monkeypatch):
+def test_an_upload_refused_while_folding_is_freed_at_once():
     import gc
     import weakref
 
@@ -401,3 +401,27 @@ def test_a_subclass_that_changes_add_gets_every_update_whole():
 
     assert Noisy(model(0)).stream("s", 1, model(0).specs()) is None
     assert WeightedMeanAggregator(model(0)).stream("s", 1, model(0).specs()) is not None
+
+
+def test_a_finished_stream_keeps_no_model_sized_memory():
+    import tracemalloc
+
+    start = Weights({"w": np.zeros(1 << 20, np.float32)})
+    aggregator = FedAvg().aggregator(1, start)
+    values = np.full(1 << 20, 0.5, np.float32)
+    tracemalloc.start()
+    try:
+        first = aggregator.stream("a", 3, start.specs())  # the shared undo copy
+        second = aggregator.stream("b", 5, start.specs())  # meanwhile: an undo copy of its own
+        for stream in (first, second):
+            stream.write(0, 0, values)
+        held = tracemalloc.get_traced_memory()[0]
+        first.commit()
+        second.discard()
+        # the round keeps finished streams until it ends: they must not keep their buffers
+        freed = held - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert freed >= values.nbytes  # at least the second stream's own copy (4 MiB)
+    assert aggregator.num_results == 1
+    np.testing.assert_array_equal(aggregator.finish()["w"], values)
