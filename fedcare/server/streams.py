@@ -60,7 +60,8 @@ class RoundStreams:
             inner = self._aggregator.stream(site_id, num_samples, specs)
             if inner is None:
                 return None
-            sink = _Sink(self._lock, inner, [s.name for s in specs], num_samples)
+            sink = _Sink(self._lock, inner, [s.name for s in specs], num_samples,
+                         f"site {site_id}, task {task_id}")
             self._sinks[task_id] = sink
             return sink
 
@@ -101,8 +102,9 @@ class _Sink:
     """
 
     def __init__(self, lock: threading.Lock, inner: UpdateStream, names: list[str],
-                 num_samples: int) -> None:
+                 num_samples: int, who: str) -> None:
         self._lock = lock
+        self._who = who  # for the log
         self.inner = inner
         self._names = names
         self._num_samples = num_samples
@@ -133,7 +135,7 @@ class _Sink:
                     self.inner.write(*item)
             except Exception as exc:  # handed to the receiving thread, which decides
                 if not isinstance(exc, ValueError):
-                    log.exception("error while folding in an upload")
+                    log.exception("%s: error while folding in its upload", self._who)
                 # without its traceback, whose frames would keep this sink (and its stream's
                 # undo memory) alive until the cyclic garbage collector runs
                 self._failure = exc.with_traceback(None)
@@ -147,7 +149,8 @@ class _Sink:
 
     def _raise_failure(self) -> None:
         failure = self._failure
-        if failure is not None:
+        if failure is not None:  # a refusal is raised as a fresh ValueError each time (the
+            # kept one stays without a traceback); anything else is a bug, and ends the stream
             raise (ValueError(str(failure)) if isinstance(failure, ValueError) else failure)
 
     def complete(self) -> None:

@@ -188,7 +188,7 @@ def header_size(parts: list[bytes | memoryview]) -> int:
 
 def payload_offset(head: memoryview) -> int | None:
     """Where the payload starts in a message beginning with ``head`` (None: cannot tell yet)."""
-    start = len(MAGIC) + _HEADER_LEN.size
+    start = HEADER_AT
     if len(head) < start or bytes(head[:len(MAGIC)]) != MAGIC:
         return None
     return start + _HEADER_LEN.unpack_from(head, len(MAGIC))[0]

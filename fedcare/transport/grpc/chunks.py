@@ -28,13 +28,14 @@ def _slices(parts: Sequence[bytes | memoryview], chunk_bytes: int, first_bytes: 
     if total == 0:
         yield [], 0, True
         return
+    first_limit = min(first_bytes, chunk_bytes) if first_bytes > 0 else chunk_bytes
     sent = 0
     pending: list[memoryview] = []
     pending_bytes = 0
     for view in views:
         offset = 0
         while offset < len(view):
-            limit = min(first_bytes, chunk_bytes) if sent == 0 and first_bytes > 0 else chunk_bytes
+            limit = first_limit if sent == 0 else chunk_bytes
             take = min(limit - pending_bytes, len(view) - offset)
             pending.append(view[offset:offset + take])
             pending_bytes += take
