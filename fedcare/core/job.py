@@ -15,14 +15,18 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.strategy import Strategy
 from fedcare.core.trainer import SiteContext, Trainer
 from fedcare.core.weights import Weights
+from fedcare.core.workflow import Workflow
 
 
 class FederatedStatistic(Protocol):
-    """A statistics task run before the first round, e.g. global feature means and variances.
+    """One pass of federated statistics, e.g. global feature means, then variances.
 
-    Each site returns additive values (``StatsResult``); the controller sums them as they arrive
+    Each site returns additive values (``StatsResult``); the server sums them as they arrive
     (so a later secure-aggregation layer can hide each site's contribution) and calls
-    ``finalize`` once with the totals.
+    ``finalize`` once with the totals. The site is told the pass by ``config["name"]``; a pass
+    that needs the result of an earlier one (a variance needs the global mean) sets
+    ``send_model`` and its task carries the current model, handed to the site's
+    ``statistics(config, model)``.
     """
 
     name: str
@@ -50,7 +54,8 @@ class Job:
         initial_weights: Builds the starting global model (same on every call for a seed).
         trainer: Builds one site's trainer; called once per site, kept for the whole job.
         strategy: The aggregation algorithm.
-        num_rounds: Training rounds after the optional statistics task.
+        num_rounds: Training rounds after the optional statistics task (0 for a job whose
+            workflows do not train, e.g. statistics alone).
         min_sites: A round fails unless at least this many sites return a valid result.
         round_timeout_s: Results arriving later than this after a round starts are discarded.
         rejoin_timeout_s: When fewer than ``min_sites`` sites are connected (a network outage,
@@ -59,6 +64,12 @@ class Job:
         site_ids: The sites the job is written for (a natural partition, e.g. real hospitals),
             or None when any number of sites will do.
         statistics: Optional federated statistics computed before round 1.
+        workflows: The job's steps, run in order (see :mod:`fedcare.core.workflow`); None
+            runs the statistics (if any) and then ``num_rounds`` rounds of the strategy.
+        site_wait_s: How long the job waits for its sites to connect before it starts
+            (all declared sites, or ``min_sites``); a declared site still missing then is
+            reported as absent and the job goes on without it if ``min_sites`` are there.
+            None: the server's or simulator's default (``connect_timeout_s``).
         seed: Seeds model initialisation, site selection and simulated partitions.
         evaluate_every: Federated evaluation every this many rounds (and after the last);
             0 never evaluates.
@@ -79,6 +90,8 @@ class Job:
     seed: int = 0
     evaluate_every: int = 1
     source: JobSource | None = None
+    workflows: tuple[Workflow, ...] | None = None
+    site_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name
@@ -95,8 +108,20 @@ class Job:
             if not isinstance(value, Real) or isinstance(value, bool) or not value >= 0:
                 raise ConfigError(f"{attr} must be a number >= 0, got {value!r} "
                                   f"({type(value).__name__})", job_id=self.name)
-        if self.num_rounds < 1:
-            raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}", job_id=self.name)
+        if self.workflows is not None:
+            if not all(isinstance(w, Workflow) for w in self.workflows) or not self.workflows:
+                raise ConfigError(f"workflows must be a non-empty sequence of Workflow, got "
+                                  f"{self.workflows!r}", job_id=self.name)
+            object.__setattr__(self, "workflows", tuple(self.workflows))
+        trains = self.workflows is None or any(w.trains for w in self.workflows)
+        if self.num_rounds < (1 if trains else 0):
+            raise ConfigError(f"num_rounds must be >= {1 if trains else 0}, got "
+                              f"{self.num_rounds}", job_id=self.name)
+        if self.site_wait_s is not None and (isinstance(self.site_wait_s, bool) or not
+                                             isinstance(self.site_wait_s, Real)
+                                             or not self.site_wait_s >= 0):
+            raise ConfigError(f"site_wait_s must be a number >= 0 or None, got "
+                              f"{self.site_wait_s!r}", job_id=self.name)
         if self.evaluate_every < 0:
             raise ConfigError(f"evaluate_every must be >= 0, got {self.evaluate_every}",
                               job_id=self.name)
@@ -119,3 +144,8 @@ class Job:
                     f"min_sites={self.min_sites} exceeds the {len(self.site_ids)} sites",
                     job_id=self.name,
                 )
+
+    @property
+    def needs_local_models(self) -> bool:
+        """Whether a workflow of this job asks sites for their last outgoing update."""
+        return any(w.needs_local_models for w in self.workflows or ())

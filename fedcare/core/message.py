@@ -9,6 +9,7 @@ the wire.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,11 +24,39 @@ Metrics = Mapping[str, float]
 
 
 class TaskKind(StrEnum):
-    """What a site is asked to do. New protocols (key exchange, cross-site validation) add kinds."""
+    """The task kinds fedcare's own workflows send.
+
+    The list is open: a task's kind is any name matching :data:`KIND_PATTERN`, so a new
+    workflow (a key exchange, a masked collection) adds kinds of its own without touching the
+    transports. A site answers a kind it has no handler for with an error reply naming it.
+    """
 
     TRAIN = "train"
     EVALUATE = "evaluate"
     STATISTICS = "statistics"
+    #: Cross-site validation: a site sends its local model (its last update that left it).
+    SUBMIT_MODEL = "submit_model"
+    #: Cross-site validation: a site evaluates the model it is sent (another site's, or global).
+    VALIDATE = "validate"
+
+
+#: What a task kind may be called: short, lower case, no spaces or path characters.
+KIND_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+_KIND = re.compile(KIND_PATTERN)
+
+
+def task_kind(name: str) -> str:
+    """``name`` as a task kind: the TaskKind member for a built-in kind, else the name itself.
+
+    Raises:
+        ValueError: the name does not match :data:`KIND_PATTERN`.
+    """
+    if not isinstance(name, str) or not _KIND.match(name):
+        raise ValueError(f"task kind must match {KIND_PATTERN}, got {name!r}")
+    try:
+        return TaskKind(name)
+    except ValueError:
+        return name
 
 
 @dataclass(frozen=True)
@@ -65,7 +94,7 @@ class Task:
     task_id: str
     job_id: str
     round_num: int
-    kind: TaskKind
+    kind: str  # a TaskKind, or another workflow's kind (see task_kind)
     weights: Weights | None = None
     config: Config = field(default_factory=dict)
 

@@ -111,3 +111,10 @@ def load_weights(path: Path, order: list[str] | None = None) -> Weights:
     with np.load(path, allow_pickle=False) as data:
         names = order or list(data.files)
         return Weights({name: data[name] for name in names})
+
+
+def save_weights(path: Path, weights: Weights) -> Path:
+    """Write a model atomically as an .npz that :func:`load_weights` reads (in name order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda fh: _write_npz(fh, dict(weights)))
+    return path

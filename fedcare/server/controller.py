@@ -1,18 +1,21 @@
-"""The round controller: drives a Job over any Transport.
+"""The job runner: drives a Job's workflows over any Transport.
 
-Per round: select sites, send training tasks, validate and fold in results as they arrive (at
-most ``round_timeout_s``), require ``min_sites`` valid results, aggregate, checkpoint, then run
-federated evaluation on every site's held-out data. A site that fails is recorded and the round
-goes on without it; a round that cannot meet ``min_sites`` stops the job with an
-AggregationError, and the last good global model stays on disk untouched.
+The runner owns what every workflow shares: the connection to the sites (one gather primitive:
+send one task per site, validate and hand back results as they arrive until the deadline,
+record every failure), ``min_sites``, checkpoints, federated evaluation, the round history and
+the run's listener. What a job *does* is its workflows (:mod:`fedcare.server.workflows`): by
+default federated statistics (if the job has any) and then ``num_rounds`` training rounds. A
+site that fails is recorded, reported and left out; a step that cannot meet ``min_sites``
+stops the job with an AggregationError, and the last good global model stays on disk untouched.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,30 +30,19 @@ from fedcare.core.errors import (
     TransportError,
 )
 from fedcare.core.job import Job
-from fedcare.core.message import (
-    EvalResult,
-    Reply,
-    Result,
-    StatsResult,
-    Task,
-    TaskKind,
-    TrainResult,
-)
-from fedcare.core.validation import incompatibilities, non_finite
+from fedcare.core.message import EvalResult, Reply, StatsResult, Task, TaskKind, TrainResult
+from fedcare.core.validation import non_finite
 from fedcare.core.weights import Weights
+from fedcare.core.workflow import Arrival, Gather, SiteFailure, StepOutcome
 from fedcare.server.checkpoint import Checkpointer
-from fedcare.server.checks import count_problem, metrics_problem, values_problem
+from fedcare.server.checks import count_problem, metrics_problem
 from fedcare.server.events import RunListener, RunState, RunStatus
-from fedcare.server.history import History, RoundRecord, SiteEval, SiteFailure
+from fedcare.server.history import History, RoundRecord, SiteEval
 from fedcare.server.metrics import WeightedMetrics
-from fedcare.server.statistics import SumAggregator
-from fedcare.server.streams import RoundStreams
+from fedcare.server.workflows import default_workflows
 from fedcare.transport.base import Transport
 
 log = logging.getLogger(__name__)
-_RESULT_TYPES: dict[TaskKind, type] = {
-    TaskKind.TRAIN: TrainResult, TaskKind.EVALUATE: EvalResult, TaskKind.STATISTICS: StatsResult,
-}
 
 
 @dataclass(frozen=True)
@@ -65,15 +57,24 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class RunResult:
-    """The final global model and the per-round history of a run."""
+    """The final global model, the per-round history of a run, and the workflows' results
+    (e.g. ``cross_site_validation``), by name."""
 
     weights: Weights
     history: History
     run_dir: Path | None
+    results: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: Every site failure of the run, in order (those of every round and workflow).
+    failures: list[SiteFailure] = field(default_factory=list)
+
+    @property
+    def failed_sites(self) -> list[str]:
+        """Sites that failed at least one task (or never connected), sorted."""
+        return sorted({f.site_id for f in self.failures})
 
 
 class RoundController:
-    """Runs one job to completion over a transport."""
+    """Runs one job to completion over a transport; the context its workflows run in."""
 
     def __init__(
         self,
@@ -89,17 +90,19 @@ class RoundController:
         keep_checkpoints: int = 1,
         save_in_background: bool = False,
     ) -> None:
-        self.job = job
-        self.job_id = job_id or job.name
+        self._job = job
+        self._job_id = job_id or job.name
         self.transport = transport
-        self.run_dir = run_dir
+        self._run_dir = run_dir
         self.listener = listener or RunListener()
-        self.connect_timeout_s = connect_timeout_s
+        self.connect_timeout_s = (job.site_wait_s if job.site_wait_s is not None
+                                  else connect_timeout_s)
         self.history = History()
+        self.results: dict[str, dict[str, object]] = {}
         self._resume = resume
         self._stop = stop or threading.Event()
-        self._outage_in_round = False  # a site lost its connection during the current round
-        self._attempt = 0  # how many times the current round was started again
+        self._pre_failures: list[SiteFailure] = []  # before round 0 is recorded (absent sites)
+        self.failures: list[SiteFailure] = []  # all of the run's, in order
         if resume is not None:
             for record in resume.records:
                 self.history.append(record)
@@ -114,7 +117,23 @@ class RoundController:
         self._round = 0
         self._error: str | None = None
 
-    # -- read-only view -------------------------------------------------------------------
+    # -- the context's read-only side ----------------------------------------------------
+    @property
+    def job(self) -> Job:
+        return self._job
+
+    @property
+    def job_id(self) -> str:
+        return self._job_id
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._run_dir
+
+    @property
+    def resume_round(self) -> int | None:
+        return self._resume.round_num if self._resume is not None else None
+
     def status(self) -> RunStatus:
         last = self.history.rounds[-1].eval_metrics if self.history.rounds else {}
         return RunStatus(self.job_id, self._state, self._round, self.job.num_rounds,
@@ -138,69 +157,142 @@ class RoundController:
             if self._saver is not None:
                 self._saver.shutdown()
         self._state = RunState.FINISHED
-        return RunResult(weights, self.history, self.run_dir)
+        return RunResult(weights, self.history, self.run_dir, dict(self.results),
+                         list(self.failures))
 
     def _run(self) -> Weights:
         job = self.job
         expected = len(job.site_ids) if job.site_ids else job.min_sites
         self.transport.wait_for_sites(expected, self.connect_timeout_s)
-        sites = self._available()
+        sites = self.sites()
+        for site_id in job.site_ids or ():
+            if site_id not in sites:
+                self.fail(self._pre_failures, SiteFailure(
+                    site_id, 0, "absent", f"not connected after waiting site_wait_s="
+                    f"{self.connect_timeout_s:g} for the job's sites; going on without it"))
         if len(sites) < job.min_sites:
             raise AggregationError(
                 f"only {len(sites)} site(s) connected {sites}, min_sites={job.min_sites}",
                 job_id=self.job_id,
             )
         if self._resume is not None:
-            weights, first = self._resume.weights, self._resume.round_num + 1
+            weights = self._resume.weights
             job.strategy.load_state(self._resume.strategy_state)
             log.info("job %s: resuming after round %d", self.job_id, self._resume.round_num)
         else:
-            weights, first = Weights(job.initial_weights()), 1
-            if job.statistics is not None:
-                weights = self._statistics(weights)
-            self._finish_round(0, weights, [], {}, [], time.monotonic())
-        for round_num in range(first, job.num_rounds + 1):
-            weights = self._train_round_through_outages(round_num, weights)
+            weights = Weights(job.initial_weights())
+        for workflow in job.workflows or default_workflows(job):
+            self.check_stop(self._round)
+            log.info("job %s: workflow %s", self.job_id, workflow.name)
+            weights = workflow.run(self, weights)
+        if not self.history.rounds:  # nothing trained (statistics alone): keep the result
+            self.finish_round(0, weights, StepOutcome(), time.monotonic(), evaluate=False)
         return weights
 
-    def _train_round_through_outages(self, round_num: int, weights: Weights) -> Weights:
-        """One round; if it falls short because sites dropped off, wait for them and rerun it.
+    # -- the context: sites and the gather primitive ---------------------------------------
+    def sites(self) -> list[str]:
+        """Connected sites this job may use (its own site list, when it declares one)."""
+        sites = self.transport.site_ids()
+        if self.job.site_ids is None:
+            return sites
+        return [s for s in sites if s in self.job.site_ids]
 
-        A round that fails on bad results stops the job as before; one that falls short because
-        sites lost their connection is run again once ``min_sites`` are connected, within one
-        ``rejoin_timeout_s`` budget per round.
+    def task_id(self, request: Gather, site_id: str) -> str:
+        return _task_id(self.job_id, request.round_num, request.kind, site_id, request.attempt)
+
+    def gather(self, request: Gather, failures: list[SiteFailure]) -> Iterator[Arrival]:
+        """Send one task per site; yield each valid result as it arrives, until the deadline.
+
+        A folded result's tensors are already in the round's aggregate (``request.streams``
+        accepted them); its ``weights`` are empty.
         """
-        waited_since: float | None = None
-        self._attempt = 0
-        while True:
-            self._check_stop(round_num)
-            if len(self._available()) < self.job.min_sites:
-                waited_since = waited_since if waited_since is not None else time.monotonic()
-                self._await_sites(round_num, waited_since)
-            self._outage_in_round = False
-            try:
-                return self._train_round(round_num, weights)
-            except AggregationError:
-                # Decided by what happened in the round, not by who is connected now: a site
-                # that dropped mid-round has often reconnected by the time the round fails.
-                if not self._outage_in_round and len(self._available()) >= self.job.min_sites:
-                    raise
-                # a flapping link must not rerun the round forever: one budget for the round
-                waited_since = waited_since if waited_since is not None else time.monotonic()
-                if time.monotonic() - waited_since > self.job.rejoin_timeout_s:
-                    raise
-                log.warning("job %s round %d: sites dropped off mid-round; the round will run "
-                            "again when %d are connected", self.job_id, round_num,
-                            self.job.min_sites)
-                self._attempt += 1
+        timeout = request.timeout_s if request.timeout_s is not None else (
+            self.job.round_timeout_s)
+        deadline = time.monotonic() + timeout
+        kind, round_num = request.kind, request.round_num
+        streams = request.streams
+        pending: dict[str, str] = {}
+        if streams is not None:
+            self.transport.stream_into(streams)  # type: ignore[arg-type]
+        try:
+            for site_id in request.site_ids:
+                task_id = self.task_id(request, site_id)
+                config = request.configure(site_id) if request.configure else {}
+                task = Task(task_id, self.job_id, round_num, kind, request.payload, config)
+                try:
+                    self.transport.send(site_id, task)
+                    pending[task_id] = site_id
+                except FedcareError as exc:
+                    self.fail(failures, SiteFailure(
+                        site_id, round_num, kind, exc.message,
+                        connection_lost=isinstance(exc, TransportError)))  # not connected
+            while pending:
+                self.check_stop(round_num)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                reply = self.transport.receive(min(remaining, 0.5))
+                if reply is None:
+                    continue
+                site_id = pending.get(reply.task_id)
+                if site_id is None or site_id != reply.site_id:
+                    log.warning("job %s: discarding late or unknown reply %s from site %s",
+                                self.job_id, reply.task_id, reply.site_id)
+                    continue
+                del pending[reply.task_id]
+                problem = _check(request.expect, kind, reply)
+                if problem is None and reply.folded and (
+                        streams is None or not streams.accept(reply.task_id)):  # type: ignore[attr-defined]
+                    problem = "its streamed upload was not complete when the round took it"
+                self.listener.on_reply(round_num, site_id, problem is None)
+                if problem is not None:
+                    self.fail(failures, SiteFailure(site_id, round_num, kind, problem,
+                                                    connection_lost=reply.connection_lost))
+                    continue
+                assert reply.result is not None
+                arrival = Arrival(site_id, reply.result, reply.folded)
+                del reply  # hold no reference while waiting for the next reply (memory)
+                yield arrival
+                del arrival
+            for site_id in pending.values():
+                self.fail(failures, SiteFailure(
+                    site_id, round_num, kind, f"no result within round_timeout_s={timeout}"))
+        finally:
+            if streams is not None:
+                self.transport.stream_into(None)
+                streams.close()  # type: ignore[attr-defined]  # uploads still arriving go back out
 
-    def _await_sites(self, round_num: int, since: float) -> None:
+    def fail(self, failures: list[SiteFailure], failure: SiteFailure) -> None:
+        error = SiteError(failure.message, job_id=self.job_id, round_num=failure.round_num,
+                          site_id=failure.site_id)
+        log.error("%s", error)
+        failures.append(failure)
+        self.failures.append(failure)
+        self.listener.on_failure(failure)
+
+    def require(self, count: int, round_num: int, kind: str,
+                failures: list[SiteFailure]) -> None:
+        if count >= self.job.min_sites:
+            return
+        details = "; ".join(f"site {f.site_id}: {f.message}" for f in failures) or "no sites"
+        raise AggregationError(
+            f"{kind}: only {count} valid result(s), min_sites={self.job.min_sites} ({details}); "
+            "the last good global model is kept",
+            job_id=self.job_id, round_num=round_num,
+        )
+
+    def check_stop(self, round_num: int) -> None:
+        if self._stop.is_set():
+            raise JobAborted("aborted on request; the last checkpoint stays valid",
+                             job_id=self.job_id, round_num=round_num)
+
+    def await_sites(self, round_num: int, since: float) -> None:
         need, limit = self.job.min_sites, self.job.rejoin_timeout_s
         log.warning("job %s round %d: %d of min_sites=%d connected %s; waiting up to %.0f s for "
-                    "sites to rejoin", self.job_id, round_num, len(self._available()), need,
-                    self._available(), limit - (time.monotonic() - since))
-        while len(available := self._available()) < need:
-            self._check_stop(round_num)
+                    "sites to rejoin", self.job_id, round_num, len(self.sites()), need,
+                    self.sites(), limit - (time.monotonic() - since))
+        while len(available := self.sites()) < need:
+            self.check_stop(round_num)
             remaining = since + limit - time.monotonic()
             if not self.transport.may_still_connect():
                 raise AggregationError(
@@ -212,81 +304,23 @@ class RoundController:
                     f"after waiting rejoin_timeout_s={limit:g} for sites to come back",
                     job_id=self.job_id, round_num=round_num)
             self.transport.wait_for_sites(need, min(remaining, 0.5))
-            if len(self._available()) < need:  # others connected, not this job's sites
+            if len(self.sites()) < need:  # others connected, not this job's sites
                 self._stop.wait(min(remaining, 0.2))
         log.warning("job %s round %d: %d sites connected again %s", self.job_id, round_num,
-                 len(available), available)
+                    len(available), available)
 
-    def _check_stop(self, round_num: int) -> None:
-        if self._stop.is_set():
-            raise JobAborted("aborted on request; the last checkpoint stays valid",
-                             job_id=self.job_id, round_num=round_num)
-
-    def _statistics(self, weights: Weights) -> Weights:
-        stat = self.job.statistics
-        assert stat is not None
-        totals = SumAggregator()
-        failures: list[SiteFailure] = []
-        sites = self._available()
-        for site_id, result, _ in self._gather(TaskKind.STATISTICS, 0, sites, None,
-                                            lambda s: {"name": stat.name}, failures):
-            assert isinstance(result, StatsResult)
-            try:
-                totals.add(result.values, result.num_samples)
-            except ValueError as exc:
-                self._fail(failures, SiteFailure(site_id, 0, "statistics", str(exc)))
-        self._require(totals.num_results, 0, "statistics", failures)
-        return totals.finalize(stat, weights)
-
-    def _train_round(self, round_num: int, weights: Weights) -> Weights:
-        started = time.monotonic()
+    # -- the context: records, checkpoints, results ---------------------------------------
+    def begin_round(self, round_num: int, site_ids: list[str]) -> None:
+        """Announce a round (to progress bars and the status view)."""
         self._round = round_num
-        strategy = self.job.strategy
-        selected = strategy.select_sites(round_num, self._available())
-        self.listener.on_round_start(round_num, self.job.num_rounds, selected)
-        aggregator = strategy.aggregator(round_num, weights)
-        expected = strategy.result_spec(weights)
-        train_metrics = WeightedMetrics()
-        failures: list[SiteFailure] = []
-        trained: list[str] = []
-        configure = lambda s: strategy.configure_train(round_num, s)  # noqa: E731
-        payload = strategy.train_payload(round_num, weights)
-        # A transport that can (gRPC) folds each upload into the aggregate as it arrives.
-        attempt = self._attempt
-        streams = RoundStreams(aggregator, expected, lambda s: _task_id(
-            self.job_id, round_num, TaskKind.TRAIN, s, attempt))
-        self.transport.stream_into(streams)
-        try:
-            for site_id, result, folded in self._gather(
-                    TaskKind.TRAIN, round_num, selected, payload, configure, failures, streams):
-                assert isinstance(result, TrainResult)
-                if not folded:
-                    problem = self._train_problem(expected, result)
-                    if problem:
-                        self._fail(failures, SiteFailure(site_id, round_num, "train", problem))
-                        continue
-                    streams.add(site_id, result)
-                train_metrics.add(result.num_samples, result.metrics)
-                trained.append(site_id)
-                del result  # dropped before the next one is received: one upload in memory
-        finally:
-            self.transport.stream_into(None)
-            streams.close()  # uploads still arriving are taken back out
-        self._require(aggregator.num_results, round_num, "train", failures)
-        new_weights = aggregator.finish()
-        bad = non_finite(new_weights)
-        if bad:
-            raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
-                                   "good model", job_id=self.job_id, round_num=round_num)
-        self._finish_round(round_num, new_weights, trained, train_metrics.result(), failures,
-                           started)
-        return new_weights
+        self.listener.on_round_start(round_num, self.job.num_rounds, site_ids)
 
-    def _finish_round(self, round_num: int, weights: Weights, trained: list[str],
-                      train_metrics: dict[str, float], failures: list[SiteFailure],
-                      started: float) -> None:
+    def finish_round(self, round_num: int, weights: Weights, outcome: StepOutcome,
+                     started: float, *, evaluate: bool = True) -> None:
         if round_num == 0:
-            self.listener.on_round_start(0, self.job.num_rounds, self._available())
+            self.begin_round(0, self.sites())
+        failures = [*self._pre_failures, *outcome.failures]
+        self._pre_failures = []
         saving: Future[Path] | None = None
         if self._checkpointer is not None:
             self._await_saved()  # the last round's, before this one's: one write at a time
@@ -300,16 +334,18 @@ class RoundController:
         overall = WeightedMetrics()
         strategy = self.job.strategy
         every = self.job.evaluate_every
-        evaluate = every > 0 and (round_num % every == 0 or round_num == self.job.num_rounds)
-        for site_id, result, _ in self._gather(
-            TaskKind.EVALUATE, round_num, self._available() if evaluate else [], weights,
-            lambda s: strategy.configure_evaluate(round_num, s), failures,
-        ):
+        evaluate = evaluate and every > 0 and (round_num % every == 0
+                                               or round_num == self.job.num_rounds)
+        request = Gather(TaskKind.EVALUATE, round_num, self.sites() if evaluate else [],
+                         EvalResult, weights,
+                         lambda s: strategy.configure_evaluate(round_num, s))
+        for arrival in self.gather(request, failures):
+            result = arrival.result
             assert isinstance(result, EvalResult)
-            site_eval[site_id] = SiteEval(result.num_samples, dict(result.metrics))
+            site_eval[arrival.site_id] = SiteEval(result.num_samples, dict(result.metrics))
             overall.add(result.num_samples, result.metrics)
-        record = RoundRecord(round_num, sorted(trained), train_metrics, overall.result(),
-                             dict(sorted(site_eval.items())), failures,
+        record = RoundRecord(round_num, sorted(outcome.trained), dict(outcome.train_metrics),
+                             overall.result(), dict(sorted(site_eval.items())), failures,
                              time.monotonic() - started)
         self.history.append(record)
         if self.run_dir is not None:
@@ -320,6 +356,14 @@ class RoundController:
         else:
             assert self._saver is not None
             self._saved = self._saver.submit(self._announce_saved, saving, record)
+
+    def save_result(self, name: str, data: Mapping[str, object]) -> None:
+        document = dict(data)
+        self.results[name] = document
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / f"{name}.json").write_text(json.dumps(document, indent=1))
+        self.listener.on_result(name, document)
 
     def _announce_saved(self, saving: Future[Path], record: RoundRecord) -> None:
         saving.result()  # a failed write raises here, and the round is never announced saved
@@ -338,133 +382,29 @@ class RoundController:
                 raise
             log.exception("job %s: writing a checkpoint failed", self.job_id)
 
-    # -- helpers ----------------------------------------------------------------------------
-    def _available(self) -> list[str]:
-        """Connected sites this job may use (its own site list, when it declares one)."""
-        sites = self.transport.site_ids()
-        if self.job.site_ids is None:
-            return sites
-        return [s for s in sites if s in self.job.site_ids]
 
-    def _gather(
-        self,
-        kind: TaskKind,
-        round_num: int,
-        site_ids: list[str],
-        weights: Weights | None,
-        configure: Callable[[str], object],
-        failures: list[SiteFailure],
-        streams: RoundStreams | None = None,
-    ) -> Iterator[tuple[str, Result, bool]]:
-        """Send one task per site; yield each valid result as it arrives, until the deadline.
-
-        Yields (site, result, folded): a folded result's tensors are already in the round's
-        aggregate (``streams`` accepted them); its ``weights`` are empty.
-        """
-        deadline = time.monotonic() + self.job.round_timeout_s
-        pending: dict[str, str] = {}
-        for site_id in site_ids:
-            task_id = _task_id(self.job_id, round_num, kind, site_id, self._attempt)
-            task = Task(task_id, self.job_id, round_num, kind, weights, configure(site_id))  # type: ignore[arg-type]
-            try:
-                self.transport.send(site_id, task)
-                pending[task_id] = site_id
-            except FedcareError as exc:
-                self._outage_in_round |= isinstance(exc, TransportError)  # not connected
-                self._fail(failures, SiteFailure(site_id, round_num, kind.value, exc.message))
-        while pending:
-            self._check_stop(round_num)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            reply = self.transport.receive(min(remaining, 0.5))
-            if reply is None:
-                continue
-            site_id = pending.get(reply.task_id)
-            if site_id is None or site_id != reply.site_id:
-                log.warning("job %s: discarding late or unknown reply %s from site %s",
-                            self.job_id, reply.task_id, reply.site_id)
-                continue
-            del pending[reply.task_id]
-            self._outage_in_round |= reply.connection_lost
-            problem = self._check(kind, reply)
-            if problem is None and reply.folded and (streams is None
-                                                     or not streams.accept(reply.task_id)):
-                problem = "its streamed upload was not complete when the round took it"
-            self.listener.on_reply(round_num, site_id, problem is None)
-            if problem is not None:
-                self._fail(failures, SiteFailure(site_id, round_num, kind.value, problem))
-                continue
-            assert reply.result is not None
-            result, folded = reply.result, reply.folded
-            del reply  # hold no reference while waiting for the next reply (memory)
-            yield site_id, result, folded
-            del result
-        for site_id in pending.values():
-            self._fail(failures, SiteFailure(
-                site_id, round_num, kind.value,
-                f"no result within round_timeout_s={self.job.round_timeout_s}"))
-
-    @staticmethod
-    def _train_problem(expected: Weights, result: TrainResult) -> str | None:
-        """Why a whole (not streamed) training result cannot be folded in, or None."""
-        problems = incompatibilities(expected, result.weights)
-        if problems:
-            return "model does not match: " + "; ".join(problems)
-        return _too_large(result)
-
-    @staticmethod
-    def _check(kind: TaskKind, reply: Reply) -> str | None:
-        """Why a reply cannot be used, or None. Names the offending field."""
-        if reply.error is not None:
-            return reply.error
-        result = reply.result
-        if not isinstance(result, _RESULT_TYPES[kind]):
-            return f"sent {type(result).__name__} for a {kind.value} task"
-        problem = count_problem(result.num_samples)
-        if problem is None and isinstance(result, TrainResult | EvalResult):
-            problem = metrics_problem(result.metrics)
-        if problem is not None:
-            return problem
-        if isinstance(result, TrainResult | StatsResult):
-            values = result.weights if isinstance(result, TrainResult) else result.values
-            bad = non_finite(values)
-            if bad:
-                return f"returned NaN or infinity in {bad}"
-        return None
-
-    def _fail(self, failures: list[SiteFailure], failure: SiteFailure) -> None:
-        error = SiteError(failure.message, job_id=self.job_id, round_num=failure.round_num,
-                          site_id=failure.site_id)
-        log.error("%s", error)
-        failures.append(failure)
-        self.listener.on_failure(failure)
-
-    def _require(self, count: int, round_num: int, kind: str, failures: list[SiteFailure]) -> None:
-        if count >= self.job.min_sites:
-            return
-        details = "; ".join(f"site {f.site_id}: {f.message}" for f in failures) or "no sites"
-        raise AggregationError(
-            f"{kind}: only {count} valid result(s), min_sites={self.job.min_sites} ({details}); "
-            "the last good global model is kept",
-            job_id=self.job_id, round_num=round_num,
-        )
+def _check(expect: type, kind: str, reply: Reply) -> str | None:
+    """Why a reply cannot be used, or None. Names the offending field."""
+    if reply.error is not None:
+        return reply.error
+    result = reply.result
+    if not isinstance(result, expect):
+        return f"sent {type(result).__name__} for a {kind} task"
+    problem = count_problem(result.num_samples)
+    if problem is None and isinstance(result, TrainResult | EvalResult):
+        problem = metrics_problem(result.metrics)
+    if problem is not None:
+        return problem
+    if isinstance(result, TrainResult | StatsResult):
+        values = result.weights if isinstance(result, TrainResult) else result.values
+        bad = non_finite(values)
+        if bad:
+            return f"returned NaN or infinity in {bad}"
+    return None
 
 
-def _task_id(job_id: str, round_num: int, kind: TaskKind, site_id: str, attempt: int = 0
-             ) -> str:
+def _task_id(job_id: str, round_num: int, kind: str, site_id: str, attempt: int = 0) -> str:
     """A task's id; a round run again (after an outage) gets new ids, so a reply or a refusal
     meant for its first attempt can never be taken for one of the second."""
     again = f"/a{attempt}" if attempt else ""
-    return f"{job_id}/r{round_num}{again}/{kind.value}/{site_id}"
-
-
-def _too_large(result: TrainResult) -> str | None:
-    """Why a float64 update could overflow the float64 sum, or None (checked before folding in,
-    so a refused site leaves nothing of itself in the aggregate)."""
-    for name, array in result.weights.items():
-        if array.dtype == np.float64:
-            problem = values_problem(name, array, result.num_samples)
-            if problem:
-                return problem
-    return None
+    return f"{job_id}/r{round_num}{again}/{kind}/{site_id}"

@@ -19,7 +19,10 @@ class RunListener:
         """A site answered a task of this round."""
 
     def on_failure(self, failure: SiteFailure) -> None:
-        """A site failed a task; the round goes on while min_sites is met."""
+        """A site failed a task (or never connected); the job goes on while min_sites is met."""
+
+    def on_result(self, name: str, document: dict[str, object]) -> None:
+        """A workflow saved a result (e.g. ``cross_site_validation``: a models x sites matrix)."""
 
     def on_round_end(self, record: RoundRecord) -> None:
         """A round completed (its checkpoint may still be being written)."""

@@ -7,15 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class SiteFailure:
-    """One site's failure in one round: kept in the record, shown to the operator."""
-
-    site_id: str
-    round_num: int
-    kind: str
-    message: str
+from fedcare.core.workflow import SiteFailure
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from fedcare.core.errors import ConfigError, FedcareError, SiteError
+from fedcare.core.errors import ConfigError, SiteError
 from fedcare.core.job import Job
+from fedcare.core.message import Reply, Task
+from fedcare.core.policy import SitePolicy
 from fedcare.core.trainer import SiteContext
 from fedcare.server.controller import RoundController, RunResult
 from fedcare.server.events import RunListener
-from fedcare.site.agent import SiteAgent
+from fedcare.site.agent import SiteAgent, start_failure
+from fedcare.site.filters import build_filters
 from fedcare.transport.base import Transport
 from fedcare.transport.memory import MemoryTransport
 from fedcare.transport.pipe import PipeTransport
@@ -44,22 +48,52 @@ def simulation_sites(job: Job, num_sites: int | None) -> list[str]:
     return [f"site-{i}" for i in range(num_sites)]
 
 
-def _memory_transport(job: Job, site_ids: list[str]) -> MemoryTransport:
+PolicyArg = SitePolicy | Mapping[str, SitePolicy] | None
+
+
+def _site_policy(policy: PolicyArg, site_id: str) -> SitePolicy | None:
+    """One site's policy from ``simulate``'s argument: one for all, or one per site."""
+    if policy is None or isinstance(policy, SitePolicy):
+        return policy
+    return policy.get(site_id)
+
+
+def _check_sites(site_ids: list[str], what: str, given: Mapping[str, object] | None,
+                 job: Job) -> None:
+    unknown = sorted(set(given or {}) - set(site_ids))
+    if unknown:
+        raise ConfigError(f"{what} names sites {unknown} that are not simulated "
+                          f"(sites: {site_ids})", job_id=job.name)
+
+
+def _refusing(site_id: str, message: str) -> Callable[[Task], Reply]:
+    """A site whose job could not start: every task gets the reason, as a real site answers."""
+    def handle(task: Task) -> Reply:
+        return Reply(task.task_id, site_id, error=message)
+    return handle
+
+
+def _memory_transport(job: Job, site_ids: list[str], policy: PolicyArg,
+                      data_dirs: Mapping[str, Path] | None) -> MemoryTransport:
     handlers = {}
     for index, site_id in enumerate(site_ids):
-        context = SiteContext(site_id, index, len(site_ids), seed=job.seed)
+        data_dir = (data_dirs or {}).get(site_id)
+        context = SiteContext(site_id, index, len(site_ids), seed=job.seed,
+                              data_dir=Path(data_dir) if data_dir is not None else None)
+        inbound, outbound = build_filters(_site_policy(policy, site_id))
         try:
             trainer = job.trainer(context)
-        except FedcareError:
-            raise
-        except Exception as exc:
-            raise SiteError(f"building the trainer failed: {type(exc).__name__}: {exc}",
-                            job_id=job.name, site_id=site_id) from exc
-        handlers[site_id] = SiteAgent(site_id, trainer).handle
+        except Exception as exc:  # as at a real site: this site fails, the others go on
+            log.error("site %s: cannot start job %s", site_id, job.name, exc_info=True)
+            handlers[site_id] = _refusing(site_id, start_failure(exc))
+            continue
+        handlers[site_id] = SiteAgent(site_id, trainer, outbound, inbound=inbound,
+                                      keep_local_model=job.needs_local_models).handle
     return MemoryTransport(handlers)
 
 
-def _process_transport(job: Job, site_ids: list[str]) -> PipeTransport:
+def _process_transport(job: Job, site_ids: list[str], policy: PolicyArg,
+                       data_dirs: Mapping[str, Path] | None) -> PipeTransport:
     if job.source is None:
         raise ConfigError("processes mode needs a job loaded from a config file or "
                           "module:function, so each site process can rebuild it", job_id=job.name)
@@ -68,12 +102,20 @@ def _process_transport(job: Job, site_ids: list[str]) -> PipeTransport:
     # N sites share the machine's cores: one math thread each avoids oversubscription.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
-    commands = {
-        site_id: [sys.executable, "-m", "fedcare.sim.worker", "--source", source,
-                  "--site-id", site_id, "--site-index", str(index),
-                  "--num-sites", str(len(site_ids)), "--seed", str(job.seed)]
-        for index, site_id in enumerate(site_ids)
-    }
+    # -P: the current directory is not put first on the import path, so a folder called
+    # "fedcare" there is never imported instead of the installed package.
+    commands = {}
+    for index, site_id in enumerate(site_ids):
+        command = [sys.executable, "-P", "-m", "fedcare.sim.worker", "--source", source,
+                   "--site-id", site_id, "--site-index", str(index),
+                   "--num-sites", str(len(site_ids)), "--seed", str(job.seed)]
+        site_policy = _site_policy(policy, site_id)
+        if site_policy is not None:
+            command += ["--policy", site_policy.to_json()]
+        data_dir = (data_dirs or {}).get(site_id)
+        if data_dir is not None:
+            command += ["--data-dir", str(Path(data_dir).resolve())]
+        commands[site_id] = command
     return PipeTransport(commands, env=env)
 
 
@@ -85,11 +127,24 @@ def simulate(
     run_dir: Path | None = None,
     listener: RunListener | None = None,
     connect_timeout_s: float = 120.0,
+    site_policy: PolicyArg = None,
+    data_dirs: Mapping[str, Path] | None = None,
 ) -> RunResult:
-    """Run ``job`` over simulated sites and return the final model and history."""
+    """Run ``job`` over simulated sites and return the final model and history.
+
+    Args:
+        site_policy: The sites' own filter chains: one policy for every site, or one per site
+            id (a site not named has none), exactly as a real site's kit declares it.
+        data_dirs: Each site's own data folder (site id -> folder), handed to its trainer as
+            ``SiteContext.data_dir``, as a real site's kit does.
+    """
     site_ids = simulation_sites(job, num_sites)
+    if site_policy is not None and not isinstance(site_policy, SitePolicy):
+        _check_sites(site_ids, "site_policy", site_policy, job)
+    _check_sites(site_ids, "data_dirs", data_dirs, job)
     transport: Transport
-    transport = _process_transport(job, site_ids) if processes else _memory_transport(job, site_ids)
+    transport = (_process_transport(job, site_ids, site_policy, data_dirs) if processes
+                 else _memory_transport(job, site_ids, site_policy, data_dirs))
     try:
         if processes:
             connected = transport.wait_for_sites(len(site_ids), connect_timeout_s)

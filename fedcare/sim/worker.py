@@ -11,12 +11,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from fedcare.core.config import build_job
 from fedcare.core.job import JobSource
 from fedcare.core.message import Reply, Task
+from fedcare.core.policy import SitePolicy
 from fedcare.core.trainer import SiteContext
-from fedcare.site.agent import SiteAgent
+from fedcare.site.agent import SiteAgent, start_failure
+from fedcare.site.filters import build_filters
 from fedcare.transport.pipe import serve_stdio
 
 
@@ -27,14 +30,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site-index", type=int, required=True)
     parser.add_argument("--num-sites", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", help="JSON of the site's SitePolicy (its filter chains)")
+    parser.add_argument("--data-dir", help="the site's own data folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"[site {args.site_id}] %(levelname)s %(message)s")
 
     def build() -> Callable[[Task], Reply]:
-        job = build_job(JobSource(**json.loads(args.source)))
-        context = SiteContext(args.site_id, args.site_index, args.num_sites, seed=args.seed)
-        return SiteAgent(args.site_id, job.trainer(context)).handle
+        # A bad policy is the site's own fatal error: the process reports it and exits.
+        policy = SitePolicy.model_validate_json(args.policy) if args.policy else None
+        inbound, outbound = build_filters(policy)
+        try:
+            job = build_job(JobSource(**json.loads(args.source)))
+            context = SiteContext(args.site_id, args.site_index, args.num_sites,
+                                  seed=args.seed,
+                                  data_dir=Path(args.data_dir) if args.data_dir else None)
+            trainer = job.trainer(context)
+        except Exception as exc:
+            # As a real site does (and a simulated thread): it stays, answers every task with
+            # the reason, and keeps the traceback in its own log (stderr).
+            logging.getLogger(__name__).error("site %s: cannot start the job", args.site_id,
+                                              exc_info=True)
+            reason = start_failure(exc)
+            return lambda task: Reply(task.task_id, args.site_id, error=reason)
+        return SiteAgent(args.site_id, trainer, outbound, inbound=inbound,
+                         keep_local_model=job.needs_local_models).handle
 
     return serve_stdio(args.site_id, build)
 

@@ -1,5 +1,6 @@
 """Site side: the agent that runs a trainer and applies the site policy."""
 
-from fedcare.site.agent import Filter, SiteAgent
+from fedcare.site.agent import SiteAgent
+from fedcare.site.filters import ClipUpdateNorm, ExcludeVariables, Filter, build_filters
 
-__all__ = ["Filter", "SiteAgent"]
+__all__ = ["ClipUpdateNorm", "ExcludeVariables", "Filter", "SiteAgent", "build_filters"]

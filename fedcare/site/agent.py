@@ -1,8 +1,14 @@
 """The site agent: turns a Task into a call on the local trainer, and its outcome into a Reply.
 
-Everything that leaves the site passes through the site's own filters, in order, after the
-trainer returns. Filters are configured by the site, not the job, so a hospital's policy (e.g.
-differential privacy, sharing only some layers) cannot be overridden by the server.
+Every task passes the site's inbound filters before the trainer sees it, and every result passes
+the outbound filters, in order, before it leaves. Filters come from the site's own policy, built
+per job, not from the job or the server, so a hospital's policy (clipping, sharing only some
+layers, differential privacy) cannot be overridden by the server.
+
+Task kinds are dispatched through a table: the built-in kinds call the trainer's methods, and a
+workflow of its own may add handlers. A kind the site has no handler for is answered with an
+error naming it. Every failure becomes an error Reply with a short reason for the server; the
+full traceback stays in the site's own log.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from fedcare.core.message import (
@@ -25,57 +31,143 @@ from fedcare.core.message import (
 )
 from fedcare.core.trainer import StatisticsProvider, Trainer
 from fedcare.core.weights import Weights
+from fedcare.site.filters import Filter
 
 log = logging.getLogger(__name__)
+#: Longest error text a site sends the server (the full traceback stays in the site's log).
+MAX_ERROR_CHARS = 2000
+
+Handler = Callable[[Task], Result]
 
 
-class Filter(Protocol):
-    """A site policy applied to every result before it leaves the site."""
+class ResultFilter(Protocol):
+    """A plain callable outbound filter (the older form of :class:`Filter`)."""
 
     def __call__(self, task: Task, result: Result) -> Result: ...
 
 
-class SiteAgent:
-    """Runs one site's trainer; every failure becomes an error Reply, never a crash."""
+class _Outbound(Filter):
+    def __init__(self, function: ResultFilter) -> None:
+        self.function = function
+        self.name = getattr(function, "__name__", "filter")
 
-    def __init__(self, site_id: str, trainer: Trainer, filters: Sequence[Filter] = ()) -> None:
+    def outbound(self, task: Task, result: Result) -> Result:
+        return self.function(task, result)
+
+
+class SiteAgent:
+    """Runs one site's trainer for one job; every failure becomes an error Reply, never a crash.
+
+    Args:
+        site_id: This site.
+        trainer: The job's trainer for this site.
+        filters: The outbound chain (Filter objects, or callables ``(task, result) -> result``).
+        inbound: The inbound chain.
+        keep_local_model: Keep the last training update that left the site, to answer a
+            ``submit_model`` task (cross-site validation); costs one model of memory.
+        handlers: Extra task kinds this site serves (kind -> handler), or replacements.
+    """
+
+    def __init__(self, site_id: str, trainer: Trainer,
+                 filters: Sequence[Filter | ResultFilter] = (), *,
+                 inbound: Sequence[Filter] = (), keep_local_model: bool = False,
+                 handlers: Mapping[str, Handler] | None = None) -> None:
         self.site_id = site_id
         self.trainer = trainer
-        self.filters = list(filters)
+        self.inbound = list(inbound)
+        self.outbound = [f if isinstance(f, Filter) else _Outbound(f) for f in filters]
+        self.keep_local_model = keep_local_model
+        self._local_model: Weights | None = None
+        self.handlers: dict[str, Handler] = {
+            TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
+            TaskKind.STATISTICS: self._statistics, TaskKind.SUBMIT_MODEL: self._submit_model,
+            TaskKind.VALIDATE: self._validate, **(handlers or {})}
 
     def handle(self, task: Task) -> Reply:
         try:
-            result = self._run(task)
-            for site_filter in self.filters:
-                result = site_filter(task, result)
+            for site_filter in self.inbound:
+                task = site_filter.inbound(task)
+            handler = self.handlers.get(task.kind)
+            if handler is None:
+                raise LookupError(f"this site has no handler for task kind {task.kind!r} "
+                                  f"(it serves {sorted(self.handlers)})")
+            result = handler(task)
+            for site_filter in self.outbound:
+                result = site_filter.outbound(task, result)
         except Exception as exc:
-            log.warning("site %s: %s task %s failed: %s: %s",
-                        self.site_id, task.kind, task.task_id, type(exc).__name__, exc)
-            return Reply(task.task_id, self.site_id,
-                         error=f"{task.kind.value} raised {type(exc).__name__}: {exc}")
+            log.error("site %s: %s task %s failed", self.site_id, task.kind, task.task_id,
+                      exc_info=True)
+            return Reply(task.task_id, self.site_id, error=error_text(task.kind, exc))
+        if self.keep_local_model and task.kind == TaskKind.TRAIN:
+            assert isinstance(result, TrainResult)
+            self._local_model = result.weights  # what left the site, filters applied
         return Reply(task.task_id, self.site_id, result=result)
 
-    def _run(self, task: Task) -> Result:
-        if task.kind is TaskKind.STATISTICS:
-            if not isinstance(self.trainer, StatisticsProvider):
-                raise TypeError(f"{type(self.trainer).__name__} has no statistics() method")
-            stats = self.trainer.statistics(task.config)
-            _expect(stats, StatsResult, "statistics")
-            return StatsResult(values=Weights(stats.values), num_samples=stats.num_samples)
-        if task.weights is None:
-            raise ValueError(f"{task.kind} task without weights")
-        if task.kind is TaskKind.TRAIN:
-            trained = self.trainer.train(task.weights, task.config)
-            _expect(trained, TrainResult, "train")
-            # Coerce a plain dict of arrays into Weights (this checks names and dtypes), and
-            # keep parameters the strategy declared local (FedBN) inside the site.
-            local = json.loads(str(task.config.get(LOCAL_LAYERS_KEY, "[]")))
-            outgoing = {k: v for k, v in trained.weights.items()
-                        if not any(re.search(p, k) for p in local)}
-            return TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))
-        evaluated = self.trainer.evaluate(task.weights, task.config)
+    # -- built-in task kinds -----------------------------------------------------------------
+    def _train(self, task: Task) -> Result:
+        weights = _weights(task)
+        trained = self.trainer.train(weights, task.config)
+        _expect(trained, TrainResult, "train")
+        # Coerce a plain dict of arrays into Weights (this checks names and dtypes), and
+        # keep parameters the strategy declared local (FedBN) inside the site.
+        local = json.loads(str(task.config.get(LOCAL_LAYERS_KEY, "[]")))
+        outgoing = {k: v for k, v in trained.weights.items()
+                    if not any(re.search(p, k) for p in local)}
+        return TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))
+
+    def _evaluate(self, task: Task) -> Result:
+        evaluated = self.trainer.evaluate(_weights(task), task.config)
         _expect(evaluated, EvalResult, "evaluate")
         return evaluated
+
+    def _statistics(self, task: Task) -> Result:
+        if not isinstance(self.trainer, StatisticsProvider):
+            raise TypeError(f"{type(self.trainer).__name__} has no statistics() method")
+        if task.weights is None:
+            stats = self.trainer.statistics(task.config)
+        else:  # a pass that needs an earlier pass's result (a variance needs the mean)
+            stats = self.trainer.statistics(task.config, task.weights)  # type: ignore[call-arg]
+        _expect(stats, StatsResult, "statistics")
+        return StatsResult(values=Weights(stats.values), num_samples=stats.num_samples)
+
+    def _submit_model(self, task: Task) -> Result:
+        local_model = getattr(self.trainer, "local_model", None)
+        if callable(local_model):
+            submitted = local_model(task.config)
+            _expect(submitted, TrainResult, "local_model")
+            return TrainResult(Weights(submitted.weights), submitted.num_samples,
+                               dict(submitted.metrics))
+        if self._local_model is None:
+            raise LookupError("no local model: this site has not trained in this job (or does "
+                              "not keep its last update)")
+        return TrainResult(self._local_model, 1, {})
+
+    def _validate(self, task: Task) -> Result:
+        validate = getattr(self.trainer, "validate", None)
+        if callable(validate):
+            result = validate(_weights(task), task.config)
+            _expect(result, EvalResult, "validate")
+            return result  # type: ignore[no-any-return]
+        return self._evaluate(task)
+
+
+def error_text(kind: str, exc: BaseException) -> str:
+    """The short reason a site sends the server for a failed task: one line, bounded."""
+    text = f"{kind} raised {type(exc).__name__}: {exc}"
+    text = " ".join(text.split())  # no newlines: nothing can forge a log line
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+
+
+def start_failure(exc: BaseException) -> str:
+    """The reason a site gives for every task of a job it could not start."""
+    return " ".join(f"cannot start the job: {type(exc).__name__}: {exc}".split())[
+        :MAX_ERROR_CHARS]
+
+
+def _weights(task: Task) -> Weights:
+    if task.weights is None:
+        raise ValueError(f"{task.kind} task without weights")
+    return task.weights
 
 
 def _expect(value: object, kind: type, method: str) -> None:

@@ -31,8 +31,10 @@ from fedcare.core.message import (
     Reply,
     Task,
 )
+from fedcare.core.policy import SitePolicy
 from fedcare.core.trainer import SiteContext
-from fedcare.site.agent import Filter, SiteAgent
+from fedcare.site.agent import SiteAgent, start_failure
+from fedcare.site.filters import build_filters
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +42,21 @@ log = logging.getLogger(__name__)
 class SiteRuntime:
     """Dispatches tasks to one SiteAgent per job; refuses jobs the site does not allow.
 
-    Keeps the agents (trainer, model, data) of at most ``max_jobs`` jobs, least recently used
-    evicted first.
+    Each job's agent gets filter chains built afresh from the site's ``policy`` (state never
+    crosses jobs). Keeps the agents (trainer, model, data) of at most ``max_jobs`` jobs, least
+    recently used evicted first.
     """
 
     def __init__(self, site_id: str, *, data_dir: Path | None = None,
-                 allowed_trainers: Sequence[str] = (), filters: Sequence[Filter] = (),
+                 allowed_trainers: Sequence[str] = (), policy: SitePolicy | None = None,
                  max_jobs: int = 1) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
         self.site_id = site_id
         self.data_dir = data_dir
         self.allowed_trainers = list(allowed_trainers)
-        self.filters = list(filters)
+        self.policy = policy
+        build_filters(policy)  # a bad policy fails when the site starts, not at the first job
         self.max_jobs = max_jobs
         self._agents: OrderedDict[str, SiteAgent] = OrderedDict()
         self._lock = threading.Lock()
@@ -70,8 +74,10 @@ class SiteRuntime:
         try:
             agent = self._agent(task, entry_point)
         except Exception as exc:
+            log.error("site %s: cannot start job %s (%s)", self.site_id, task.job_id,
+                      entry_point, exc_info=True)
             return Reply(task.task_id, self.site_id,
-                         error=f"cannot start job {task.job_id}: {type(exc).__name__}: {exc}")
+                         error=start_failure(exc))
         config = {k: v for k, v in task.config.items() if k not in RESERVED_KEYS}
         return agent.handle(dataclasses.replace(task, config=config))
 
@@ -87,7 +93,9 @@ class SiteRuntime:
                     self.site_id, int(task.config.get(SITE_INDEX_KEY, 0)),
                     int(task.config.get(NUM_SITES_KEY, 1)), seed=job.seed,
                     data_dir=self.data_dir)
-                agent = SiteAgent(self.site_id, job.trainer(context), self.filters)
+                inbound, outbound = build_filters(self.policy)
+                agent = SiteAgent(self.site_id, job.trainer(context), outbound, inbound=inbound,
+                                  keep_local_model=job.needs_local_models)
                 self._agents[task.job_id] = agent
                 log.info("site %s started job %s (%s)", self.site_id, task.job_id, entry_point)
                 while len(self._agents) > self.max_jobs:

@@ -21,13 +21,14 @@ from pydantic import ValidationError as _PydanticValidationError
 
 from fedcare.core.errors import TransportError
 from fedcare.core.message import (
+    KIND_PATTERN,
     EvalResult,
     Reply,
     Result,
     StatsResult,
     Task,
-    TaskKind,
     TrainResult,
+    task_kind,
 )
 from fedcare.core.weights import ALLOWED_DTYPES, Weights
 from fedcare.transport import checksum
@@ -56,6 +57,8 @@ class _TensorHeader(_Model):
 
 
 class _ResultHeader(_Model):
+    # The result's shape (a model, metrics, or statistics), not the task's kind: any task
+    # kind answers with one of these three.
     kind: Literal["train", "evaluate", "statistics"]
     num_samples: Annotated[int, Field(ge=0)]
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -67,7 +70,7 @@ class _Header(_Model):
     site_id: str = ""
     job_id: str = ""
     round_num: int = 0
-    kind: Literal["train", "evaluate", "statistics"] | None = None
+    kind: Annotated[str, Field(pattern=KIND_PATTERN)] | None = None
     config: dict[str, _Scalar] = Field(default_factory=dict)
     result: _ResultHeader | None = None
     error: str | None = None
@@ -134,7 +137,7 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
         tensors, buffers = _tensors(message.weights)
         header = _Header(
             type="task", task_id=message.task_id, job_id=message.job_id,
-            round_num=message.round_num, kind=message.kind.value, config=dict(message.config),
+            round_num=message.round_num, kind=str(message.kind), config=dict(message.config),
             tensors=tensors, payload_checksum=_digest(buffers, message.weights),
         )
         return _frame(header, buffers)
@@ -233,7 +236,7 @@ def decode(data: bytes | bytearray | memoryview, *,
         if header.kind is None:
             raise TransportError("task message without a kind")
         return Task(task_id=header.task_id, job_id=header.job_id, round_num=header.round_num,
-                    kind=TaskKind(header.kind), weights=weights, config=header.config)
+                    kind=task_kind(header.kind), weights=weights, config=header.config)
     return _decode_reply(header, weights)
 
 

@@ -1,5 +1,6 @@
 """The main job end to end: real heart-disease data from four hospitals, FedAvg vs pooled."""
 
+import json
 import time
 
 import numpy as np
@@ -23,7 +24,11 @@ def test_fedavg_reaches_the_accuracy_bar_over_five_seeds(tmp_path):
     assert all(0.5 <= table["fedavg"][h] <= 1.0 for h in HOSPITALS)
     assert elapsed < 60, f"5 seeds took {elapsed:.1f}s"
     files = sorted(p.name for p in (tmp_path / "seed-0").iterdir())
-    assert files == ["checkpoints", "metrics.csv", "metrics.json"]
+    assert files == ["checkpoints", "metrics.csv", "metrics.json", "statistics.json"]
+    stats = json.loads((tmp_path / "seed-0" / "statistics.json").read_text())
+    assert stats["passes"]["feature_moments"]["sites"] == sorted(HOSPITALS)
+    assert stats["passes"]["feature_moments"]["num_samples"] > 400  # ~66% of 740 patients
+    assert sorted(stats["values"]) == ["scaler_mean", "scaler_std"]
 
 
 def test_federated_standardisation_equals_pooled_statistics():

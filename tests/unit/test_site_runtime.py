@@ -29,7 +29,7 @@ def test_site_reads_its_own_data_dir(tmp_path):
     reply = SiteRuntime("va", data_dir=tmp_path).handle(task())
     assert reply.error is None and reply.result.num_samples == 45
     reply = SiteRuntime("va", data_dir=tmp_path / "empty").handle(task())
-    assert "cannot start job j1" in reply.error and "not found" in reply.error
+    assert "cannot start the job" in reply.error and "not found" in reply.error
 
 
 def test_allow_list_refuses_other_trainers():

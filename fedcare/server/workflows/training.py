@@ -1,0 +1,140 @@
+"""Training rounds with the job's strategy (FedAvg and every other built-in algorithm).
+
+Per round: select sites, send training tasks, validate and fold in results as they arrive (a
+transport that can folds uploads in while their bytes arrive), require ``min_sites`` valid
+results, aggregate, checkpoint, then run federated evaluation. Round 0 evaluates the initial
+model. A round that falls short because sites lost their connection is run again once enough
+sites are back, within the job's ``rejoin_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from fedcare.core.errors import AggregationError
+from fedcare.core.message import TaskKind, TrainResult
+from fedcare.core.validation import incompatibilities, non_finite
+from fedcare.core.weights import Weights
+from fedcare.core.workflow import Gather, SiteFailure, StepOutcome, Workflow, WorkflowContext
+from fedcare.server.checks import values_problem
+from fedcare.server.metrics import WeightedMetrics
+from fedcare.server.streams import RoundStreams
+
+log = logging.getLogger(__name__)
+
+
+class TrainRounds(Workflow):
+    """``num_rounds`` rounds of the job's strategy (the job's own ``num_rounds`` by default)."""
+
+    name = "train"
+    trains = True
+
+    def __init__(self, num_rounds: int | None = None) -> None:
+        self.num_rounds = num_rounds
+
+    def run(self, ctx: WorkflowContext, weights: Weights) -> Weights:
+        last = self.num_rounds if self.num_rounds is not None else ctx.job.num_rounds
+        if ctx.resume_round is None:
+            ctx.finish_round(0, weights, StepOutcome(), time.monotonic())
+            first = 1
+        else:
+            first = ctx.resume_round + 1
+        for round_num in range(first, last + 1):
+            weights = self._through_outages(ctx, round_num, weights)
+        return weights
+
+    def _through_outages(self, ctx: WorkflowContext, round_num: int, weights: Weights
+                         ) -> Weights:
+        """One round; if it falls short because sites dropped off, wait for them and rerun it.
+
+        A round that fails on bad results stops the job as before; one that falls short because
+        sites lost their connection is run again once ``min_sites`` are connected, within one
+        ``rejoin_timeout_s`` budget per round.
+        """
+        job = ctx.job
+        waited_since: float | None = None
+        attempt = 0
+        while True:
+            ctx.check_stop(round_num)
+            if len(ctx.sites()) < job.min_sites:
+                waited_since = waited_since if waited_since is not None else time.monotonic()
+                ctx.await_sites(round_num, waited_since)
+            failures: list[SiteFailure] = []
+            try:
+                return self._round(ctx, round_num, weights, attempt, failures)
+            except AggregationError:
+                # Decided by what happened in the round, not by who is connected now: a site
+                # that dropped mid-round has often reconnected by the time the round fails.
+                outage = any(f.connection_lost for f in failures)
+                if not outage and len(ctx.sites()) >= job.min_sites:
+                    raise
+                # a flapping link must not rerun the round forever: one budget for the round
+                waited_since = waited_since if waited_since is not None else time.monotonic()
+                if time.monotonic() - waited_since > job.rejoin_timeout_s:
+                    raise
+                log.warning("job %s round %d: sites dropped off mid-round; the round will run "
+                            "again when %d are connected", ctx.job_id, round_num, job.min_sites)
+                attempt += 1
+
+    def _round(self, ctx: WorkflowContext, round_num: int, weights: Weights, attempt: int,
+               failures: list[SiteFailure]) -> Weights:
+        started = time.monotonic()
+        strategy = ctx.job.strategy
+        selected = strategy.select_sites(round_num, ctx.sites())
+        ctx.begin_round(round_num, selected)
+        aggregator = strategy.aggregator(round_num, weights)
+        expected = strategy.result_spec(weights)
+        train_metrics = WeightedMetrics()
+        trained: list[str] = []
+        request = Gather(TaskKind.TRAIN, round_num, selected, TrainResult,
+                         strategy.train_payload(round_num, weights),
+                         lambda s: strategy.configure_train(round_num, s), attempt=attempt)
+        # A transport that can (gRPC) folds each upload into the aggregate as it arrives.
+        streams = RoundStreams(aggregator, expected, lambda s: ctx.task_id(request, s))
+        request = dataclasses.replace(request, streams=streams)
+        with contextlib.closing(ctx.gather(request, failures)) as arrivals:
+            for arrival in arrivals:
+                site_id, result = arrival.site_id, arrival.result
+                assert isinstance(result, TrainResult)
+                if not arrival.folded:
+                    problem = _train_problem(expected, result)
+                    if problem:
+                        ctx.fail(failures, SiteFailure(site_id, round_num, "train", problem))
+                        continue
+                    streams.add(site_id, result)
+                train_metrics.add(result.num_samples, result.metrics)
+                trained.append(site_id)
+                del result, arrival  # dropped before the next one arrives: one upload in memory
+        ctx.require(aggregator.num_results, round_num, "train", failures)
+        new_weights = aggregator.finish()
+        bad = non_finite(new_weights)
+        if bad:
+            raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
+                                   "good model", job_id=ctx.job_id, round_num=round_num)
+        ctx.finish_round(round_num, new_weights,
+                         StepOutcome(trained, train_metrics.result(), failures), started)
+        return new_weights
+
+
+def _train_problem(expected: Weights, result: TrainResult) -> str | None:
+    """Why a whole (not streamed) training result cannot be folded in, or None."""
+    problems = incompatibilities(expected, result.weights)
+    if problems:
+        return "model does not match: " + "; ".join(problems)
+    return _too_large(result)
+
+
+def _too_large(result: TrainResult) -> str | None:
+    """Why a float64 update could overflow the float64 sum, or None (checked before folding in,
+    so a refused site leaves nothing of itself in the aggregate)."""
+    for name, array in result.weights.items():
+        if array.dtype == np.float64:
+            problem = values_problem(name, array, result.num_samples)
+            if problem:
+                return problem
+    return None

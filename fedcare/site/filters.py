@@ -1,0 +1,152 @@
+"""Site filters: what a hospital applies, by its own policy, to what arrives and what leaves.
+
+A filter's ``inbound`` sees every task before the trainer does (e.g. to decrypt it); its
+``outbound`` sees every result before it leaves the site (e.g. to clip or drop parameters, add
+noise). Chains are built per job from the site's :class:`~fedcare.core.policy.SitePolicy`.
+The privacy work adds filters to :data:`FILTERS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fedcare.core.errors import ConfigError
+from fedcare.core.message import Result, Task, TaskKind, TrainResult
+from fedcare.core.policy import FilterSpec, SitePolicy
+from fedcare.core.weights import Weights
+
+log = logging.getLogger(__name__)
+
+
+class Filter:
+    """One step of a site's filter chain; both directions pass everything through by default."""
+
+    name = "filter"
+
+    def inbound(self, task: Task) -> Task:
+        """The task as the trainer will see it."""
+        return task
+
+    def outbound(self, task: Task, result: Result) -> Result:
+        """The result as it will leave the site."""
+        return result
+
+
+class ClipUpdateNorm(Filter):
+    """Scale a training update down so its L2 norm (over every floating-point parameter) is at
+    most ``max_norm``: the update is the trained model minus the global model it started from.
+
+    Bounds how much any one site can move the global model, the first half of differential
+    privacy (the noise is the other). Integer parameters (counters) pass unchanged.
+    """
+
+    name = "clip_update_norm"
+
+    def __init__(self, max_norm: float) -> None:
+        if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or not (
+                math.isfinite(max_norm) and max_norm > 0):
+            raise ConfigError(f"clip_update_norm: max_norm must be a number > 0, got "
+                              f"{max_norm!r}")
+        self.max_norm = float(max_norm)
+
+    def outbound(self, task: Task, result: Result) -> Result:
+        if task.kind != TaskKind.TRAIN or not isinstance(result, TrainResult):
+            return result
+        if task.weights is None:
+            raise ValueError("clip_update_norm: the training task carried no global model")
+        start = task.weights
+        names = [k for k, v in result.weights.items()
+                 if np.issubdtype(v.dtype, np.floating) and k in start]
+        squared = 0.0
+        for name in names:
+            delta = np.asarray(result.weights[name], np.float64) - np.asarray(start[name],
+                                                                              np.float64)
+            squared += float(np.dot(delta.ravel(), delta.ravel()))
+        norm = math.sqrt(squared)
+        if norm <= self.max_norm:
+            return result
+        scale = self.max_norm / norm
+        log.info("clip_update_norm: task %s update norm %.4g clipped to %.4g",
+                 task.task_id, norm, self.max_norm)
+        out = dict(result.weights)
+        for name in names:
+            base = np.asarray(start[name], np.float64)
+            clipped = base + (np.asarray(out[name], np.float64) - base) * scale
+            out[name] = clipped.astype(out[name].dtype)
+        return TrainResult(Weights(out), result.num_samples, result.metrics)
+
+
+class ExcludeVariables(Filter):
+    """Parameters whose name matches one of ``patterns`` never leave the site.
+
+    In a training result they are replaced by the values the server sent (so the aggregate is
+    unaffected by this site's local values and the model keeps its shape); from a local model
+    asked for cross-site validation they are dropped (the server fills in the global values).
+    """
+
+    name = "exclude_variables"
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        if isinstance(patterns, str) or not patterns:
+            raise ConfigError("exclude_variables: patterns must be a non-empty list of regular "
+                              f"expressions, got {patterns!r}")
+        try:
+            self.patterns = [re.compile(p) for p in patterns]
+        except re.error as exc:
+            raise ConfigError(f"exclude_variables: bad pattern {exc.pattern!r}: {exc}") from None
+
+    def _excluded(self, name: str) -> bool:
+        return any(p.search(name) for p in self.patterns)
+
+    def outbound(self, task: Task, result: Result) -> Result:
+        if not isinstance(result, TrainResult):
+            return result
+        start = task.weights or {}
+        out = {}
+        for name, value in result.weights.items():
+            if not self._excluded(name):
+                out[name] = value
+            elif name in start:
+                out[name] = start[name]
+        return TrainResult(Weights(out), result.num_samples, result.metrics)
+
+
+#: The filters a site policy may name.
+FILTERS: dict[str, Callable[..., Filter]] = {
+    ClipUpdateNorm.name: ClipUpdateNorm,
+    ExcludeVariables.name: ExcludeVariables,
+}
+
+
+def _build(spec: FilterSpec, where: str) -> Filter:
+    factory = FILTERS.get(spec.name)
+    if factory is None:
+        raise ConfigError(f"site policy {where}: unknown filter {spec.name!r}; known: "
+                          f"{sorted(FILTERS)}")
+    params: Mapping[str, Any] = spec.params
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ConfigError(f"site policy {where}: filter {spec.name}: bad parameters: "
+                          f"{exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"site policy {where}: {exc.message}") from None
+
+
+def build_filters(policy: SitePolicy | None) -> tuple[list[Filter], list[Filter]]:
+    """Fresh inbound and outbound chains from a policy (None: empty chains).
+
+    Raises:
+        ConfigError: an unknown filter or bad parameters, naming the chain and position.
+    """
+    if policy is None:
+        return [], []
+    inbound = [_build(s, f"inbound.{i}") for i, s in enumerate(policy.inbound)]
+    outbound = [_build(s, f"outbound.{i}") for i, s in enumerate(policy.outbound)]
+    return inbound, outbound
