@@ -90,7 +90,8 @@ class MeanTarget:
 
 def make_job(num_rounds: int = 3, modes: dict[str, str] | None = None, num_sites: int = 3,
              min_sites: int = 1, round_timeout_s: float = 20.0, statistics: bool = False,
-             fail_from_round: int = 1, fraction: float = 1.0) -> Job:
+             fail_from_round: int = 1, fraction: float = 1.0,
+             site_wait_s: float | None = None, evaluate_every: int = 1) -> Job:
     modes = modes or {}
 
     def trainer(ctx: SiteContext) -> ToyTrainer:
@@ -100,7 +101,8 @@ def make_job(num_rounds: int = 3, modes: dict[str, str] | None = None, num_sites
                strategy=FedAvg(fraction=fraction, seed=1), num_rounds=num_rounds,
                min_sites=min_sites, round_timeout_s=round_timeout_s,
                site_ids=tuple(f"site-{i}" for i in range(num_sites)),
-               statistics=MeanTarget() if statistics else None)
+               statistics=MeanTarget() if statistics else None, site_wait_s=site_wait_s,
+               evaluate_every=evaluate_every)
 
 
 class LargeTrainer:

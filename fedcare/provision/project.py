@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.policy import SitePolicy
 
 #: A participant name: also a folder name and a certificate common name.
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -135,6 +136,10 @@ class KitConfig(_Model):
             data lives is the site's business, not the federation's.
         allowed_trainers: Sites only. Job entry points (``module:function``) this site runs.
             An empty list accepts any job the federation's project admins submit.
+        policy: Sites only. The site's own filter chains (:class:`SitePolicy`): what every
+            task passes before the trainer sees it (``inbound``) and what every result passes
+            before it leaves the site (``outbound``), e.g. ``clip_update_norm``. Built afresh
+            for each job at the site; the server can neither see nor change it.
         workspace: Server only. Folder for jobs, checkpoints and results, relative to the kit.
         crl: Server only. Revocation list, relative to the kit; re-read on every connection.
     """
@@ -148,6 +153,7 @@ class KitConfig(_Model):
     site: str | None = None
     data_dir: str | None = None
     allowed_trainers: list[str] = Field(default_factory=list)
+    policy: SitePolicy = Field(default_factory=SitePolicy)
     workspace: str | None = None
     crl: str | None = None
 
@@ -157,18 +163,24 @@ class KitConfig(_Model):
             raise ValueError("role: an admin kit needs a role, and only an admin kit has one")
         if (self.role == "site_admin") != (self.site is not None):
             raise ValueError("site: a site_admin kit names its site, and only a site_admin's")
+        if self.kind != "site" and (self.policy.inbound or self.policy.outbound):
+            raise ValueError("policy: only a site kit has a filter policy")
         return self
 
     def to_yaml(self) -> str:
         """The kit's ``config.yaml``: only the keys that mean something for its kind."""
         keys = ["federation", "name", "kind", "server_host", "server_port"]
-        keys += {"server": ["workspace", "crl"], "site": ["data_dir", "allowed_trainers"],
+        keys += {"server": ["workspace", "crl"],
+                 "site": ["data_dir", "allowed_trainers", "policy"],
                  "admin": ["role", "site"] if self.site else ["role"]}[self.kind]
         header = ""
         if self.kind == "site":
             header = ("# data_dir: this hospital's data folder, read only by this site's process.\n"
                       "# allowed_trainers: job entry points (module:function) this site runs;\n"
-                      "#   an empty list [] accepts any job the project admins submit.\n")
+                      "#   an empty list [] accepts any job the project admins submit.\n"
+                      "# policy: this site's filters, applied to every job, e.g.\n"
+                      "#   policy: {outbound: [{clip_update_norm: {max_norm: 5.0}},\n"
+                      "#                       {exclude_variables: {patterns: ['^head\\.']}}]}\n")
         data = self.model_dump()
         return header + yaml.safe_dump({k: data[k] for k in keys}, sort_keys=False)
 

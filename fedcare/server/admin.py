@@ -71,7 +71,9 @@ class AdminService(pb_grpc.AdminServicer):
 
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JsonReply:
         self._caller(context, "Status")
-        jobs = [row.as_dict() for row in self.server.store.jobs()]
+        store = self.server.store
+        jobs = [{**row.as_dict(), "failed_sites": store.failed_sites(row.job_id)}
+                for row in store.jobs()]
         return pb.JsonReply(json=json.dumps({"jobs": jobs}))
 
     def Sites(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JsonReply:
@@ -109,18 +111,23 @@ class AdminService(pb_grpc.AdminServicer):
 
     def Watch(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.JsonReply]:
         self._caller(context, "Watch")
+        store = self.server.store
         last = None
+        seen = 0  # id of the last failure sent
         while context.is_active():
-            row = self.server.store.job(request.job_id)
+            row = store.job(request.job_id)
             if row is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
             assert row is not None
-            state = (row.status, row.round_num)
-            if state != last:
-                rounds = self.server.store.rounds(request.job_id)
+            failures = store.failures(request.job_id, after_id=seen)
+            state = (row.status, row.round_num, row.summary)
+            if state != last or failures:
+                rounds = store.rounds(request.job_id)
                 latest = rounds[-1]["eval_metrics"] if rounds else {}
-                yield pb.JsonReply(json=json.dumps({**row.as_dict(), "eval_metrics": latest}))
+                yield pb.JsonReply(json=json.dumps({**row.as_dict(), "eval_metrics": latest,
+                                                    "new_failures": failures}))
                 last = state
+                seen = int(failures[-1]["id"]) if failures else seen  # type: ignore[call-overload]
             if row.status not in ("queued", "running"):
                 return
             time.sleep(0.2)

@@ -66,11 +66,33 @@ class RunResult:
     results: dict[str, dict[str, object]] = field(default_factory=dict)
     #: Every site failure of the run, in order (those of every round and workflow).
     failures: list[SiteFailure] = field(default_factory=list)
+    #: The job's sites: those it declares, and any other that was sent a task.
+    sites: list[str] = field(default_factory=list)
 
     @property
     def failed_sites(self) -> list[str]:
         """Sites that failed at least one task (or never connected), sorted."""
         return sorted({f.site_id for f in self.failures})
+
+    @property
+    def summary(self) -> str:
+        """``finished with N of M sites``: M the job's sites, N those that never failed."""
+        return completion_summary(self.sites, self.failures)
+
+
+def completion_summary(sites: list[str], failures: list[SiteFailure]) -> str:
+    """One line for the people responsible: how many sites took part without failing, and
+    the last reason of each site that failed."""
+    failed: dict[str, SiteFailure] = {}
+    for failure in failures:
+        failed[failure.site_id] = failure
+    everyone = sorted(set(sites) | set(failed))
+    line = f"finished with {len(everyone) - len(failed)} of {len(everyone)} sites"
+    if failed:
+        line += "; " + "; ".join(
+            f"{site}: round {f.round_num} {f.kind}: {f.message}"
+            for site, f in sorted(failed.items()))
+    return line
 
 
 class RoundController:
@@ -103,6 +125,7 @@ class RoundController:
         self._stop = stop or threading.Event()
         self._pre_failures: list[SiteFailure] = []  # before round 0 is recorded (absent sites)
         self.failures: list[SiteFailure] = []  # all of the run's, in order
+        self._asked: set[str] = set(job.site_ids or ())  # the job's sites, and all sent tasks
         if resume is not None:
             for record in resume.records:
                 self.history.append(record)
@@ -158,12 +181,11 @@ class RoundController:
                 self._saver.shutdown()
         self._state = RunState.FINISHED
         return RunResult(weights, self.history, self.run_dir, dict(self.results),
-                         list(self.failures))
+                         list(self.failures), sorted(self._asked))
 
     def _run(self) -> Weights:
         job = self.job
-        expected = len(job.site_ids) if job.site_ids else job.min_sites
-        self.transport.wait_for_sites(expected, self.connect_timeout_s)
+        self._wait_for_sites()
         sites = self.sites()
         for site_id in job.site_ids or ():
             if site_id not in sites:
@@ -188,6 +210,30 @@ class RoundController:
         if not self.history.rounds:  # nothing trained (statistics alone): keep the result
             self.finish_round(0, weights, StepOutcome(), time.monotonic(), evaluate=False)
         return weights
+
+    def _wait_for_sites(self, report_every_s: float = 5.0) -> None:
+        """Wait up to the job's ``site_wait_s`` for its sites (all declared ones, else
+        ``min_sites``), telling the listener every few seconds who is still missing."""
+        job = self.job
+        expected = len(job.site_ids) if job.site_ids else job.min_sites
+        started = time.monotonic()
+        while True:
+            self.check_stop(0)
+            waited = time.monotonic() - started
+            remaining = self.connect_timeout_s - waited
+            self.transport.wait_for_sites(expected, max(0.0, min(remaining, report_every_s)))
+            connected = self.sites()
+            if len(connected) >= expected or remaining <= report_every_s or (
+                    not self.transport.may_still_connect()):
+                return
+            missing = ([s for s in job.site_ids if s not in connected] if job.site_ids
+                       else [])
+            waited = time.monotonic() - started
+            log.warning("job %s: waiting for sites to connect: %d of %d there, missing %s "
+                        "(%.0f s of site_wait_s=%g)", self.job_id, len(connected), expected,
+                        missing or "-", waited, self.connect_timeout_s)
+            self.listener.on_waiting(missing, len(connected), expected, waited,
+                                     self.connect_timeout_s)
 
     # -- the context: sites and the gather primitive ---------------------------------------
     def sites(self) -> list[str]:
@@ -219,6 +265,7 @@ class RoundController:
                 task_id = self.task_id(request, site_id)
                 config = request.configure(site_id) if request.configure else {}
                 task = Task(task_id, self.job_id, round_num, kind, request.payload, config)
+                self._asked.add(site_id)
                 try:
                     self.transport.send(site_id, task)
                     pending[task_id] = site_id

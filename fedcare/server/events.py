@@ -21,6 +21,11 @@ class RunListener:
     def on_failure(self, failure: SiteFailure) -> None:
         """A site failed a task (or never connected); the job goes on while min_sites is met."""
 
+    def on_waiting(self, missing: list[str], connected: int, expected: int, waited_s: float,
+                   limit_s: float) -> None:
+        """The job is still waiting for its sites to connect (``missing``: the declared ones
+        not there yet; empty for a job that declares none)."""
+
     def on_result(self, name: str, document: dict[str, object]) -> None:
         """A workflow saved a result (e.g. ``cross_site_validation``: a models x sites matrix)."""
 

@@ -27,6 +27,7 @@ from fedcare.core.message import (
     Task,
 )
 from fedcare.core.stream import StreamTarget
+from fedcare.core.workflow import SiteFailure
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
 from fedcare.server.events import RunListener
@@ -95,8 +96,22 @@ class _StoreListener(RunListener):
         # store knows, so it must never know a round whose model could be missing.
         self.store.add_round(self.job_id, record.round_num, asdict(record))
 
-    def on_failure(self, failure: object) -> None:
-        self.store.audit("server", "site_failure", f"{self.job_id}: {failure}")
+    def on_failure(self, failure: SiteFailure) -> None:
+        self.store.add_failure(self.job_id, failure.round_num, failure.site_id, failure.kind,
+                               failure.message)
+        self.store.audit("server", "site_failure",
+                         f"{self.job_id}: site {failure.site_id} round {failure.round_num} "
+                         f"{failure.kind}")
+
+    def on_waiting(self, missing: list[str], connected: int, expected: int, waited_s: float,
+                   limit_s: float) -> None:
+        who = f"missing {', '.join(missing)}" if missing else f"{connected} of {expected} there"
+        self.store.set_summary(self.job_id, f"waiting for sites to connect: {who} "
+                                            f"({waited_s:.0f} s of site_wait_s={limit_s:g})")
+
+    def on_round_start(self, round_num: int, num_rounds: int, site_ids: list[str]) -> None:
+        if round_num <= 1:
+            self.store.set_summary(self.job_id, None)  # no longer waiting
 
 
 class FederationServer:
@@ -191,8 +206,9 @@ class FederationServer:
             save_in_background=True)
         self.current = controller
         try:
-            controller.run()
-            self.store.set_status(row.job_id, "finished")
+            result = controller.run()
+            self.store.set_status(row.job_id, "finished", summary=result.summary)
+            log.info("job %s %s", row.job_id, result.summary)
         except JobAborted as exc:
             if not self._stop.is_set():  # a server shutting down leaves the job to resume
                 self.store.set_status(row.job_id, "aborted", str(exc))

@@ -33,6 +33,16 @@ CREATE TABLE IF NOT EXISTS rounds (
     record_json TEXT NOT NULL,
     PRIMARY KEY (job_id, round_num)
 );
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    round_num INTEGER NOT NULL,
+    site_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    time_s REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job_id, id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time_s REAL NOT NULL,
@@ -43,6 +53,8 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 ACTIVE = ("queued", "running")
+#: Longest failure message kept (a site's error text is bounded before it is stored).
+MAX_MESSAGE_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -56,12 +68,14 @@ class JobRow:
     round_num: int
     num_rounds: int
     error: str | None
+    #: One line for people: "finished with 3 of 4 sites", "waiting for sites [...]", ...
+    summary: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"job_id": self.job_id, "entry_point": self.entry_point, "params": self.params,
                 "status": self.status, "submitted_by": self.submitted_by,
                 "created_s": self.created_s, "round_num": self.round_num,
-                "num_rounds": self.num_rounds, "error": self.error}
+                "num_rounds": self.num_rounds, "error": self.error, "summary": self.summary}
 
 
 class Store:
@@ -73,6 +87,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "summary" not in columns:  # a database written by an earlier version
+            self._db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")
         self._lock = threading.Lock()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
@@ -99,9 +116,48 @@ class Store:
             (job_id, entry_point, json.dumps(params), submitted_by, now, now, num_rounds))
         return job_id
 
-    def set_status(self, job_id: str, status: str, error: str | None = None) -> None:
-        self._write("UPDATE jobs SET status = ?, error = ?, updated_s = ? WHERE job_id = ?",
-                    (status, error, time.time(), job_id))
+    def set_status(self, job_id: str, status: str, error: str | None = None,
+                   summary: str | None = None) -> None:
+        self._write("UPDATE jobs SET status = ?, error = ?, summary = ?, updated_s = ? "
+                    "WHERE job_id = ?", (status, error, summary, time.time(), job_id))
+
+    def set_summary(self, job_id: str, summary: str | None) -> None:
+        self._write("UPDATE jobs SET summary = ?, updated_s = ? WHERE job_id = ?",
+                    (summary, time.time(), job_id))
+
+    def add_failure(self, job_id: str, round_num: int, site_id: str, kind: str,
+                    message: str) -> None:
+        """Keep one site failure of a job (its message made one bounded line)."""
+        line = " ".join(message.split())
+        if len(line) > MAX_MESSAGE_CHARS:
+            line = line[:MAX_MESSAGE_CHARS - 3] + "..."
+        self._write("INSERT INTO failures (job_id, round_num, site_id, kind, message, time_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, round_num, site_id, kind, line, time.time()))
+
+    def failures(self, job_id: str, after_id: int = 0) -> list[dict[str, object]]:
+        """A job's site failures in order, those after the failure ``after_id`` only."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, round_num, site_id, kind, message, time_s FROM failures "
+                "WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)).fetchall()
+        return [{"id": r[0], "round_num": r[1], "site_id": r[2], "kind": r[3],
+                 "message": r[4], "time_s": r[5]} for r in rows]
+
+    def failed_sites(self, job_id: str) -> dict[str, dict[str, object]]:
+        """Per failing site of a job: how many failures, and the last one."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT site_id, COUNT(*), MAX(id) FROM failures WHERE job_id = ? "
+                "GROUP BY site_id ORDER BY site_id", (job_id,)).fetchall()
+            out = {}
+            for site_id, count, last_id in rows:
+                round_num, kind, message = self._db.execute(
+                    "SELECT round_num, kind, message FROM failures WHERE id = ?",
+                    (last_id,)).fetchone()
+                out[site_id] = {"count": count, "round_num": round_num, "kind": kind,
+                                "message": message}
+        return out
 
     def add_round(self, job_id: str, round_num: int, record: dict[str, object]) -> None:
         with self._lock:
@@ -147,8 +203,8 @@ class Store:
         with self._lock:
             rows = self._db.execute(
                 "SELECT job_id, entry_point, params_json, status, submitted_by, created_s, "
-                f"round_num, num_rounds, error FROM jobs {clause}", args).fetchall()
-        return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8])
+                f"round_num, num_rounds, error, summary FROM jobs {clause}", args).fetchall()
+        return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
                 for r in rows]
 
     def close(self) -> None:

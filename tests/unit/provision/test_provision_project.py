@@ -123,9 +123,18 @@ def test_kit_config_is_consistent(fields, expected):
 def test_kit_config_yaml_has_only_the_keys_of_its_kind():
     site = KitConfig.model_validate({**BASE, "kind": "site"})
     assert "accepts any job" in site.to_yaml()  # the file explains the empty list
-    assert set(yaml.safe_load(site.to_yaml())) == {*BASE, "kind", "data_dir", "allowed_trainers"}
+    assert set(yaml.safe_load(site.to_yaml())) == {*BASE, "kind", "data_dir", "allowed_trainers",
+                                                   "policy"}
     server = KitConfig.model_validate({**BASE, "kind": "server", "workspace": "w", "crl": "c"})
     assert set(yaml.safe_load(server.to_yaml())) == {*BASE, "kind", "workspace", "crl"}
     admin = KitConfig.model_validate({**BASE, "kind": "admin", "role": "viewer"})
     assert yaml.safe_load(admin.to_yaml())["role"] == "viewer"
     assert KitConfig.model_validate(yaml.safe_load(site.to_yaml())) == site
+    # a site's policy survives the round trip through config.yaml, in its short form too
+    clipped = KitConfig.model_validate({**BASE, "kind": "site", "policy": {
+        "outbound": [{"clip_update_norm": {"max_norm": 2.5}}, "exclude_variables"]}})
+    assert [f.name for f in clipped.policy.outbound] == ["clip_update_norm", "exclude_variables"]
+    assert KitConfig.model_validate(yaml.safe_load(clipped.to_yaml())) == clipped
+    with pytest.raises(ValueError, match="only a site kit has a filter policy"):
+        KitConfig.model_validate({**BASE, "kind": "server", "policy": {
+            "outbound": [{"clip_update_norm": {"max_norm": 1}}]}})
