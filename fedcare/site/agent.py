@@ -66,6 +66,8 @@ class SiteAgent:
         keep_local_model: Keep the last training update that left the site, to answer a
             ``submit_model`` task (cross-site validation); costs one model of memory.
         handlers: Extra task kinds this site serves (kind -> handler), or replacements.
+            A trainer may declare its own in a ``task_handlers`` mapping attribute (the site
+            half of a job's custom workflow); ``handlers`` given here take precedence.
     """
 
     def __init__(self, site_id: str, trainer: Trainer,
@@ -81,7 +83,8 @@ class SiteAgent:
         self.handlers: dict[str, Handler] = {
             TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
             TaskKind.STATISTICS: self._statistics, TaskKind.SUBMIT_MODEL: self._submit_model,
-            TaskKind.VALIDATE: self._validate, **(handlers or {})}
+            TaskKind.VALIDATE: self._validate,
+            **dict(getattr(trainer, "task_handlers", None) or {}), **(handlers or {})}
 
     def handle(self, task: Task) -> Reply:
         try:

@@ -19,9 +19,10 @@ ALLOWED = {
     "sim": {"core", "algorithms", "transport", "server", "site", "sim"},
     "datasets": {"datasets"},
     "provision": {"core", "provision"},
+    "analytics": {"core", "analytics"},
 }
 TORCH_FREE = {"core", "algorithms", "transport", "site", "server", "sim", "datasets",
-              "provision"}
+              "provision", "analytics"}
 
 
 def imports(path: Path) -> set[str]:

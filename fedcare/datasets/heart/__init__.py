@@ -97,6 +97,20 @@ def _read_file(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+#: Columns of :func:`load_raw_columns`: the UCI file's 13 attributes, without the label.
+RAW_FEATURES = _RAW_COLUMNS[:-1]
+
+
+def load_raw_columns(site_id: str, data_dir: Path | None = None) -> np.ndarray:
+    """One hospital's 13 raw UCI attributes, float64 ``[rows, 13]``, every row, NaN where the
+    file says ``?`` (no row dropped): the input of federated descriptive statistics."""
+    _check_site(site_id)
+    path = Path(data_dir or _DATA_DIR) / _FILES[site_id]
+    if not path.is_file():
+        raise ValueError(f"heart data for {site_id!r} not found: {path}")
+    return _read_file(path)[:, :-1]
+
+
 def load_raw(site_id: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Loads one hospital's preprocessed features and binary labels, in file order.
 

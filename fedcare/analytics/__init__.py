@@ -1,0 +1,25 @@
+"""Federated statistics of tabular data, missing values included.
+
+Two halves of every statistic, so no row ever leaves a site:
+
+- the site side, :func:`site_statistics`: additive sums over the site's own rows (per column:
+  counts of present values, sums, sums of squared deviations, histogram counts, missing counts);
+- the server side, the passes (:class:`Mean`, :class:`Variance`, :class:`Histogram`,
+  :class:`MissingValues`): each a :class:`fedcare.FederatedStatistic` whose ``finalize`` turns
+  the summed totals into global values, run by :class:`fedcare.FederatedStatistics` as a job of
+  its own or before training.
+
+Missing values (NaN) are skipped column by column and counted. A variance is computed about the
+global mean sent back to the sites (two passes), which is exact where the one-pass formula
+``E[x^2] - E[x]^2`` loses precision.
+
+A trainer serves them with one line::
+
+    def statistics(self, config, model=None):
+        return site_statistics(self.x, config, model)
+"""
+
+from fedcare.analytics.passes import Histogram, Mean, MissingValues, Variance
+from fedcare.analytics.site import site_statistics
+
+__all__ = ["Histogram", "Mean", "MissingValues", "Variance", "site_statistics"]

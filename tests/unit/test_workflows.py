@@ -1,0 +1,124 @@
+"""Round workflows: statistics as a job of its own, cross-site validation, custom task kinds."""
+
+import contextlib
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import toyjob
+
+from fedcare import EvalResult, Job, simulate
+from fedcare.core.workflow import Gather, Workflow
+from fedcare.datasets.heart import HOSPITALS, load_raw_columns
+from fedcare.jobs.heart_stats import make_job as heart_stats
+from fedcare.jobs.heart_stats import pooled
+from fedcare.server import Checkpointer
+from fedcare.server.workflows import CrossSiteValidation, FederatedStatistics, TrainRounds
+
+MEAN_ALL = (10 * 1 + 20 * 2 + 30 * 3) / 60
+
+
+def test_statistics_job_of_its_own_equals_pooled_numbers_with_missing_values(tmp_path):
+    result = simulate(heart_stats(), run_dir=tmp_path)
+    data = [load_raw_columns(h) for h in HOSPITALS]
+    expected = pooled(data)
+    assert expected["missing"].sum() > 1000  # the raw files have many '?'
+    np.testing.assert_allclose(result.weights["mean"], expected["mean"], rtol=1e-12)
+    np.testing.assert_allclose(result.weights["std"], expected["std"], rtol=1e-12)
+    np.testing.assert_array_equal(result.weights["missing"], expected["missing"])
+    ages = np.concatenate(data)[:, 0]
+    np.testing.assert_array_equal(result.weights["histogram"][0],
+                                  np.histogram(ages, bins=np.linspace(20, 80, 11))[0])
+    assert result.weights["rows"][0] == 920
+    assert result.summary == "finished with 4 of 4 sites"
+    saved = json.loads((tmp_path / "statistics.json").read_text())
+    assert list(saved["passes"]) == ["mean", "variance", "missing", "histogram"]
+    assert saved["passes"]["variance"]["sites"] == sorted(HOSPITALS)
+    np.testing.assert_allclose(saved["values"]["mean"], expected["mean"], rtol=1e-12)
+    # the statistics are the job's result: checkpointed (downloadable) as round 0
+    round_num, model = Checkpointer(tmp_path / "checkpoints").load_latest()
+    assert round_num == 0 and model.allclose(result.weights)
+    assert [r.round_num for r in result.history.rounds] == [0]
+
+
+def test_a_site_that_fails_a_statistics_pass_is_reported():
+    def locked(config):
+        raise OSError("table locked")
+
+    def trainer(ctx):
+        t = toyjob.ToyTrainer(ctx.site_index, "ok")
+        if ctx.site_id == "site-1":
+            t.statistics = locked
+        return t
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1, statistics=True), trainer=trainer)
+    result = simulate(job)
+    assert [(f.site_id, f.round_num, f.kind) for f in result.failures] == [
+        ("site-1", 0, "statistics")]
+    assert "OSError: table locked" in result.failures[0].message
+    assert result.summary.startswith("finished with 2 of 3 sites; site-1: round 0 statistics")
+
+
+def test_cross_site_validation_gives_the_models_by_sites_matrix(tmp_path):
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1),
+                              workflows=(TrainRounds(), CrossSiteValidation()))
+    result = simulate(job, run_dir=tmp_path)
+    matrix = result.results["cross_site_validation"]["matrix"]
+    assert list(matrix) == ["global", "site-0", "site-1", "site-2"]
+    targets = {"site-0": 1.0, "site-1": 2.0, "site-2": 3.0}
+    for site, target in targets.items():
+        # the toy site's local model is its target everywhere; its mse at j is (t_i - t_j)^2
+        assert matrix["global"][site]["mse"] == pytest.approx((MEAN_ALL - target) ** 2)
+        for model_site, model_target in targets.items():
+            assert matrix[model_site][site]["mse"] == pytest.approx((model_target - target) ** 2)
+    saved = json.loads((tmp_path / "cross_site_validation.json").read_text())
+    assert saved["matrix"] == matrix and saved["failures"] == []
+    assert sorted(p.name for p in (tmp_path / "cross_site").iterdir()) == [
+        "site-0.npz", "site-1.npz", "site-2.npz"]
+
+
+class CountRows(Workflow):
+    """A workflow of its own with a task kind of its own."""
+
+    name = "count_rows"
+
+    def run(self, ctx, weights):
+        failures = []
+        counts = {}
+        request = Gather("count_rows", 0, ctx.sites(), EvalResult)
+        with contextlib.closing(ctx.gather(request, failures)) as arrivals:
+            for arrival in arrivals:
+                counts[arrival.site_id] = arrival.result.num_samples
+        ctx.save_result(self.name, {"counts": counts})
+        return weights
+
+
+def test_a_custom_workflow_sends_its_own_task_kind_and_a_site_without_a_handler_says_so():
+    def trainer(ctx):
+        t = toyjob.ToyTrainer(ctx.site_index, "ok")
+        if ctx.site_id != "site-2":
+            t.task_handlers = {"count_rows": lambda task: EvalResult(t.n, {})}
+        return t
+
+    job = Job(name="count", initial_weights=toyjob.initial, trainer=trainer,
+              strategy=toyjob.make_job().strategy, num_rounds=0,
+              site_ids=("site-0", "site-1", "site-2"), workflows=(CountRows(),))
+    result = simulate(job)
+    assert result.results["count_rows"]["counts"] == {"site-0": 10, "site-1": 20}
+    (failure,) = result.failures
+    assert failure.site_id == "site-2" and failure.kind == "count_rows"
+    assert "no handler for task kind 'count_rows'" in failure.message
+
+
+def test_job_settings_for_workflows_are_checked():
+    from fedcare import ConfigError
+    with pytest.raises(ConfigError, match="num_rounds must be >= 1"):
+        toyjob.make_job(num_rounds=0)
+    with pytest.raises(ConfigError, match="workflows must be a non-empty sequence"):
+        Job(name="x", initial_weights=toyjob.initial, trainer=toyjob.ToyTrainer,
+            strategy=toyjob.make_job().strategy, num_rounds=1, workflows=("train",))
+    with pytest.raises(ConfigError, match="site_wait_s must be a number >= 0"):
+        toyjob.make_job(site_wait_s=-1)
+    with pytest.raises(ValueError, match="distinct names"):
+        FederatedStatistics(toyjob.MeanTarget(), toyjob.MeanTarget())
