@@ -41,7 +41,7 @@ def set_weights(module: torch.nn.Module, weights: Weights,
                 keep: Sequence[str] | str | None = None) -> None:
     """Load Weights into ``module``, refusing any name, shape or dtype mismatch by name.
 
-    ``keep``: regular expressions (or the JSON list a FedBN task config carries) naming
+    ``keep``: regular expressions (or a JSON list of them) naming
     parameters the module keeps as they are, e.g. its own batch-norm layers under FedBN.
     """
     patterns = json.loads(keep) if isinstance(keep, str) else list(keep or [])

@@ -10,13 +10,11 @@ global model (``keep=``).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 
 from fedcare.algorithms.fedavg import FedAvg
 from fedcare.core.errors import ConfigError
-from fedcare.core.message import LOCAL_LAYERS_KEY, Config
 from fedcare.core.weights import Weights
 
 DEFAULT_LOCAL = (r"(^|\.)bn\d*\.", r"(^|\.)norm\d*\.", r"batchnorm", r"running_(mean|var)",
@@ -45,10 +43,5 @@ class FedBN(FedAvg):
     def local_names(self, global_weights: Weights) -> frozenset[str]:
         return frozenset(n for n in global_weights if matches(n, self.local_layers))
 
-    def configure_train(self, round_num: int, site_id: str) -> Config:
-        return {**super().configure_train(round_num, site_id),
-                LOCAL_LAYERS_KEY: json.dumps(self.local_layers)}
-
-    def configure_evaluate(self, round_num: int, site_id: str) -> Config:
-        return {**super().configure_evaluate(round_num, site_id),
-                LOCAL_LAYERS_KEY: json.dumps(self.local_layers)}
+    def local_patterns(self) -> tuple[str, ...]:
+        return tuple(self.local_layers)

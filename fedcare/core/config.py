@@ -23,9 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedcare.core.errors import ConfigError
-from fedcare.core.job import Job, JobSource
-
-ENTRY_POINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+from fedcare.core.job import ENTRY_POINT_PATTERN, Job, JobSource, TrainerFactory
+from fedcare.core.trainer import SiteContext, Trainer
 
 
 class JobFile(BaseModel):
@@ -77,22 +76,46 @@ def read_job_file(path: Path) -> JobFile:
         raise ConfigError(f"job file {path}: {_format_validation(exc)}") from None
 
 
+def _resolve(reference: str, what: str) -> object:
+    """The object a ``module:function`` reference names (imported), or a ConfigError."""
+    module_name, _, attr = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{what} {reference}: cannot import: {exc}") from None
+    except SyntaxError as exc:  # raised by the import of a module with a typo
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
+        raise ConfigError(f"{what} {reference}: cannot import: syntax error in "
+                          f"{where}: {exc.msg}") from None
+    found = getattr(module, attr, None)
+    if found is None:
+        raise ConfigError(f"{what} {reference}: {module_name} has no {attr!r}")
+    return found
+
+
+def site_trainer(job: Job) -> TrainerFactory:
+    """The job's site half: its trainer factory, imported here if the job references it.
+
+    Only sites and the simulator call this; the server never does.
+    """
+    if not isinstance(job.trainer, str):
+        return job.trainer
+    factory = _resolve(job.trainer, "trainer")
+    if not callable(factory):
+        raise ConfigError(f"trainer {job.trainer} is not callable", job_id=job.name)
+    params = dict(job.trainer_params)
+
+    def build(context: SiteContext) -> Trainer:
+        return factory(context, **params)  # type: ignore[no-any-return]
+
+    return build
+
+
 def build_job(source: JobSource) -> Job:
     """Import the entry point and call it with the params; the job remembers its source."""
     if source.search_path and source.search_path not in sys.path:
         sys.path.insert(0, source.search_path)
-    module_name, _, attr = source.entry_point.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"entry point {source.entry_point}: cannot import: {exc}") from None
-    except SyntaxError as exc:  # raised by the import of a module with a typo
-        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
-        raise ConfigError(f"entry point {source.entry_point}: cannot import: syntax error in "
-                          f"{where}: {exc.msg}") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise ConfigError(f"entry point {source.entry_point}: {module_name} has no {attr!r}")
+    factory = _resolve(source.entry_point, "entry point")
     if isinstance(factory, Job):
         if source.params:
             raise ConfigError(f"entry point {source.entry_point} is a Job, it takes no params")

@@ -6,16 +6,22 @@ transport) real hospitals: nothing in it names a transport.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.strategy import Strategy
 from fedcare.core.trainer import SiteContext, Trainer
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import Workflow
+
+#: ``module:function``: a job's entry point, or a reference to its site half.
+ENTRY_POINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+TrainerFactory = Callable[[SiteContext], Trainer]
 
 
 class FederatedStatistic(Protocol):
@@ -49,10 +55,19 @@ class JobSource:
 class Job:
     """One federated training run.
 
+    A job has a server half (strategy, workflows, rounds, initial model) and a site half (the
+    trainer). Give ``trainer`` as a ``module:function`` string and the server never imports
+    the site half or what it needs (torch, MONAI): only sites and the simulator do.
+
     Attributes:
         name: Short id used in logs, errors and run folders.
-        initial_weights: Builds the starting global model (same on every call for a seed).
-        trainer: Builds one site's trainer; called once per site, kept for the whole job.
+        initial_weights: Builds the starting global model (same on every call for a seed), or
+            None: then the first site that can is asked for it (its trainer's
+            ``initial_model()``), so the server needs no deep-learning library to build it.
+        trainer: The site half: builds one site's trainer; called once per site, kept for the
+            whole job. A callable, or a ``module:function`` reference called as
+            ``function(site_context, **trainer_params)`` at the site.
+        trainer_params: Keyword arguments for a referenced trainer factory (JSON values).
         strategy: The aggregation algorithm.
         num_rounds: Training rounds after the optional statistics task (0 for a job whose
             workflows do not train, e.g. statistics alone).
@@ -78,8 +93,8 @@ class Job:
     """
 
     name: str
-    initial_weights: Callable[[], Weights]
-    trainer: Callable[[SiteContext], Trainer]
+    initial_weights: Callable[[], Weights] | None
+    trainer: TrainerFactory | str
     strategy: Strategy
     num_rounds: int
     min_sites: int = 1
@@ -92,6 +107,7 @@ class Job:
     source: JobSource | None = None
     workflows: tuple[Workflow, ...] | None = None
     site_wait_s: float | None = None
+    trainer_params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name
@@ -108,6 +124,21 @@ class Job:
             if not isinstance(value, Real) or isinstance(value, bool) or not value >= 0:
                 raise ConfigError(f"{attr} must be a number >= 0, got {value!r} "
                                   f"({type(value).__name__})", job_id=self.name)
+        if isinstance(self.trainer, str):
+            if not re.match(ENTRY_POINT_PATTERN, self.trainer):
+                raise ConfigError(f"trainer must be a callable or 'module:function', got "
+                                  f"{self.trainer!r}", job_id=self.name)
+        elif not callable(self.trainer):
+            raise ConfigError(f"trainer must be a callable or 'module:function', got "
+                              f"{type(self.trainer).__name__}", job_id=self.name)
+        if self.initial_weights is not None and not callable(self.initial_weights):
+            raise ConfigError("initial_weights must be a callable returning Weights, or None "
+                              "(a site provides the initial model)", job_id=self.name)
+        try:
+            json.dumps(dict(self.trainer_params))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"trainer_params must be JSON values: {exc}",
+                              job_id=self.name) from None
         if self.workflows is not None:
             if not all(isinstance(w, Workflow) for w in self.workflows) or not self.workflows:
                 raise ConfigError(f"workflows must be a non-empty sequence of Workflow, got "

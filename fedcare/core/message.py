@@ -38,6 +38,8 @@ class TaskKind(StrEnum):
     SUBMIT_MODEL = "submit_model"
     #: Cross-site validation: a site evaluates the model it is sent (another site's, or global).
     VALIDATE = "validate"
+    #: A job without server-side initial weights: a site sends its trainer's initial model.
+    INITIAL_MODEL = "initial_model"
 
 
 #: What a task kind may be called: short, lower case, no spaces or path characters.
@@ -88,15 +90,46 @@ Result = TrainResult | EvalResult | StatsResult
 
 
 @dataclass(frozen=True)
+class JobRef:
+    """Which job a task belongs to, so a real site can build (or refuse) the job's site half.
+
+    Stamped by the federation server on every task; the simulator's sites are built directly
+    and never need it.
+
+    Attributes:
+        entry_point: The job's ``module:function``.
+        params_json: Its keyword arguments, a JSON object.
+        site_index: This site's index in the job, fixed for the whole job.
+        num_sites: The number of sites the job had when this site's index was given.
+    """
+
+    entry_point: str
+    params_json: str = "{}"
+    site_index: int = 0
+    num_sites: int = 1
+
+
+@dataclass(frozen=True)
 class Task:
-    """One unit of work for one site in one round."""
+    """One unit of work for one site in one round.
+
+    Attributes:
+        kind: A TaskKind, or another workflow's kind (see :func:`task_kind`).
+        weights: The tensors the task carries (the global model, another site's model).
+        config: Settings for the trainer (learning rate, local steps, ...).
+        job: Which job this is (set by the federation server).
+        local_names: Regular expressions naming parameters that never leave the site (FedBN):
+            the site drops them from what it sends.
+    """
 
     task_id: str
     job_id: str
     round_num: int
-    kind: str  # a TaskKind, or another workflow's kind (see task_kind)
+    kind: str
     weights: Weights | None = None
     config: Config = field(default_factory=dict)
+    job: JobRef | None = None
+    local_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,15 +161,3 @@ def check_scalars(values: Mapping[str, object], what: str) -> None:
             raise TypeError(f"{what} {key!r} must be a bool, int, float or str, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{what} {key!r} is not finite: {value}")
-
-
-#: Reserved config keys by which a server tells a real site which job a task belongs to, so
-#: the site can build (and its policy can refuse) the job's trainer itself. The simulator's
-#: sites are built directly and never see them.
-JOB_ENTRY_POINT_KEY = "fedcare.job.entry_point"
-JOB_PARAMS_KEY = "fedcare.job.params"
-SITE_INDEX_KEY = "fedcare.site.index"
-NUM_SITES_KEY = "fedcare.site.count"
-RESERVED_KEYS = (JOB_ENTRY_POINT_KEY, JOB_PARAMS_KEY, SITE_INDEX_KEY, NUM_SITES_KEY)
-#: Regular expressions (JSON list) naming parameters that must not leave the site (FedBN).
-LOCAL_LAYERS_KEY = "fedcare.local_layers"

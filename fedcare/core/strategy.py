@@ -69,6 +69,12 @@ class Strategy(ABC):
         """
         return frozenset()
 
+    def local_patterns(self) -> tuple[str, ...]:
+        """Regular expressions of the parameters that never leave the sites, sent with every
+        task (``Task.local_names``) so a site drops them from what it sends. Matches
+        :meth:`local_names`; none by default."""
+        return ()
+
     def train_payload(self, round_num: int, global_weights: Weights) -> Weights:
         """What a training task carries: the global model, plus any server state the sites
         need (e.g. SCAFFOLD's control variate). The global model by default."""

@@ -1,5 +1,8 @@
 """Fed-Heart-Disease: logistic regression across four real hospitals (FLamby's benchmark).
 
+This module is the job's server half (strategy, statistics, rounds) and imports no torch; the
+site half, the model and its trainer, is :mod:`fedcare.jobs.heart_site`.
+
 The model carries its own input standardisation (``scaler_mean``/``scaler_std`` buffers), and
 those are computed federatedly before round 1: each site reports only the count, sum and sum of
 squares of its training features; the server combines them into global means and standard
@@ -9,30 +12,14 @@ keeps real differences between hospitals visible to the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
-import torch
-from torch import nn
 
 from fedcare import algorithms
-from fedcare.algorithms.fedprox import MU_KEY
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
-from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
-from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
-from fedcare.datasets.heart import (
-    FEATURE_NAMES,
-    HOSPITALS,
-    load_all,
-    load_hospital,
-    load_hospital_flamby,
-)
-from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
-from fedcare.sim import partition
+from fedcare.datasets.heart import HOSPITALS
 
-NUM_FEATURES = len(FEATURE_NAMES)
 PARTITIONS = ("natural", "iid", "label_skew", "quantity_skew")
 ALGORITHMS = {
     "fedavg": algorithms.FedAvg, "fedprox": algorithms.FedProx, "fedadam": algorithms.FedAdam,
@@ -43,117 +30,12 @@ ALGORITHMS = {
 }
 
 
-class HeartModel(nn.Module):
-    """Standardise, then one linear layer; outputs the logit of heart disease."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("scaler_mean", torch.zeros(NUM_FEATURES))
-        self.register_buffer("scaler_std", torch.ones(NUM_FEATURES))
-        self.linear = nn.Linear(NUM_FEATURES, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.scaler_mean) / self.scaler_std).squeeze(-1)
-
-
 def standardisation(count: float, total: np.ndarray, total_sq: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation from sufficient statistics; constant features get std 1."""
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean, np.where(std > 1e-8, std, 1.0)
-
-
-@torch.no_grad()
-def fit_scaler(model: nn.Module, x: np.ndarray) -> None:
-    """Set a model's ``scaler_mean``/``scaler_std`` buffers from centrally held rows (the
-    baselines; a federation computes the same from per-site sums)."""
-    x64 = x.astype(np.float64)
-    mean, std = standardisation(float(len(x64)), x64.sum(0), (x64**2).sum(0))
-    model.scaler_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-    model.scaler_std.copy_(torch.from_numpy(std.astype(np.float32)))
-
-
-def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: float,
-        batch_size: int, weight_decay: float, generator: torch.Generator,
-        anchor: Weights | None = None, mu: float = 0.0,
-        after_backward: Callable[[nn.Module], None] | None = None) -> float:
-    """Plain SGD on binary cross-entropy; ``batch_size`` 0 means full batch. Returns last loss.
-
-    With ``mu`` > 0 the FedProx term mu/2 * ||w - anchor||^2 is added to the loss.
-    """
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    loss = torch.zeros(())
-    for _ in range(steps):
-        if 0 < batch_size < len(yt):
-            idx = torch.randint(len(yt), (batch_size,), generator=generator)
-            xb, yb = xt[idx], yt[idx]
-        else:
-            xb, yb = xt, yt
-        loss = nn.functional.binary_cross_entropy_with_logits(model(xb), yb)
-        if mu > 0 and anchor is not None:
-            loss = loss + proximal_term(model, anchor, mu)
-        optimizer.zero_grad()
-        loss.backward()
-        if after_backward is not None:
-            after_backward(model)  # e.g. SCAFFOLD's gradient correction
-        optimizer.step()
-    return float(loss.detach())
-
-
-@torch.no_grad()
-def score(model: HeartModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy (threshold 0.5) and mean binary cross-entropy."""
-    model.eval()
-    logits = model(torch.from_numpy(x))
-    yt = torch.from_numpy(y)
-    loss = nn.functional.binary_cross_entropy_with_logits(logits, yt)
-    accuracy = ((logits > 0).float() == yt).float().mean()
-    return {"accuracy": float(accuracy), "loss": float(loss)}
-
-
-class HeartTrainer:
-    """One hospital's trainer: sees only that hospital's train and test rows."""
-
-    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 y_test: np.ndarray, *, seed: int = 0) -> None:
-        self.x_train, self.y_train = x_train, y_train
-        self.x_test, self.y_test = x_test, y_test
-        self.model = HeartModel()
-        self.generator = torch.Generator().manual_seed(seed)
-        self.scaffold = ScaffoldSite()  # idle unless the strategy sends control variates
-
-    def train(self, weights: Weights, config: Config) -> TrainResult:
-        steps, lr = int(config["local_steps"]), float(config["lr"])
-        scaffold = self.scaffold.begin(self.model, weights)
-        loss = fit(self.model, self.x_train, self.y_train, steps=steps, lr=lr,
-                   batch_size=int(config.get("batch_size", 0)),
-                   weight_decay=float(config.get("weight_decay", 0.0)),
-                   generator=self.generator, anchor=weights,
-                   mu=float(config.get(MU_KEY, 0.0)),
-                   after_backward=self.scaffold.correct if scaffold else None)
-        extra = self.scaffold.end(self.model, steps, lr) if scaffold else {}
-        return TrainResult(Weights({**get_weights(self.model), **extra}), len(self.y_train),
-                           {"loss": loss})
-
-    def evaluate(self, weights: Weights, config: Config) -> EvalResult:
-        set_weights(self.model, weights)
-        return EvalResult(len(self.y_test), score(self.model, self.x_test, self.y_test))
-
-    def statistics(self, config: Config) -> StatsResult:
-        return feature_statistics(self.x_train, config)
-
-
-def feature_statistics(x_train: np.ndarray, config: Config) -> StatsResult:
-    """A site's count, sum and sum of squares of its training features (no rows)."""
-    if config.get("name") != FeatureMoments.name:
-        raise ValueError(f"unknown statistic {config.get('name')!r}")
-    x = x_train.astype(np.float64)
-    values = {"count": np.array([len(x)], dtype=np.float64),
-              "sum": x.sum(axis=0), "sum_sq": (x**2).sum(axis=0)}
-    return StatsResult(Weights(values), len(x))
 
 
 class FeatureMoments:
@@ -167,39 +49,6 @@ class FeatureMoments:
         updated["scaler_mean"] = mean.astype(np.float32)
         updated["scaler_std"] = std.astype(np.float32)
         return Weights(updated)
-
-
-def _site_data(ctx: SiteContext, split_seed: int, partition_name: str, alpha: float,
-               split: str = "seeded") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if partition_name == "natural" and split == "flamby":
-        d = load_hospital_flamby(ctx.site_id, data_dir=ctx.data_dir)
-        return d.x_train, d.y_train, d.x_test, d.y_test
-    if partition_name == "natural":
-        # A real site reads its own copy from the data_dir of its kit config; the simulator
-        # (no data_dir) reads the copy shipped in the package.
-        d = load_hospital(ctx.site_id, seed=split_seed, data_dir=ctx.data_dir)
-        return d.x_train, d.y_train, d.x_test, d.y_test
-    # Simulated sites: pool the hospitals' splits, then re-partition them.
-    hospitals = load_all(seed=split_seed).values()
-    x_tr = np.concatenate([h.x_train for h in hospitals])
-    y_tr = np.concatenate([h.y_train for h in hospitals])
-    x_te = np.concatenate([h.x_test for h in hospitals])
-    y_te = np.concatenate([h.y_test for h in hospitals])
-    n, seed = ctx.num_sites, ctx.seed
-    if partition_name == "iid":
-        train_parts = partition.iid(len(y_tr), n, seed=seed)
-    elif partition_name == "label_skew":
-        train_parts = partition.label_skew(y_tr, n, alpha=alpha, seed=seed, min_size=2)
-    else:
-        train_parts = partition.quantity_skew(len(y_tr), n, alpha=alpha, seed=seed, min_size=2)
-    test_parts = partition.iid(len(y_te), n, seed=seed)
-    tr, te = train_parts[ctx.site_index], test_parts[ctx.site_index]
-    return x_tr[tr], y_tr[tr], x_te[te], y_te[te]
-
-
-def initial_weights(seed: int) -> Weights:
-    torch.manual_seed(seed)
-    return get_weights(HeartModel())
 
 
 def make_job(
@@ -234,10 +83,6 @@ def make_job(
                           f"{weight_decay})")
     split_rng_seed = seed if split_seed is None else split_seed
 
-    def trainer(ctx: SiteContext) -> HeartTrainer:
-        x_tr, y_tr, x_te, y_te = _site_data(ctx, split_rng_seed, partition, alpha, split)
-        return HeartTrainer(x_tr, y_tr, x_te, y_te, seed=seed * 1000 + ctx.site_index)
-
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"heart job: algorithm must be one of {sorted(ALGORITHMS)}, "
                           f"got {algorithm!r}")
@@ -250,8 +95,10 @@ def make_job(
         raise ConfigError(f"heart job: bad algorithm_params for {algorithm}: {exc}") from None
     return Job(
         name="heart",
-        initial_weights=lambda: initial_weights(seed),
-        trainer=trainer,
+        initial_weights=None,  # a site sends it: the server needs no torch
+        trainer="fedcare.jobs.heart_site:make_trainer",
+        trainer_params={"seed": seed, "split_seed": split_rng_seed, "partition": partition,
+                        "alpha": alpha, "split": split},
         strategy=strategy,
         num_rounds=num_rounds,
         min_sites=1 if algorithm == "cyclic" else min_sites,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fedcare.datasets.heart import HospitalData, load_all
-from fedcare.jobs.heart import HeartModel, fit, fit_scaler, score
+from fedcare.jobs.heart_site import HeartModel, fit, fit_scaler, score
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.tcga_brca import CENTERS, NUM_FEATURES, load_center
-from fedcare.jobs.heart import ALGORITHMS, FeatureMoments, feature_statistics, fit_scaler
+from fedcare.jobs.heart import ALGORITHMS, FeatureMoments
+from fedcare.jobs.heart_site import feature_statistics, fit_scaler
 from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
 
 

@@ -11,6 +11,7 @@ stops the job with an AggregationError, and the last good global model stays on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -202,7 +203,7 @@ class RoundController:
             job.strategy.load_state(self._resume.strategy_state)
             log.info("job %s: resuming after round %d", self.job_id, self._resume.round_num)
         else:
-            weights = Weights(job.initial_weights())
+            weights = self._initial_weights()
         for workflow in job.workflows or default_workflows(job):
             self.check_stop(self._round)
             log.info("job %s: workflow %s", self.job_id, workflow.name)
@@ -235,6 +236,23 @@ class RoundController:
             self.listener.on_waiting(missing, len(connected), expected, waited,
                                      self.connect_timeout_s)
 
+    def _initial_weights(self) -> Weights:
+        """The job's initial model: built here, or (``initial_weights=None``) sent by the
+        first site that can, in site order, so the server imports no deep-learning code."""
+        if self.job.initial_weights is not None:
+            return Weights(self.job.initial_weights())
+        failures: list[SiteFailure] = []
+        for attempt, site_id in enumerate(sorted(self.sites())):
+            request = Gather(TaskKind.INITIAL_MODEL, 0, [site_id], TrainResult,
+                             attempt=attempt)
+            with contextlib.closing(self.gather(request, failures)) as arrivals:
+                for arrival in arrivals:
+                    assert isinstance(arrival.result, TrainResult)
+                    log.info("job %s: initial model from site %s", self.job_id, site_id)
+                    return arrival.result.weights
+        self.require(0, 0, "initial_model", failures)  # raises, naming every site's failure
+        raise AssertionError("unreachable")
+
     # -- the context: sites and the gather primitive ---------------------------------------
     def sites(self) -> list[str]:
         """Connected sites this job may use (its own site list, when it declares one)."""
@@ -258,13 +276,15 @@ class RoundController:
         kind, round_num = request.kind, request.round_num
         streams = request.streams
         pending: dict[str, str] = {}
+        local_names = self.job.strategy.local_patterns()
         if streams is not None:
             self.transport.stream_into(streams)  # type: ignore[arg-type]
         try:
             for site_id in request.site_ids:
                 task_id = self.task_id(request, site_id)
                 config = request.configure(site_id) if request.configure else {}
-                task = Task(task_id, self.job_id, round_num, kind, request.payload, config)
+                task = Task(task_id, self.job_id, round_num, kind, request.payload, config,
+                            local_names=local_names)
                 self._asked.add(site_id)
                 try:
                     self.transport.send(site_id, task)

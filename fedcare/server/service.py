@@ -18,14 +18,7 @@ from pathlib import Path
 from fedcare.core.config import build_job
 from fedcare.core.errors import FedcareError, JobAborted
 from fedcare.core.job import JobSource
-from fedcare.core.message import (
-    JOB_ENTRY_POINT_KEY,
-    JOB_PARAMS_KEY,
-    NUM_SITES_KEY,
-    SITE_INDEX_KEY,
-    Reply,
-    Task,
-)
+from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.stream import StreamTarget
 from fedcare.core.workflow import SiteFailure
 from fedcare.server.checkpoint import Checkpointer
@@ -54,8 +47,8 @@ class JobTransport(Transport):
                  site_ids: Sequence[str] | None = None) -> None:
         super().__init__()
         self.inner = inner
-        self._stamp = {JOB_ENTRY_POINT_KEY: row.entry_point,
-                       JOB_PARAMS_KEY: json.dumps(row.params, sort_keys=True)}
+        self._entry_point = row.entry_point
+        self._params_json = json.dumps(row.params, sort_keys=True)
         self._index: dict[str, int] = {s: i for i, s in enumerate(site_ids or ())}
 
     def site_ids(self) -> list[str]:
@@ -73,9 +66,8 @@ class JobTransport(Transport):
 
     def send(self, site_id: str, task: Task) -> None:
         index = self.site_index(site_id)
-        config = {**task.config, **self._stamp, SITE_INDEX_KEY: index,
-                  NUM_SITES_KEY: len(self._index)}
-        self.inner.send(site_id, dataclasses.replace(task, config=config))
+        job = JobRef(self._entry_point, self._params_json, index, len(self._index))
+        self.inner.send(site_id, dataclasses.replace(task, job=job))
 
     def receive(self, timeout_s: float) -> Reply | None:
         return self.inner.receive(timeout_s)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from fedcare.core.config import site_trainer
 from fedcare.core.errors import ConfigError, SiteError
 from fedcare.core.job import Job
 from fedcare.core.message import Reply, Task
@@ -82,7 +83,7 @@ def _memory_transport(job: Job, site_ids: list[str], policy: PolicyArg,
                               data_dir=Path(data_dir) if data_dir is not None else None)
         inbound, outbound = build_filters(_site_policy(policy, site_id))
         try:
-            trainer = job.trainer(context)
+            trainer = site_trainer(job)(context)
         except Exception as exc:  # as at a real site: this site fails, the others go on
             log.error("site %s: cannot start job %s", site_id, job.name, exc_info=True)
             handlers[site_id] = _refusing(site_id, start_failure(exc))

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fedcare.core.config import build_job
+from fedcare.core.config import build_job, site_trainer
 from fedcare.core.job import JobSource
 from fedcare.core.message import Reply, Task
 from fedcare.core.policy import SitePolicy
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             context = SiteContext(args.site_id, args.site_index, args.num_sites,
                                   seed=args.seed,
                                   data_dir=Path(args.data_dir) if args.data_dir else None)
-            trainer = job.trainer(context)
+            trainer = site_trainer(job)(context)
         except Exception as exc:
             # As a real site does (and a simulated thread): it stays, answers every task with
             # the reason, and keeps the traceback in its own log (stderr).

@@ -13,14 +13,15 @@ full traceback stays in the site's own log.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
+
 from fedcare.core.message import (
-    LOCAL_LAYERS_KEY,
     EvalResult,
     Reply,
     Result,
@@ -80,16 +81,20 @@ class SiteAgent:
         self.outbound = [f if isinstance(f, Filter) else _Outbound(f) for f in filters]
         self.keep_local_model = keep_local_model
         self._local_model: Weights | None = None
+        # Parameters that never leave the site (FedBN): the values of the last training, put
+        # back into every model the site is sent, so a trainer needs no special code for them.
+        self._kept: dict[str, np.ndarray] = {}
         self.handlers: dict[str, Handler] = {
             TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
             TaskKind.STATISTICS: self._statistics, TaskKind.SUBMIT_MODEL: self._submit_model,
-            TaskKind.VALIDATE: self._validate,
+            TaskKind.VALIDATE: self._validate, TaskKind.INITIAL_MODEL: self._initial_model,
             **dict(getattr(trainer, "task_handlers", None) or {}), **(handlers or {})}
 
     def handle(self, task: Task) -> Reply:
         try:
             for site_filter in self.inbound:
                 task = site_filter.inbound(task)
+            task = self._with_kept(task)
             handler = self.handlers.get(task.kind)
             if handler is None:
                 raise LookupError(f"this site has no handler for task kind {task.kind!r} "
@@ -106,6 +111,12 @@ class SiteAgent:
             self._local_model = result.weights  # what left the site, filters applied
         return Reply(task.task_id, self.site_id, result=result)
 
+    def _with_kept(self, task: Task) -> Task:
+        if not (task.local_names and self._kept and task.weights is not None):
+            return task
+        own = {k: v for k, v in self._kept.items() if k in task.weights}
+        return dataclasses.replace(task, weights=Weights({**task.weights, **own}))
+
     # -- built-in task kinds -----------------------------------------------------------------
     def _train(self, task: Task) -> Result:
         weights = _weights(task)
@@ -113,10 +124,13 @@ class SiteAgent:
         _expect(trained, TrainResult, "train")
         # Coerce a plain dict of arrays into Weights (this checks names and dtypes), and
         # keep parameters the strategy declared local (FedBN) inside the site.
-        local = json.loads(str(task.config.get(LOCAL_LAYERS_KEY, "[]")))
-        outgoing = {k: v for k, v in trained.weights.items()
-                    if not any(re.search(p, k) for p in local)}
-        return TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))
+        local = [re.compile(p) for p in task.local_names]
+        outgoing, kept = {}, {}
+        for name, value in trained.weights.items():
+            (kept if any(p.search(name) for p in local) else outgoing)[name] = value
+        result = TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))
+        self._kept = dict(Weights(kept)) if kept else {}
+        return result
 
     def _evaluate(self, task: Task) -> Result:
         evaluated = self.trainer.evaluate(_weights(task), task.config)
@@ -144,6 +158,13 @@ class SiteAgent:
             raise LookupError("no local model: this site has not trained in this job (or does "
                               "not keep its last update)")
         return TrainResult(self._local_model, 1, {})
+
+    def _initial_model(self, task: Task) -> Result:
+        initial = getattr(self.trainer, "initial_model", None)
+        if not callable(initial):
+            raise TypeError(f"{type(self.trainer).__name__} has no initial_model() method, and "
+                            "the job gives no initial_weights")
+        return TrainResult(Weights(initial()), 1, {})
 
     def _validate(self, task: Task) -> Result:
         validate = getattr(self.trainer, "validate", None)

@@ -12,7 +12,6 @@ means the previous one is over; a stray late task of an evicted job starts a fre
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -20,17 +19,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedcare.core.config import build_job
+from fedcare.core.config import build_job, site_trainer
 from fedcare.core.job import JobSource
-from fedcare.core.message import (
-    JOB_ENTRY_POINT_KEY,
-    JOB_PARAMS_KEY,
-    NUM_SITES_KEY,
-    RESERVED_KEYS,
-    SITE_INDEX_KEY,
-    Reply,
-    Task,
-)
+from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.policy import SitePolicy
 from fedcare.core.trainer import SiteContext
 from fedcare.site.agent import SiteAgent, start_failure
@@ -62,9 +53,9 @@ class SiteRuntime:
         self._lock = threading.Lock()
 
     def handle(self, task: Task) -> Reply:
-        entry_point = task.config.get(JOB_ENTRY_POINT_KEY)
-        if not isinstance(entry_point, str):
+        if task.job is None:
             return Reply(task.task_id, self.site_id, error="task does not name its job")
+        entry_point = task.job.entry_point
         if self.allowed_trainers and entry_point not in self.allowed_trainers:
             log.warning("site %s refuses job %s: %s is not in allowed_trainers",
                         self.site_id, task.job_id, entry_point)
@@ -72,32 +63,32 @@ class SiteRuntime:
                 f"site policy refuses job {task.job_id}: trainer {entry_point} is not in this "
                 "site's allowed_trainers"))
         try:
-            agent = self._agent(task, entry_point)
+            agent = self._agent(task.job_id, task.job)
         except Exception as exc:
             log.error("site %s: cannot start job %s (%s)", self.site_id, task.job_id,
                       entry_point, exc_info=True)
             return Reply(task.task_id, self.site_id,
                          error=start_failure(exc))
-        config = {k: v for k, v in task.config.items() if k not in RESERVED_KEYS}
-        return agent.handle(dataclasses.replace(task, config=config))
+        return agent.handle(task)
 
-    def _agent(self, task: Task, entry_point: str) -> SiteAgent:
+    def _agent(self, job_id: str, ref: JobRef) -> SiteAgent:
         with self._lock:
-            agent = self._agents.get(task.job_id)
+            agent = self._agents.get(job_id)
             if agent is not None:
-                self._agents.move_to_end(task.job_id)
+                self._agents.move_to_end(job_id)
             else:
-                params = json.loads(str(task.config.get(JOB_PARAMS_KEY, "{}")))
-                job = build_job(JobSource(entry_point, params))
-                context = SiteContext(
-                    self.site_id, int(task.config.get(SITE_INDEX_KEY, 0)),
-                    int(task.config.get(NUM_SITES_KEY, 1)), seed=job.seed,
-                    data_dir=self.data_dir)
+                params = json.loads(ref.params_json)
+                if not isinstance(params, dict):
+                    raise ValueError("job params must be a JSON object")
+                job = build_job(JobSource(ref.entry_point, params))
+                context = SiteContext(self.site_id, ref.site_index, ref.num_sites,
+                                      seed=job.seed, data_dir=self.data_dir)
                 inbound, outbound = build_filters(self.policy)
-                agent = SiteAgent(self.site_id, job.trainer(context), outbound, inbound=inbound,
+                agent = SiteAgent(self.site_id, site_trainer(job)(context), outbound,
+                                  inbound=inbound,
                                   keep_local_model=job.needs_local_models)
-                self._agents[task.job_id] = agent
-                log.info("site %s started job %s (%s)", self.site_id, task.job_id, entry_point)
+                self._agents[job_id] = agent
+                log.info("site %s started job %s (%s)", self.site_id, job_id, ref.entry_point)
                 while len(self._agents) > self.max_jobs:
                     old_job, _ = self._agents.popitem(last=False)
                     log.info("site %s freed job %s", self.site_id, old_job)

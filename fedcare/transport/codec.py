@@ -10,6 +10,7 @@ decoded as zero-copy read-only views of the received buffer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -23,6 +24,7 @@ from fedcare.core.errors import TransportError
 from fedcare.core.message import (
     KIND_PATTERN,
     EvalResult,
+    JobRef,
     Reply,
     Result,
     StatsResult,
@@ -64,6 +66,13 @@ class _ResultHeader(_Model):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class _JobHeader(_Model):
+    entry_point: Annotated[str, Field(max_length=1024)]
+    params_json: Annotated[str, Field(max_length=1_000_000)] = "{}"
+    site_index: Annotated[int, Field(ge=0, lt=2**31)] = 0
+    num_sites: Annotated[int, Field(ge=1, lt=2**31)] = 1
+
+
 class _Header(_Model):
     type: Literal["task", "reply", "hello"]
     task_id: str = ""
@@ -72,6 +81,9 @@ class _Header(_Model):
     round_num: int = 0
     kind: Annotated[str, Field(pattern=KIND_PATTERN)] | None = None
     config: dict[str, _Scalar] = Field(default_factory=dict)
+    job: _JobHeader | None = None
+    local_names: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list,
+                                                                      max_length=1024)
     result: _ResultHeader | None = None
     error: str | None = None
     tensors: list[_TensorHeader] | None = None
@@ -138,6 +150,9 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
         header = _Header(
             type="task", task_id=message.task_id, job_id=message.job_id,
             round_num=message.round_num, kind=str(message.kind), config=dict(message.config),
+            job=(_JobHeader(**dataclasses.asdict(message.job)) if message.job is not None
+                 else None),
+            local_names=list(message.local_names),
             tensors=tensors, payload_checksum=_digest(buffers, message.weights),
         )
         return _frame(header, buffers)
@@ -235,8 +250,10 @@ def decode(data: bytes | bytearray | memoryview, *,
     if header.type == "task":
         if header.kind is None:
             raise TransportError("task message without a kind")
+        job = JobRef(**header.job.model_dump()) if header.job is not None else None
         return Task(task_id=header.task_id, job_id=header.job_id, round_num=header.round_num,
-                    kind=task_kind(header.kind), weights=weights, config=header.config)
+                    kind=task_kind(header.kind), weights=weights, config=header.config,
+                    job=job, local_names=tuple(header.local_names))
     return _decode_reply(header, weights)
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,9 @@ def test_heart_job_across_processes_and_server_crash_resume(heart_federation):
     done = wait_for(fed, reference, lambda s: s["status"] == "finished")
     assert done["round_num"] == 30
     expected = model(fed, reference)
+    # the server ran the job's server half only: torch is loaded at the sites, not there
+    assert "libtorch" not in Path(f"/proc/{fed.server.pid}/maps").read_text()
+    assert "libtorch" in Path(f"/proc/{fed.sites['va'].pid}/maps").read_text()
 
     crashed = submit(fed, params)
     before = wait_for(fed, crashed, lambda s: s["round_num"] >= 3)

@@ -13,10 +13,7 @@ from certs import ThrowawayCA
 from fedcare.algorithms.fedavg import FedAvg
 from fedcare.core.errors import AggregationError
 from fedcare.core.message import (
-    JOB_ENTRY_POINT_KEY,
-    JOB_PARAMS_KEY,
-    NUM_SITES_KEY,
-    SITE_INDEX_KEY,
+    JobRef,
     Task,
     TaskKind,
 )
@@ -76,7 +73,7 @@ class _Fake:
         return list(self.ids)
 
     def send(self, site_id, task):
-        self.sent.append((site_id, task.config[SITE_INDEX_KEY], task.config[NUM_SITES_KEY]))
+        self.sent.append((site_id, task.job.site_index, task.job.num_sites))
 
 
 def _row():
@@ -151,8 +148,7 @@ def test_overflowing_sums_and_empty_totals_fail():
 # -- 4. a site keeps the agents of a bounded number of jobs ----------------------------------
 def _toy_task(job_id):
     return Task(f"{job_id}/r1/train/site-0", job_id, 1, TaskKind.TRAIN, Weights(toyjob.initial()),
-                {JOB_ENTRY_POINT_KEY: "toyjob:make_job", JOB_PARAMS_KEY: json.dumps({}),
-                 SITE_INDEX_KEY: 0, NUM_SITES_KEY: 3})
+                job=JobRef("toyjob:make_job", json.dumps({}), 0, 3))
 
 
 def test_site_frees_agents_of_old_jobs():

@@ -5,14 +5,9 @@ import shutil
 
 import numpy as np
 
-from fedcare.core.message import (
-    JOB_ENTRY_POINT_KEY,
-    JOB_PARAMS_KEY,
-    Task,
-    TaskKind,
-)
+from fedcare.core.message import JobRef, Task, TaskKind
 from fedcare.datasets import heart
-from fedcare.jobs.heart import initial_weights
+from fedcare.jobs.heart_site import initial_weights
 from fedcare.site.runtime import SiteRuntime
 
 HEART = "fedcare.jobs.heart:make_job"
@@ -20,8 +15,8 @@ HEART = "fedcare.jobs.heart:make_job"
 
 def task(entry_point=HEART, kind=TaskKind.EVALUATE, job_id="j1"):
     return Task(f"{job_id}/r1/{kind.value}/va", job_id, 1, kind, initial_weights(0),
-                {JOB_ENTRY_POINT_KEY: entry_point, JOB_PARAMS_KEY: json.dumps({"seed": 0}),
-                 "local_steps": 2, "lr": 0.1})
+                {"local_steps": 2, "lr": 0.1},
+                job=JobRef(entry_point, json.dumps({"seed": 0}), 3, 4))
 
 
 def test_site_reads_its_own_data_dir(tmp_path):

@@ -294,3 +294,21 @@ def test_decode_refuses_hostile_headers_with_transport_error(case):
         data = _join(header, payload)
     with pytest.raises(TransportError):
         decode(data)
+
+
+def test_typed_task_fields_and_open_task_kinds_round_trip():
+    from fedcare.core.message import JobRef
+
+    task = Task("t", "j", 2, "masked_collect", None, {"lr": 0.1},
+                job=JobRef("pkg.job:make", '{"seed": 3}', 2, 5), local_names=("bn", "^x$"))
+    got = decode(encode(task))
+    assert got.kind == "masked_collect" and got.job == task.job
+    assert got.local_names == ("bn", "^x$")
+    builtin = decode(encode(Task("t", "j", 2, "validate")))
+    assert builtin.kind is TaskKind.VALIDATE  # built-in kinds come back as TaskKind members
+    header, payload = _split(encode(task))
+    for kind in ("Train", "../x", "a b", "", "x" * 65):
+        with pytest.raises(TransportError, match="malformed message header"):
+            decode(_join({**header, "kind": kind}, payload))
+    with pytest.raises(TransportError, match="malformed message header"):
+        decode(_join({**header, "job": {**header["job"], "site_index": -1}}, payload))
