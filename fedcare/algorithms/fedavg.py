@@ -150,7 +150,7 @@ def finalize_mean(acc: dict[str, np.ndarray], total: float, like: Weights,
 def _read_only_twin(array: np.ndarray) -> np.ndarray:
     """The same memory as ``array``, through a read-only buffer: Weights takes it as it is,
     and nobody holding the model can make it writable again."""
-    frozen = memoryview(array.reshape(-1)).cast("B").toreadonly()
+    frozen = array.reshape(-1).data.cast("B").toreadonly()
     return np.frombuffer(frozen, array.dtype).reshape(array.shape)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from fedcare.algorithms.fedavg import FedAvg
 from fedcare.core.errors import ConfigError
@@ -28,7 +29,7 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
 class FedBN(FedAvg):
     """FedAvg whose parameters matching ``local_layers`` never leave the sites."""
 
-    def __init__(self, *, local_layers: Sequence[str] = DEFAULT_LOCAL, **kwargs: object) -> None:
+    def __init__(self, *, local_layers: Sequence[str] = DEFAULT_LOCAL, **kwargs: Any) -> None:
         patterns = list(local_layers)
         for p in patterns:
             try:
@@ -37,7 +38,7 @@ class FedBN(FedAvg):
                 raise ConfigError(f"FedBN: bad local_layers pattern {p!r}: {exc}") from None
         if not patterns:
             raise ConfigError("FedBN: local_layers is empty (that is FedAvg)")
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.local_layers = patterns
 
     def local_names(self, global_weights: Weights) -> frozenset[str]:

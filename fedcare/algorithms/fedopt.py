@@ -17,6 +17,7 @@ resumed job continues with the same moments.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,8 @@ class FedOpt(FedAvg):
     """
 
     def __init__(self, *, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+                 tau: float = 1e-3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         name = type(self).__name__
         if not server_lr > 0:
             raise ConfigError(f"{name}: server_lr must be > 0, got {server_lr}")
@@ -115,24 +116,24 @@ class FedOpt(FedAvg):
 
 class FedAdagrad(FedOpt):
     def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        return v + delta**2
+        return np.asarray(v + delta**2)
 
 
 class FedAdam(FedOpt):
     def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        return self.beta2 * v + (1 - self.beta2) * delta**2
+        return np.asarray(self.beta2 * v + (1 - self.beta2) * delta**2)
 
 
 class FedYogi(FedOpt):
     def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
         d2 = delta**2
-        return v - (1 - self.beta2) * d2 * np.sign(v - d2)
+        return np.asarray(v - (1 - self.beta2) * d2 * np.sign(v - d2))
 
 
 class FedAvgM(FedOpt):
     """Server momentum (Hsu et al. 2019): v = beta1 * v + delta; w = w + server_lr * v."""
 
-    def __init__(self, *, server_lr: float = 1.0, beta1: float = 0.9, **kwargs: object) -> None:
+    def __init__(self, *, server_lr: float = 1.0, beta1: float = 0.9, **kwargs: Any) -> None:
         super().__init__(server_lr=server_lr, beta1=beta1, **kwargs)
 
     def _update(self, m: np.ndarray, v: np.ndarray, delta: np.ndarray

@@ -6,6 +6,8 @@ The server side is FedAvg plus ``proximal_mu`` in every training config; the sit
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedcare.algorithms.fedavg import FedAvg
 from fedcare.core.errors import ConfigError
 from fedcare.core.message import Config
@@ -16,10 +18,10 @@ MU_KEY = "proximal_mu"
 class FedProx(FedAvg):
     """FedAvg with a proximal term of strength ``mu`` (>= 0; the paper uses 0.001 to 1)."""
 
-    def __init__(self, *, mu: float = 0.01, **kwargs: object) -> None:
+    def __init__(self, *, mu: float = 0.01, **kwargs: Any) -> None:
         if not mu >= 0:
             raise ConfigError(f"FedProx: mu must be >= 0, got {mu}")
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.mu = float(mu)
 
     def configure_train(self, round_num: int, site_id: str) -> Config:

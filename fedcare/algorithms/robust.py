@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +73,8 @@ class _CollectingAggregator(Aggregator):
 class RobustFedAvg(FedAvg):
     """Base of the non-incremental robust aggregators."""
 
-    def __init__(self, *, max_sites: int = 64, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, max_sites: int = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if max_sites < 1:
             raise ConfigError(f"{type(self).__name__}: max_sites must be >= 1, got {max_sites}")
         self.max_sites = max_sites
@@ -87,7 +88,7 @@ class RobustFedAvg(FedAvg):
 
 class Median(RobustFedAvg):
     def combine(self, models: np.ndarray, samples: np.ndarray) -> np.ndarray:
-        return np.median(models, axis=0)
+        return np.asarray(np.median(models, axis=0))
 
 
 class TrimmedMean(RobustFedAvg):
@@ -98,7 +99,7 @@ class TrimmedMean(RobustFedAvg):
     few is refused when it is built; otherwise the first such round logs a warning.
     """
 
-    def __init__(self, *, trim: float = 0.1, **kwargs: object) -> None:
+    def __init__(self, *, trim: float = 0.1, **kwargs: Any) -> None:
         if not 0.0 <= trim < 0.5:
             raise ConfigError(f"TrimmedMean: trim must be in [0, 0.5), got {trim}")
         super().__init__(**kwargs)
@@ -132,13 +133,13 @@ class TrimmedMean(RobustFedAvg):
                         "this round is a plain mean; it needs at least %d results per round",
                         self.trim, n, self.trim, n, self._needed())
         ordered = np.sort(models, axis=0)
-        return ordered[k:n - k].mean(axis=0)
+        return np.asarray(ordered[k:n - k].mean(axis=0))
 
 
 class Krum(RobustFedAvg):
     """(Multi-)Krum tolerating ``num_byzantine`` sites; averages the ``multi`` best."""
 
-    def __init__(self, *, num_byzantine: int = 1, multi: int = 1, **kwargs: object) -> None:
+    def __init__(self, *, num_byzantine: int = 1, multi: int = 1, **kwargs: Any) -> None:
         if num_byzantine < 0 or multi < 1:
             raise ConfigError(f"Krum: need num_byzantine >= 0 and multi >= 1, got "
                               f"{num_byzantine}, {multi}")
@@ -165,7 +166,7 @@ class Krum(RobustFedAvg):
         scores = closest.sum(axis=1)
         chosen = np.argsort(scores, kind="stable")[: min(self.multi, n)]
         weights = samples[chosen] / samples[chosen].sum()
-        return (models[chosen] * weights[:, None]).sum(axis=0)
+        return np.asarray((models[chosen] * weights[:, None]).sum(axis=0))
 
 
 class _ClippingAggregator(WeightedMeanAggregator):
@@ -187,10 +188,10 @@ class _ClippingAggregator(WeightedMeanAggregator):
 class ClippedFedAvg(FedAvg):
     """FedAvg of updates clipped to L2 norm ``max_norm`` (> 0); incremental."""
 
-    def __init__(self, *, max_norm: float = 1.0, **kwargs: object) -> None:
+    def __init__(self, *, max_norm: float = 1.0, **kwargs: Any) -> None:
         if not max_norm > 0:
             raise ConfigError(f"ClippedFedAvg: max_norm must be > 0, got {max_norm}")
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.max_norm = max_norm
 
     def aggregator(self, round_num: int, global_weights: Weights) -> Aggregator:

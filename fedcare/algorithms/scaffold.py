@@ -13,6 +13,7 @@ The site side is :class:`fedcare.pytorch.ScaffoldSite`. The means are incrementa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,10 +66,10 @@ class _ScaffoldAggregator(Aggregator):
 class Scaffold(FedAvg):
     """SCAFFOLD with server learning rate ``server_lr`` (> 0; 1 in the paper's experiments)."""
 
-    def __init__(self, *, server_lr: float = 1.0, **kwargs: object) -> None:
+    def __init__(self, *, server_lr: float = 1.0, **kwargs: Any) -> None:
         if not server_lr > 0:
             raise ConfigError(f"Scaffold: server_lr must be > 0, got {server_lr}")
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.server_lr = server_lr
         self.c: dict[str, np.ndarray] = {}
         self.available = 1

@@ -115,7 +115,7 @@ def build_job(source: JobSource) -> Job:
     """Import the entry point and call it with the params; the job remembers its source."""
     if source.search_path and source.search_path not in sys.path:
         sys.path.insert(0, source.search_path)
-    factory = _resolve(source.entry_point, "entry point")
+    factory: Any = _resolve(source.entry_point, "entry point")
     if isinstance(factory, Job):
         if source.params:
             raise ConfigError(f"entry point {source.entry_point} is a Job, it takes no params")

@@ -121,7 +121,7 @@ class Job:
                                   f"({type(value).__name__})", job_id=self.name)
         for attr in ("round_timeout_s", "rejoin_timeout_s"):
             value = getattr(self, attr)
-            if not isinstance(value, Real) or isinstance(value, bool) or not value >= 0:
+            if not isinstance(value, Real) or isinstance(value, bool) or not float(value) >= 0:
                 raise ConfigError(f"{attr} must be a number >= 0, got {value!r} "
                                   f"({type(value).__name__})", job_id=self.name)
         if isinstance(self.trainer, str):

@@ -15,7 +15,7 @@ This module is the interface; the built-in workflows are in :mod:`fedcare.server
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -115,7 +115,8 @@ class WorkflowContext(Protocol):
         """Connected sites this job may use."""
         ...
 
-    def gather(self, request: Gather, failures: list[SiteFailure]) -> Iterator[Arrival]:
+    def gather(self, request: Gather, failures: list[SiteFailure]
+               ) -> Generator[Arrival, None, None]:
         """Send the tasks, yield each valid reply as it arrives until the deadline; every
         failure is appended to ``failures`` and reported. Close the iterator (or exhaust it)
         to end the gather: replies still outstanding are then discarded."""

@@ -39,7 +39,7 @@ def _write_npz(fh: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
                 if array.flags.c_contiguous and array.dtype in ALLOWED_DTYPES:
                     header = np.lib.format.header_data_from_array_1_0(array)
                     np.lib.format.write_array_header_1_0(entry, header)
-                    entry.write(memoryview(array.reshape(-1)).cast("B"))
+                    entry.write(array.reshape(-1).data.cast("B"))
                 else:  # anything else a strategy keeps in its state (dates, records, ...)
                     np.lib.format.write_array(entry, array, allow_pickle=False)
 
@@ -96,7 +96,8 @@ class Checkpointer:
         meta = self.directory / "latest.json"
         if not meta.exists():
             return None
-        return self.directory / json.loads(meta.read_text())["file"]
+        name: str = json.loads(meta.read_text())["file"]
+        return self.directory / name
 
     def load_latest(self) -> tuple[int, Weights] | None:
         meta_path = self.directory / "latest.json"

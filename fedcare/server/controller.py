@@ -16,10 +16,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ class RoundController:
         # next round; the listener hears ``on_round_saved`` only once it is on disk, in order.
         self._saver = (ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
                        if save_in_background and self._checkpointer else None)
-        self._saved: Future[object] | None = None
+        self._saved: Future[Any] | None = None
         self._state = RunState.PENDING
         self._round = 0
         self._error: str | None = None
@@ -264,7 +265,8 @@ class RoundController:
     def task_id(self, request: Gather, site_id: str) -> str:
         return _task_id(self.job_id, request.round_num, request.kind, site_id, request.attempt)
 
-    def gather(self, request: Gather, failures: list[SiteFailure]) -> Iterator[Arrival]:
+    def gather(self, request: Gather, failures: list[SiteFailure]
+               ) -> Generator[Arrival, None, None]:
         """Send one task per site; yield each valid result as it arrives, until the deadline.
 
         A folded result's tensors are already in the round's aggregate (``request.streams``
@@ -301,11 +303,12 @@ class RoundController:
                 reply = self.transport.receive(min(remaining, 0.5))
                 if reply is None:
                     continue
-                site_id = pending.get(reply.task_id)
-                if site_id is None or site_id != reply.site_id:
+                asked = pending.get(reply.task_id)
+                if asked is None or asked != reply.site_id:
                     log.warning("job %s: discarding late or unknown reply %s from site %s",
                                 self.job_id, reply.task_id, reply.site_id)
                     continue
+                site_id = asked
                 del pending[reply.task_id]
                 problem = _check(request.expect, kind, reply)
                 if problem is None and reply.folded and (
@@ -455,7 +458,7 @@ def _check(expect: type, kind: str, reply: Reply) -> str | None:
     if reply.error is not None:
         return reply.error
     result = reply.result
-    if not isinstance(result, expect):
+    if result is None or not isinstance(result, expect):
         return f"sent {type(result).__name__} for a {kind} task"
     problem = count_problem(result.num_samples)
     if problem is None and isinstance(result, TrainResult | EvalResult):

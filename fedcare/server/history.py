@@ -6,8 +6,11 @@ import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedcare.core.workflow import SiteFailure
+
+__all__ = ["History", "RoundRecord", "SiteEval", "SiteFailure", "record_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,10 @@ class RoundRecord:
 
 def record_from_dict(data: dict[str, object]) -> RoundRecord:
     """Inverse of ``dataclasses.asdict`` for a RoundRecord (reading the server's store)."""
-    d = dict(data)
-    d["site_eval"] = {k: SiteEval(**v) for k, v in d["site_eval"].items()}  # type: ignore[union-attr]
-    d["failures"] = [SiteFailure(**f) for f in d["failures"]]  # type: ignore[union-attr]
-    return RoundRecord(**d)  # type: ignore[arg-type]
+    d: dict[str, Any] = dict(data)
+    d["site_eval"] = {k: SiteEval(**v) for k, v in d["site_eval"].items()}
+    d["failures"] = [SiteFailure(**f) for f in d["failures"]]
+    return RoundRecord(**d)
 
 
 class History:

@@ -125,7 +125,8 @@ class SiteAgent:
         # Coerce a plain dict of arrays into Weights (this checks names and dtypes), and
         # keep parameters the strategy declared local (FedBN) inside the site.
         local = [re.compile(p) for p in task.local_names]
-        outgoing, kept = {}, {}
+        outgoing: dict[str, np.ndarray] = {}
+        kept: dict[str, np.ndarray] = {}
         for name, value in trained.weights.items():
             (kept if any(p.search(name) for p in local) else outgoing)[name] = value
         result = TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))

@@ -107,8 +107,8 @@ class ExcludeVariables(Filter):
     def outbound(self, task: Task, result: Result) -> Result:
         if not isinstance(result, TrainResult):
             return result
-        start = task.weights or {}
-        out = {}
+        start: Mapping[str, np.ndarray] = task.weights or {}
+        out: dict[str, np.ndarray] = {}
         for name, value in result.weights.items():
             if not self._excluded(name):
                 out[name] = value

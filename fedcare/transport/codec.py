@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import mmap
 import struct
 from typing import Annotated, Literal
 
@@ -107,7 +108,7 @@ def _tensors(weights: Weights | None) -> tuple[list[_TensorHeader] | None, list[
         headers.append(
             _TensorHeader(name=name, dtype=contiguous.dtype.str, shape=list(contiguous.shape))
         )
-        buffers.append(memoryview(contiguous.reshape(-1)).cast("B"))
+        buffers.append(contiguous.reshape(-1).data.cast("B"))
     return headers, buffers
 
 
@@ -160,6 +161,7 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
     weights = None
     result_header = None
     if result is not None:
+        kind: Literal["train", "evaluate", "statistics"]
         if isinstance(result, TrainResult):
             kind, weights, metrics = "train", result.weights, dict(result.metrics)
         elif isinstance(result, EvalResult):
@@ -209,10 +211,11 @@ def payload_offset(head: memoryview) -> int | None:
     start = HEADER_AT
     if len(head) < start or bytes(head[:len(MAGIC)]) != MAGIC:
         return None
-    return start + _HEADER_LEN.unpack_from(head, len(MAGIC))[0]
+    length: int = _HEADER_LEN.unpack_from(head, len(MAGIC))[0]
+    return start + length
 
 
-def decode(data: bytes | bytearray | memoryview, *,
+def decode(data: bytes | bytearray | memoryview | mmap.mmap, *,
            max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, adopt: bool = False,
            payload_checksum: str | None = None) -> Task | Reply | Hello:
     """Parse one message, refusing anything malformed with a TransportError saying what.

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
+
 TESTS = Path(__file__).parents[1]
 FEDCARE = [sys.executable, "-m", "fedcare.cli"]
 

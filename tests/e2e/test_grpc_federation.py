@@ -17,6 +17,8 @@ from fedcare.transport.grpc import fedcare_pb2 as pb
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.grpc.client import SiteConnection, secure_channel
 
+pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
+
 
 @pytest.fixture()
 def federation(tmp_path):

@@ -11,6 +11,8 @@ from fedcare.datasets.heart import HOSPITALS
 from fedcare.jobs.flamby import ALGORITHMS as STRATEGIES
 from fedcare.jobs.heart_demo import run_seed, summarise
 
+pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
+
 
 def test_fedavg_reaches_the_accuracy_bar_over_five_seeds(tmp_path):
     started = time.monotonic()

@@ -17,6 +17,8 @@ from test_poc import HOSPITALS, job_state, submit, wait_for
 from fedcare.cli.poc import PocFederation
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
+pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
+
 OUTAGE_S = float(os.environ.get("FEDCARE_OUTAGE_S", "180"))
 
 

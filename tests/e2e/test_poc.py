@@ -18,6 +18,8 @@ from fedcare.cli.poc import PocFederation
 from fedcare.transport.codec import decode
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
+pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
+
 HEART = "fedcare.jobs.heart:make_job"
 HOSPITALS = ["cleveland", "hungary", "switzerland", "va"]
 

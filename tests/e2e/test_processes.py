@@ -8,6 +8,8 @@ import pytest
 from fedcare import AggregationError, load_job, simulate
 from fedcare.server import RunListener
 
+pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
+
 JOB_FILE = str(Path(__file__).parents[1] / "toy_job.yaml")
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from fedcare import load_job, simulate
 
+pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
+
 JOB = str(Path(__file__).parents[2] / "examples" / "quickstart" / "job.yaml")
 
 

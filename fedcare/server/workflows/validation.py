@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from fedcare.core.message import EvalResult, TaskKind, TrainResult
+from fedcare.core.message import Config, EvalResult, TaskKind, TrainResult
 from fedcare.core.validation import incompatibilities
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import Gather, SiteFailure, Workflow, WorkflowContext
 from fedcare.server.checkpoint import load_weights, save_weights
 
 GLOBAL = "global"
+
+
+def _constant(config: Config) -> Callable[[str], Config]:
+    """The same task settings for every site."""
+    return lambda site_id: config
 
 
 class CrossSiteValidation(Workflow):
@@ -50,7 +56,7 @@ class CrossSiteValidation(Workflow):
             for index, (model_name, model) in enumerate(models.items()):
                 payload = model if isinstance(model, Weights) else load_weights(model)
                 request = Gather(TaskKind.VALIDATE, round_num, ctx.sites(), EvalResult, payload,
-                                 lambda s, m=model_name: {"model": m}, attempt=index)
+                                 _constant({"model": model_name}), attempt=index)
                 row: dict[str, dict[str, float]] = {}
                 with contextlib.closing(ctx.gather(request, failures)) as arrivals:
                     for arrival in arrivals:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import mmap
 from collections.abc import Iterator, Sequence
 
+import xxhash
+
 from fedcare.core.errors import TransportError
 from fedcare.transport import checksum
 from fedcare.transport.codec import payload_offset
@@ -159,7 +161,7 @@ class Reassembler:
         self._buffer: bytearray | mmap.mmap | None = None
         self._expected = 0
         self._filled = 0
-        self._hash: checksum.xxhash.xxh3_128 | None = None
+        self._hash: xxhash.xxh3_128 | None = None
         self._payload_at: int | None = None
         #: checksum of the last completed message's payload (None: not computed)
         self.payload_checksum: str | None = None

@@ -53,7 +53,7 @@ class SiteConnection:
         self.max_message_bytes = max_message_bytes
         self.reconnect_max_s = reconnect_max_s
         self.connected = threading.Event()
-        self._responses: grpc.Future | None = None
+        self._responses: grpc.CallIterator[bytes] | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set; raises TransportError if the server refuses this site."""
@@ -81,7 +81,7 @@ class SiteConnection:
     def _cancel_on(self, stop: threading.Event) -> None:
         stop.wait()
         if self._responses is not None:
-            self._responses.cancel()
+            self._responses.cancel()  # type: ignore[no-untyped-call]
 
     def _serve_once(self) -> None:
         outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
@@ -94,7 +94,8 @@ class SiteConnection:
         channel = secure_channel(self.address, self.tls)
         try:
             # Serialized Chunks both ways (see chunks.to_wire_chunks), hence no (de)serializer.
-            connect = channel.stream_stream("/fedcare.v1.Federation/Connect")
+            connect = channel.stream_stream("/fedcare.v1.Federation/Connect",
+                                            request_serializer=None, response_deserializer=None)
             responses = connect(requests())
             self._responses = responses
             reassembler = Reassembler(self.max_message_bytes, reuse=True)

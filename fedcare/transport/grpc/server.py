@@ -125,8 +125,9 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                          daemon=True).start()
 
     # -- the Federation service ----------------------------------------------------------
-    def Connect(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
-                ) -> Iterator[bytes]:
+    def Connect(self, request_iterator: Iterator[bytes],  # type: ignore[override]
+                context: grpc.ServicerContext) -> Iterator[bytes]:
+        # Raw bytes both ways: registered without (de)serializers (see chunks.to_wire_chunks)
         identity = peer_identity(context)
         if identity is None:
             log.warning("refused a connection from %s: no verified client certificate",
@@ -211,11 +212,12 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     data = reassembler.feed(chunk)
                     if data is None:
                         continue
-                    reply = decode(data, max_bytes=self._max, adopt=True,
-                                   payload_checksum=reassembler.payload_checksum)
+                    message = decode(data, max_bytes=self._max, adopt=True,
+                                     payload_checksum=reassembler.payload_checksum)
                     del data
+                    reply = message if isinstance(message, Reply) else None
                 session.upload_progress_at = None
-                if not isinstance(reply, Reply) or reply.site_id != session.site_id:
+                if reply is None or reply.site_id != session.site_id:
                     raise TransportError(f"expected a Reply from {session.site_id}")
                 with self._lock:
                     expected = reply.task_id in self._outstanding[session.site_id]
@@ -285,7 +287,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                               self._stall_timeout_s)
                     session.upload_progress_at = session.send_progress_at = None
                     if session.context is not None:
-                        session.context.cancel()
+                        session.context.cancel()  # type: ignore[no-untyped-call]
 
     def _close_session(self, session: _Session, reason: str) -> None:
         if session.closed.is_set():
@@ -295,7 +297,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         if session.context is not None:
             # End the stream itself too: a replaced stream stuck sending to a site that stopped
             # reading would otherwise keep its send permit, unwatched, for good.
-            session.context.cancel()
+            session.context.cancel()  # type: ignore[no-untyped-call]
         with self._lock:
             if self._sessions.get(session.site_id) is not session:
                 return  # already replaced by a newer connection, which keeps its tasks

@@ -8,6 +8,7 @@ the verified TLS session on every call, never from anything the peer says about 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -60,7 +61,8 @@ def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
     pems = auth.get("x509_pem_cert")
     if not names or not pems:
         return None
-    cert = x509.load_pem_x509_certificate(pems[0])
+    # grpc-stubs type these values as str; gRPC gives bytes
+    cert = x509.load_pem_x509_certificate(cast(bytes, pems[0]))
     titles = cert.subject.get_attributes_for_oid(x509.NameOID.TITLE)
     role = str(titles[0].value) if titles else None
-    return PeerIdentity(names[0].decode(), cert.serial_number, context.peer(), role)
+    return PeerIdentity(cast(bytes, names[0]).decode(), cert.serial_number, context.peer(), role)
