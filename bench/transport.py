@@ -3,9 +3,10 @@
     .venv/bin/python bench/transport.py            # full run (several minutes, ~6 GB RAM)
     .venv/bin/python bench/transport.py --quick    # small models only
 
-For 1 M and 25 M float32 parameters with 2 and 8 sites (trivial local training, no evaluation):
-per-round wall time (median of 10 rounds), bytes on the wire (loopback interface counters:
-TLS, HTTP/2, TCP, all of it), and the server's peak RSS above its idle RSS; the same FedAvg as
+For 1 M and 25 M float32 parameters with 2 and 8 sites, and 1 M with 32 sites (trivial local
+training, no evaluation): per-round wall time (median of 10 rounds, and the first round alone),
+bytes on the wire (loopback interface counters: TLS, HTTP/2, TCP, all of it), the server's peak
+RSS above its idle RSS, and the largest site's peak RSS above its own idle RSS; the same FedAvg as
 a plain in-process loop is the floor. Also two round trips of a 1 GiB model (cold, then warm),
 and the time from starting a POC to the end of its first round. Prints JSON, then a table.
 """
@@ -85,6 +86,8 @@ def federation_run(num_params: int, num_sites: int, rounds: int = ROUNDS) -> dic
             admin = fed.admin()
             time.sleep(0.5)
             idle_kib = proc_kib(server_pid, "VmRSS")
+            site_pids = [p.pid for p in fed.sites.values()]
+            site_idle_kib = [proc_kib(pid, "VmRSS") for pid in site_pids]
             wire_before = loopback_bytes()
             job_id = admin.Submit(pb.SubmitRequest(
                 entry_point="benchjob:make_job", params_json=json.dumps(
@@ -93,6 +96,8 @@ def federation_run(num_params: int, num_sites: int, rounds: int = ROUNDS) -> dic
                 state = json.loads(update.json)
             wire = loopback_bytes() - wire_before
             peak_kib = proc_kib(server_pid, "VmHWM")
+            site_above_kib = [proc_kib(pid, "VmHWM") - idle
+                              for pid, idle in zip(site_pids, site_idle_kib, strict=True)]
             if state["status"] != "finished":
                 raise RuntimeError(f"bench job {state['status']}: {state['error']}")
             records = json.loads(admin.Metrics(pb.JobRef(job_id=job_id), timeout=60).json)
@@ -112,6 +117,10 @@ def federation_run(num_params: int, num_sites: int, rounds: int = ROUNDS) -> dic
         "server_idle_MiB": idle_kib / 1024,
         "server_peak_above_idle_MiB": (peak_kib - idle_kib) / 1024,
         "peak_above_idle_over_model": (peak_kib - idle_kib) * 1024 / model_bytes,
+        # every site process: its peak RSS above its RSS once connected, before the job
+        "site_idle_MiB_median": float(np.median(site_idle_kib)) / 1024,
+        "site_peak_above_idle_over_model_max": max(site_above_kib) * 1024 / model_bytes,
+        "sites_total_peak_MiB": sum(site_above_kib + site_idle_kib) / 1024,
     }
 
 
@@ -160,17 +169,17 @@ def main() -> None:
     raw = raw_grpc()
     raw_MBps = min(raw.values())
     cases = []
-    for num_params in sizes:
-        for num_sites in (2, 8):
-            fed = federation_run(num_params, num_sites)
-            floor = floor_round_s(num_params, num_sites)
-            # no framework on this transport could beat moving the round's bytes at raw speed
-            transport_floor = num_params * 4 * num_sites * 2 / (raw_MBps * 1e6)
-            cases.append({"num_params": num_params, "num_sites": num_sites,
-                          "floor_round_s": floor, "raw_grpc_round_s": transport_floor, **fed,
-                          "round_over_floor": fed["round_s_median"] / floor,
-                          "round_over_raw_grpc": fed["round_s_median"] / transport_floor})
-            print(f"done {num_params} x {num_sites}", file=sys.stderr, flush=True)
+    shapes = [(n, s) for n in sizes for s in (2, 8)] + [(1_000_000, 32)]
+    for num_params, num_sites in shapes:
+        fed = federation_run(num_params, num_sites)
+        floor = floor_round_s(num_params, num_sites)
+        # no framework on this transport could beat moving the round's bytes at raw speed
+        transport_floor = num_params * 4 * num_sites * 2 / (raw_MBps * 1e6)
+        cases.append({"num_params": num_params, "num_sites": num_sites,
+                      "floor_round_s": floor, "raw_grpc_round_s": transport_floor, **fed,
+                      "round_over_floor": fed["round_s_median"] / floor,
+                      "round_over_raw_grpc": fed["round_s_median"] / transport_floor})
+        print(f"done {num_params} x {num_sites}", file=sys.stderr, flush=True)
     # Two round trips: the first touches every buffer for the first time (page faults cost
     # 1-3 s per GiB on this VM), the second reuses them.
     gib = None if args.quick else federation_run(1024**3 // 4, 1, rounds=2)
@@ -181,14 +190,16 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     print(f"\nplain gRPC over mTLS, no framework: {raw['server_to_site_MBps']:.0f} MB/s down, "
           f"{raw['site_to_server_MBps']:.0f} MB/s up")
-    print(f"\n{'params':>10} {'sites':>5} {'round s':>8} {'floor s':>8} {'x floor':>7} "
-          f"{'gRPC s':>7} {'x gRPC':>6} {'wire/raw':>8} {'MB/s':>7} {'peak/model':>10}")
+    print(f"\n{'params':>10} {'sites':>5} {'round s':>8} {'1st s':>7} {'floor s':>8} "
+          f"{'x floor':>7} {'gRPC s':>7} {'x gRPC':>6} {'wire/raw':>8} {'MB/s':>7} "
+          f"{'peak/model':>10} {'site/model':>10}")
     for c in cases:
         print(f"{c['num_params']:>10} {c['num_sites']:>5} {c['round_s_median']:>8.3f} "
-              f"{c['floor_round_s']:>8.4f} {c['round_over_floor']:>7.1f} "
-              f"{c['raw_grpc_round_s']:>7.3f} {c['round_over_raw_grpc']:>6.1f} "
-              f"{c['wire_over_raw']:>8.3f} {c['throughput_MBps']:>7.0f} "
-              f"{c['peak_above_idle_over_model']:>10.2f}")
+              f"{c['round_s_first']:>7.3f} {c['floor_round_s']:>8.4f} "
+              f"{c['round_over_floor']:>7.1f} {c['raw_grpc_round_s']:>7.3f} "
+              f"{c['round_over_raw_grpc']:>6.1f} {c['wire_over_raw']:>8.3f} "
+              f"{c['throughput_MBps']:>7.0f} {c['peak_above_idle_over_model']:>10.2f} "
+              f"{c['site_peak_above_idle_over_model_max']:>10.2f}")
     if gib:
         cold, warm = gib["round_s_each"]
         size = 2 * 1024**3 / 1e6

@@ -40,6 +40,9 @@ class TaskKind(StrEnum):
     VALIDATE = "validate"
     #: A job without server-side initial weights: a site sends its trainer's initial model.
     INITIAL_MODEL = "initial_model"
+    #: Sent to every site when a job starts: the site builds its trainer (imports, data) now,
+    #: not in round 1, and one that cannot is reported before any training.
+    PREPARE = "prepare"
 
 
 #: What a task kind may be called: short, lower case, no spaces or path characters.

@@ -199,6 +199,7 @@ class RoundController:
                 f"only {len(sites)} site(s) connected {sites}, min_sites={job.min_sites}",
                 job_id=self.job_id,
             )
+        self._prepare(sites)
         if self._resume is not None:
             weights = self._resume.weights
             job.strategy.load_state(self._resume.strategy_state)
@@ -236,6 +237,19 @@ class RoundController:
                         missing or "-", waited, self.connect_timeout_s)
             self.listener.on_waiting(missing, len(connected), expected, waited,
                                      self.connect_timeout_s)
+
+    def _prepare(self, sites: list[str]) -> None:
+        """Every site builds its trainer for this job now (imports, data), so round 1 pays for
+        no set-up and a site that cannot start the job is reported before any training."""
+        started = time.monotonic()
+        request = Gather(TaskKind.PREPARE, 0, sites, EvalResult)
+        prepared = 0
+        with contextlib.closing(self.gather(request, self._pre_failures)) as arrivals:
+            for _ in arrivals:
+                prepared += 1
+        self.require(prepared, 0, "prepare", self._pre_failures)
+        log.info("job %s: %d site(s) prepared in %.2f s", self.job_id, prepared,
+                 time.monotonic() - started)
 
     def _initial_weights(self) -> Weights:
         """The job's initial model: built here, or (``initial_weights=None``) sent by the
@@ -345,10 +359,10 @@ class RoundController:
         if count >= self.job.min_sites:
             return
         details = "; ".join(f"site {f.site_id}: {f.message}" for f in failures) or "no sites"
+        kept = "; the last good global model is kept" if self.history.rounds else ""
         raise AggregationError(
-            f"{kind}: only {count} valid result(s), min_sites={self.job.min_sites} ({details}); "
-            "the last good global model is kept",
-            job_id=self.job_id, round_num=round_num,
+            f"{kind}: only {count} valid result(s), min_sites={self.job.min_sites} ({details})"
+            f"{kept}", job_id=self.job_id, round_num=round_num,
         )
 
     def check_stop(self, round_num: int) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -88,6 +89,7 @@ class SiteAgent:
             TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
             TaskKind.STATISTICS: self._statistics, TaskKind.SUBMIT_MODEL: self._submit_model,
             TaskKind.VALIDATE: self._validate, TaskKind.INITIAL_MODEL: self._initial_model,
+            TaskKind.PREPARE: self._prepare,
             **dict(getattr(trainer, "task_handlers", None) or {}), **(handlers or {})}
 
     def handle(self, task: Task) -> Reply:
@@ -159,6 +161,15 @@ class SiteAgent:
             raise LookupError("no local model: this site has not trained in this job (or does "
                               "not keep its last update)")
         return TrainResult(self._local_model, 1, {})
+
+    def _prepare(self, task: Task) -> Result:
+        """The trainer exists (built for this job); a trainer with a ``prepare(config)``
+        method does its slow set-up now. Metric ``prepare_s``: how long that took."""
+        started = time.perf_counter()
+        prepare = getattr(self.trainer, "prepare", None)
+        if callable(prepare):
+            prepare(task.config)
+        return EvalResult(1, {"prepare_s": time.perf_counter() - started})
 
     def _initial_model(self, task: Task) -> Result:
         initial = getattr(self.trainer, "initial_model", None)

@@ -62,6 +62,8 @@ def test_site_processes_that_cannot_start_are_reported(tmp_path):
     with pytest.raises(AggregationError) as info:
         simulate(job, processes=True, connect_timeout_s=60)
     message = str(info.value)
-    assert message.startswith("job broken round 1: train: only 0 valid result(s)")
+    # reported when the job starts (the prepare step), before any training
+    assert message.startswith("job broken round 0: prepare: only 0 valid result(s), min_sites=1")
+    assert "global model is kept" not in message  # there was none yet
     assert "site a: cannot start the job: FileNotFoundError: no data for a" in message
     assert "site b: cannot start the job: FileNotFoundError: no data for b" in message
