@@ -123,3 +123,8 @@ def make_large_job(num_params: int = 8_000_000, min_sites: int = 2) -> Job:
                                                                            np.float32)}),
                trainer=LargeTrainer, strategy=FedAvg(), num_rounds=1, min_sites=min_sites,
                round_timeout_s=120, evaluate_every=0)
+
+
+def trainer_for(ctx: SiteContext, *, mode: str = "ok") -> ToyTrainer:
+    """The toy's site half, as a ``module:function`` reference names it."""
+    return ToyTrainer(ctx.site_index, mode)

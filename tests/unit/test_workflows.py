@@ -122,3 +122,52 @@ def test_job_settings_for_workflows_are_checked():
         toyjob.make_job(site_wait_s=-1)
     with pytest.raises(ValueError, match="distinct names"):
         FederatedStatistics(toyjob.MeanTarget(), toyjob.MeanTarget())
+
+
+def test_sites_prepare_when_the_job_starts_and_one_that_cannot_is_reported_first():
+    prepared = []
+
+    class Preparing(toyjob.ToyTrainer):
+        def prepare(self, config):
+            if self.n == 20:
+                raise ImportError("No module named 'monai'")
+            prepared.append(self.n)
+
+    def trainer(ctx):
+        return Preparing(ctx.site_index, "ok")
+
+    result = simulate(dataclasses.replace(toyjob.make_job(num_rounds=2), trainer=trainer))
+    assert sorted(prepared) == [10, 30]  # once per site, before round 1
+    first = result.failures[0]
+    assert (first.site_id, first.round_num, first.kind) == ("site-1", 0, "prepare")
+    assert "ImportError: No module named 'monai'" in first.message
+    assert result.history.rounds[0].failures[0] == first
+
+
+def test_a_job_without_initial_weights_takes_them_from_a_site():
+    class Initialising(toyjob.ToyTrainer):
+        def initial_model(self):
+            return toyjob.initial()
+
+    def trainer(ctx):
+        return Initialising(ctx.site_index, "ok")
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1), trainer=trainer,
+                              initial_weights=None)
+    result = simulate(job)
+    np.testing.assert_allclose(result.weights["w"], MEAN_ALL, rtol=1e-6)
+    without = dataclasses.replace(job, trainer=lambda ctx: toyjob.ToyTrainer(ctx.site_index, "ok"))
+    with pytest.raises(Exception, match="has no initial_model"):
+        simulate(without)
+
+
+def test_a_trainer_referenced_by_name_is_imported_only_where_it_trains():
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1), trainer="toyjob:trainer_for",
+                              trainer_params={"mode": "ok"})
+    result = simulate(job)
+    np.testing.assert_allclose(result.weights["w"], MEAN_ALL, rtol=1e-6)
+    from fedcare import ConfigError
+    with pytest.raises(ConfigError, match="trainer must be a callable or 'module:function'"):
+        dataclasses.replace(job, trainer="not a reference")
+    with pytest.raises(ConfigError, match="trainer_params must be JSON values"):
+        dataclasses.replace(job, trainer_params={"x": object()})
