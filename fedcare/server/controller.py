@@ -206,10 +206,13 @@ class RoundController:
             log.info("job %s: resuming after round %d", self.job_id, self._resume.round_num)
         else:
             weights = self._initial_weights()
+        model = [weights]  # handed over, not kept here: the first model need not outlive step 1
+        del weights
         for workflow in job.workflows or default_workflows(job):
             self.check_stop(self._round)
             log.info("job %s: workflow %s", self.job_id, workflow.name)
-            weights = workflow.run(self, weights)
+            model.append(workflow.run(self, model.pop()))
+        weights = model.pop()
         if not self.history.rounds:  # nothing trained (statistics alone): keep the result
             self.finish_round(0, weights, StepOutcome(), time.monotonic(), evaluate=False)
         return weights

@@ -91,12 +91,16 @@ class TrainRounds(Workflow):
         expected = strategy.result_spec(weights)
         train_metrics = WeightedMetrics()
         trained: list[str] = []
-        request = Gather(TaskKind.TRAIN, round_num, selected, TrainResult,
-                         strategy.train_payload(round_num, weights),
-                         lambda s: strategy.configure_train(round_num, s), attempt=attempt)
-        # A transport that can (gRPC) folds each upload into the aggregate as it arrives.
-        streams = RoundStreams(aggregator, expected, lambda s: ctx.task_id(request, s))
-        request = dataclasses.replace(request, streams=streams)
+        # A transport that can (gRPC) folds each upload into the aggregate as it arrives. The
+        # ids come from a request without payload or streams: the streams must not reach the
+        # model, nor themselves (a reference cycle would keep the round's model and the
+        # uploads' undo memory alive until the cyclic garbage collector runs).
+        ids = Gather(TaskKind.TRAIN, round_num, (), TrainResult, attempt=attempt)
+        streams = RoundStreams(aggregator, expected, lambda s: ctx.task_id(ids, s))
+        request = dataclasses.replace(ids, site_ids=selected,
+                                      payload=strategy.train_payload(round_num, weights),
+                                      configure=lambda s: strategy.configure_train(round_num, s),
+                                      streams=streams)
         with contextlib.closing(ctx.gather(request, failures)) as arrivals:
             for arrival in arrivals:
                 site_id, result = arrival.site_id, arrival.result
