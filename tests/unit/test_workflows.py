@@ -171,3 +171,30 @@ def test_a_trainer_referenced_by_name_is_imported_only_where_it_trains():
         dataclasses.replace(job, trainer="not a reference")
     with pytest.raises(ConfigError, match="trainer_params must be JSON values"):
         dataclasses.replace(job, trainer_params={"x": object()})
+
+
+def test_a_round_leaves_no_reference_cycle_holding_its_model():
+    """A cycle through the round's streams kept every round's model and upload undo memory
+    alive until the cyclic GC ran (server peak 9.4x the model instead of 4.4x)."""
+    import gc
+    import weakref
+
+    from fedcare.server.streams import RoundStreams
+
+    made = []
+    original = RoundStreams.__init__
+
+    def tracking(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    gc.collect()
+    gc.disable()
+    try:
+        RoundStreams.__init__ = tracking
+        simulate(toyjob.make_job(num_rounds=3))
+        alive = [ref for ref in made if ref() is not None]
+    finally:
+        RoundStreams.__init__ = original
+        gc.enable()
+    assert len(made) == 3 and alive == []
