@@ -44,5 +44,3 @@ class FedBN(FedAvg):
     def local_names(self, global_weights: Weights) -> frozenset[str]:
         return frozenset(n for n in global_weights if matches(n, self.local_layers))
 
-    def local_patterns(self) -> tuple[str, ...]:
-        return tuple(self.local_layers)

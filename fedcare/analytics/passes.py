@@ -48,11 +48,17 @@ class Variance:
         self.ddof = ddof
 
     def finalize(self, totals: Weights, num_samples: int, weights: Weights) -> Weights:
-        dof = totals["count"] - self.ddof
+        count = totals["count"]
+        dof = count - self.ddof
         if (dof <= 0).any():
             raise AggregationError(f"columns {np.flatnonzero(dof <= 0).tolist()} have too few "
                                    f"values for a variance with ddof={self.ddof}")
-        variance = totals["sum_sq_dev"] / dof
+        # The deviations were taken about the first pass's mean; if the sites of this pass
+        # are not exactly those (one failed, one joined), their own mean differs, and
+        # sum (x - m)^2 = sum (x - own)^2 + n (own - m)^2 gives the exact spread about it.
+        own = totals["sum"] / count
+        sum_sq = totals["sum_sq_dev"] - count * (own - weights["mean"]) ** 2
+        variance = np.maximum(sum_sq, 0.0) / dof
         return _with(weights, variance=variance, std=np.sqrt(variance))
 
 

@@ -9,6 +9,9 @@ import numpy as np
 from fedcare.core.message import Config, StatsResult
 from fedcare.core.weights import Weights
 
+#: The most histogram bins a site computes (the server chooses them; a site bounds its memory).
+MAX_BINS = 10_000
+
 
 def _matrix(x: np.ndarray) -> np.ndarray:
     data = np.asarray(x, dtype=np.float64)
@@ -46,9 +49,13 @@ def site_statistics(x: np.ndarray, config: Config,
             raise ValueError(f"global mean has shape {mean.shape}, this site has "
                              f"{data.shape[1]} columns")
         deviation = np.where(present, data - mean, 0.0)
-        values = {"count": count, "sum_sq_dev": (deviation**2).sum(axis=0)}
+        values = {"count": count, "sum": np.where(present, data, 0.0).sum(axis=0),
+                  "sum_sq_dev": (deviation**2).sum(axis=0)}
     elif name == "histogram":
         bins, low, high = int(config["bins"]), float(config["low"]), float(config["high"])
+        if not 1 <= bins <= MAX_BINS or not low < high:
+            raise ValueError(f"histogram: need 1 <= bins <= {MAX_BINS} and low < high, got "
+                             f"{bins}, {low}, {high}")
         edges = np.linspace(low, high, bins + 1)
         counts = np.stack([np.histogram(column[~np.isnan(column)], bins=edges)[0]
                            for column in data.T]).astype(np.float64)

@@ -144,6 +144,13 @@ class Job:
                 raise ConfigError(f"workflows must be a non-empty sequence of Workflow, got "
                                   f"{self.workflows!r}", job_id=self.name)
             object.__setattr__(self, "workflows", tuple(self.workflows))
+        if self.workflows is not None and self.statistics is not None:
+            raise ConfigError("give the statistics as a FederatedStatistics workflow in "
+                              "workflows, not as statistics (which only a job without "
+                              "workflows runs)", job_id=self.name)
+        if self.workflows is not None and sum(w.trains for w in self.workflows) > 1:
+            raise ConfigError("a job trains in one workflow: more than one in workflows",
+                              job_id=self.name)
         trains = self.workflows is None or any(w.trains for w in self.workflows)
         if self.num_rounds < (1 if trains else 0):
             raise ConfigError(f"num_rounds must be >= {1 if trains else 0}, got "

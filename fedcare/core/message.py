@@ -56,7 +56,7 @@ def task_kind(name: str) -> str:
     Raises:
         ValueError: the name does not match :data:`KIND_PATTERN`.
     """
-    if not isinstance(name, str) or not _KIND.match(name):
+    if not isinstance(name, str) or not _KIND.fullmatch(name):
         raise ValueError(f"task kind must match {KIND_PATTERN}, got {name!r}")
     try:
         return TaskKind(name)
@@ -121,8 +121,9 @@ class Task:
         weights: The tensors the task carries (the global model, another site's model).
         config: Settings for the trainer (learning rate, local steps, ...).
         job: Which job this is (set by the federation server).
-        local_names: Regular expressions naming parameters that never leave the site (FedBN):
-            the site drops them from what it sends.
+        local_names: The names of the parameters that never leave the site (FedBN): the site
+            keeps them to itself and drops them from what it sends. Exact names, resolved by
+            the server from the strategy, so a site never runs a pattern it is sent.
     """
 
     task_id: str

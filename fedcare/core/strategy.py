@@ -64,16 +64,11 @@ class Strategy(ABC):
     def local_names(self, global_weights: Weights) -> frozenset[str]:
         """Parameters that never leave the sites (e.g. FedBN's batch-norm layers).
 
-        Sites do not send them, the controller does not expect them, and the global model
-        keeps its initial values for them. Empty by default.
+        Sites do not send them (every task names them in ``Task.local_names``), the
+        controller does not expect them, and the global model keeps its initial values for
+        them. Empty by default.
         """
         return frozenset()
-
-    def local_patterns(self) -> tuple[str, ...]:
-        """Regular expressions of the parameters that never leave the sites, sent with every
-        task (``Task.local_names``) so a site drops them from what it sends. Matches
-        :meth:`local_names`; none by default."""
-        return ()
 
     def train_payload(self, round_num: int, global_weights: Weights) -> Weights:
         """What a training task carries: the global model, plus any server state the sites

@@ -57,6 +57,15 @@ class StreamTarget(Protocol):
              metrics: Mapping[str, float], specs: Sequence[TensorSpec]) -> ResultSink | None: ...
 
 
+class RoundTarget(StreamTarget, Protocol):
+    """A round's StreamTarget as the job runner uses it: it also says whether a streamed
+    result is complete (and counts it), and takes back out whatever was not accepted."""
+
+    def accept(self, task_id: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class ResultSink(Protocol):
     """What a transport feeds one streamed result into."""
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from fedcare.core.message import Config, Result
+from fedcare.core.message import Config, Result, task_kind
+from fedcare.core.stream import RoundTarget
 from fedcare.core.weights import Weights
 
 if TYPE_CHECKING:
@@ -71,7 +72,11 @@ class Gather:
     configure: Callable[[str], Config] | None = None
     timeout_s: float | None = None
     attempt: int = 0
-    streams: object | None = None
+    streams: RoundTarget | None = None
+
+    def __post_init__(self) -> None:
+        # checked here, where a workflow names it, not first at the encoder of one transport
+        object.__setattr__(self, "kind", task_kind(self.kind))
 
 
 @dataclass(frozen=True)

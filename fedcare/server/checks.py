@@ -7,12 +7,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedcare.core.text import one_line
+
 #: The largest sample count a site may report: exact in float64, and small enough that a
 #: weighted sum of float32 values (at most ~3.4e38 each) cannot overflow float64.
 MAX_NUM_SAMPLES = 2**53
 #: A float64 update whose largest |value| times its sample count exceeds this could overflow
 #: the float64 sum (1.8e308) together with the others; float16/32 values cannot.
 _MAX_WEIGHTED_MAGNITUDE = 1e290
+#: The longest metric name a site may report.
+MAX_METRIC_NAME = 128
 
 
 def finite_number(value: object) -> bool:
@@ -36,6 +40,12 @@ def count_problem(num_samples: object) -> str | None:
 
 def metrics_problem(metrics: Mapping[str, object]) -> str | None:
     """Why reported metrics cannot be used, or None."""
+    names = [k for k in metrics if not (isinstance(k, str) and 0 < len(k) <= MAX_METRIC_NAME
+                                        and k.isprintable())]
+    if names:
+        shown = [one_line(k, 40) for k in names[:5]]
+        return (f"metric names must be printable text of 1..{MAX_METRIC_NAME} characters, got "
+                f"{shown}")
     bad = [k for k, v in metrics.items() if not finite_number(v)]
     return f"metrics {bad} are not finite numbers" if bad else None
 

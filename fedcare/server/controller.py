@@ -12,10 +12,12 @@ stops the job with an AggregationError, and the last good global model stays on 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from fedcare.core.errors import (
 )
 from fedcare.core.job import Job
 from fedcare.core.message import EvalResult, Reply, StatsResult, Task, TaskKind, TrainResult
+from fedcare.core.text import one_line
 from fedcare.core.validation import non_finite
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import Arrival, Gather, SiteFailure, StepOutcome
@@ -70,30 +73,32 @@ class RunResult:
     failures: list[SiteFailure] = field(default_factory=list)
     #: The job's sites: those it declares, and any other that was sent a task.
     sites: list[str] = field(default_factory=list)
+    #: ``finished with N of M sites``: M the job's sites, N those whose last task succeeded
+    #: (a site that failed and then recovered counts); then each failing site's last reason.
+    summary: str = ""
 
     @property
     def failed_sites(self) -> list[str]:
         """Sites that failed at least one task (or never connected), sorted."""
         return sorted({f.site_id for f in self.failures})
 
-    @property
-    def summary(self) -> str:
-        """``finished with N of M sites``: M the job's sites, N those that never failed."""
-        return completion_summary(self.sites, self.failures)
 
-
-def completion_summary(sites: list[str], failures: list[SiteFailure]) -> str:
-    """One line for the people responsible: how many sites took part without failing, and
-    the last reason of each site that failed."""
-    failed: dict[str, SiteFailure] = {}
-    for failure in failures:
-        failed[failure.site_id] = failure
-    everyone = sorted(set(sites) | set(failed))
+def completion_summary(sites: list[str], outcome: Mapping[str, SiteFailure | None],
+                       failures: list[SiteFailure]) -> str:
+    """One line for the people responsible: how many sites ended the job well, the last reason
+    of each site whose last task failed, and the sites that failed earlier and recovered."""
+    failed = {site: f for site, f in outcome.items() if f is not None}
+    everyone = sorted(set(sites) | set(outcome))
     line = f"finished with {len(everyone) - len(failed)} of {len(everyone)} sites"
     if failed:
         line += "; " + "; ".join(
             f"{site}: round {f.round_num} {f.kind}: {f.message}"
             for site, f in sorted(failed.items()))
+    counts = Counter(f.site_id for f in failures if f.site_id not in failed)
+    if counts:
+        line += "; recovered after failing: " + ", ".join(
+            f"{site} ({n} {'failure' if n == 1 else 'failures'})"
+            for site, n in sorted(counts.items()))
     return line
 
 
@@ -127,6 +132,13 @@ class RoundController:
         self._stop = stop or threading.Event()
         self._pre_failures: list[SiteFailure] = []  # before round 0 is recorded (absent sites)
         self.failures: list[SiteFailure] = []  # all of the run's, in order
+        # exact names of the parameters that never leave the sites (FedBN), set once the
+        # job's model is known: a site compares names, it runs no pattern the server sends
+        self._local_names: tuple[str, ...] = ()
+        self._trained = False  # the training workflow has run (in this process)
+        self._step = 0  # index of the workflow running: part of its task ids
+        # each site's last outcome: None (a valid result) or its last failure
+        self._outcome: dict[str, SiteFailure | None] = {}
         self._asked: set[str] = set(job.site_ids or ())  # the job's sites, and all sent tasks
         if resume is not None:
             for record in resume.records:
@@ -157,7 +169,11 @@ class RoundController:
 
     @property
     def resume_round(self) -> int | None:
-        return self._resume.round_num if self._resume is not None else None
+        """The resumed run's last round, until its training workflow has run again: a step
+        after it (statistics of the final model, cross-site validation) runs afresh."""
+        if self._resume is None or self._trained:
+            return None
+        return self._resume.round_num
 
     def status(self) -> RunStatus:
         last = self.history.rounds[-1].eval_metrics if self.history.rounds else {}
@@ -183,7 +199,9 @@ class RoundController:
                 self._saver.shutdown()
         self._state = RunState.FINISHED
         return RunResult(weights, self.history, self.run_dir, dict(self.results),
-                         list(self.failures), sorted(self._asked))
+                         list(self.failures), sorted(self._asked),
+                         completion_summary(sorted(self._asked), self._outcome,
+                                            self.failures))
 
     def _run(self) -> Weights:
         job = self.job
@@ -206,12 +224,15 @@ class RoundController:
             log.info("job %s: resuming after round %d", self.job_id, self._resume.round_num)
         else:
             weights = self._initial_weights()
+        self._local_names = tuple(sorted(job.strategy.local_names(weights)))
         model = [weights]  # handed over, not kept here: the first model need not outlive step 1
         del weights
-        for workflow in job.workflows or default_workflows(job):
+        for step, workflow in enumerate(job.workflows or default_workflows(job)):
             self.check_stop(self._round)
             log.info("job %s: workflow %s", self.job_id, workflow.name)
+            self._step = step
             model.append(workflow.run(self, model.pop()))
+            self._trained |= workflow.trains
         weights = model.pop()
         if not self.history.rounds:  # nothing trained (statistics alone): keep the result
             self.finish_round(0, weights, StepOutcome(), time.monotonic(), evaluate=False)
@@ -280,7 +301,9 @@ class RoundController:
         return [s for s in sites if s in self.job.site_ids]
 
     def task_id(self, request: Gather, site_id: str) -> str:
-        return _task_id(self.job_id, request.round_num, request.kind, site_id, request.attempt)
+        step = f"/w{self._step}" if self._step else ""
+        return _task_id(self.job_id + step, request.round_num, request.kind, site_id,
+                        request.attempt)
 
     def gather(self, request: Gather, failures: list[SiteFailure]
                ) -> Generator[Arrival, None, None]:
@@ -291,13 +314,15 @@ class RoundController:
         """
         timeout = request.timeout_s if request.timeout_s is not None else (
             self.job.round_timeout_s)
+        limit = (f"timeout_s={timeout:g}" if request.timeout_s is not None
+                 else f"round_timeout_s={timeout:g}")
         deadline = time.monotonic() + timeout
         kind, round_num = request.kind, request.round_num
         streams = request.streams
         pending: dict[str, str] = {}
-        local_names = self.job.strategy.local_patterns()
+        local_names = self._local_names
         if streams is not None:
-            self.transport.stream_into(streams)  # type: ignore[arg-type]
+            self.transport.stream_into(streams)
         try:
             for site_id in request.site_ids:
                 task_id = self.task_id(request, site_id)
@@ -329,7 +354,7 @@ class RoundController:
                 del pending[reply.task_id]
                 problem = _check(request.expect, kind, reply)
                 if problem is None and reply.folded and (
-                        streams is None or not streams.accept(reply.task_id)):  # type: ignore[attr-defined]
+                        streams is None or not streams.accept(reply.task_id)):
                     problem = "its streamed upload was not complete when the round took it"
                 self.listener.on_reply(round_num, site_id, problem is None)
                 if problem is not None:
@@ -337,24 +362,30 @@ class RoundController:
                                                     connection_lost=reply.connection_lost))
                     continue
                 assert reply.result is not None
+                self._outcome[site_id] = None
                 arrival = Arrival(site_id, reply.result, reply.folded)
                 del reply  # hold no reference while waiting for the next reply (memory)
                 yield arrival
                 del arrival
             for site_id in pending.values():
                 self.fail(failures, SiteFailure(
-                    site_id, round_num, kind, f"no result within round_timeout_s={timeout}"))
+                    site_id, round_num, kind, f"no result within {limit}"))
         finally:
             if streams is not None:
                 self.transport.stream_into(None)
-                streams.close()  # type: ignore[attr-defined]  # uploads still arriving go back out
+                streams.close()  # uploads still arriving go back out
 
     def fail(self, failures: list[SiteFailure], failure: SiteFailure) -> None:
+        # A site's own words (its error text) become one bounded, printable line here, before
+        # any log, record, store or terminal sees them.
+        failure = dataclasses.replace(failure, message=one_line(failure.message),
+                                      kind=one_line(failure.kind, 64))
         error = SiteError(failure.message, job_id=self.job_id, round_num=failure.round_num,
                           site_id=failure.site_id)
         log.error("%s", error)
         failures.append(failure)
         self.failures.append(failure)
+        self._outcome[failure.site_id] = failure
         self.listener.on_failure(failure)
 
     def require(self, count: int, round_num: int, kind: str,
@@ -426,11 +457,12 @@ class RoundController:
         request = Gather(TaskKind.EVALUATE, round_num, self.sites() if evaluate else [],
                          EvalResult, weights,
                          lambda s: strategy.configure_evaluate(round_num, s))
-        for arrival in self.gather(request, failures):
-            result = arrival.result
-            assert isinstance(result, EvalResult)
-            site_eval[arrival.site_id] = SiteEval(result.num_samples, dict(result.metrics))
-            overall.add(result.num_samples, result.metrics)
+        with contextlib.closing(self.gather(request, failures)) as arrivals:
+            for arrival in arrivals:
+                result = arrival.result
+                assert isinstance(result, EvalResult)
+                site_eval[arrival.site_id] = SiteEval(result.num_samples, dict(result.metrics))
+                overall.add(result.num_samples, result.metrics)
         record = RoundRecord(round_num, sorted(outcome.trained), dict(outcome.train_metrics),
                              overall.result(), dict(sorted(site_eval.items())), failures,
                              time.monotonic() - started)

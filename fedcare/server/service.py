@@ -82,6 +82,7 @@ class JobTransport(Transport):
 class _StoreListener(RunListener):
     def __init__(self, store: Store, job_id: str) -> None:
         self.store, self.job_id = store, job_id
+        self._waiting = False
 
     def on_round_saved(self, record: RoundRecord) -> None:
         # Recorded once its checkpoint is on disk: resuming starts after the last round the
@@ -98,12 +99,14 @@ class _StoreListener(RunListener):
     def on_waiting(self, missing: list[str], connected: int, expected: int, waited_s: float,
                    limit_s: float) -> None:
         who = f"missing {', '.join(missing)}" if missing else f"{connected} of {expected} there"
+        self._waiting = True
         self.store.set_summary(self.job_id, f"waiting for sites to connect: {who} "
                                             f"({waited_s:.0f} s of site_wait_s={limit_s:g})")
 
-    def on_round_start(self, round_num: int, num_rounds: int, site_ids: list[str]) -> None:
-        if round_num <= 1:
-            self.store.set_summary(self.job_id, None)  # no longer waiting
+    def on_reply(self, round_num: int, site_id: str, ok: bool) -> None:
+        if self._waiting:  # the wait is over: sites answer
+            self._waiting = False
+            self.store.set_summary(self.job_id, None)
 
 
 class FederationServer:

@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedcare.core.text import one_line
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -128,9 +130,7 @@ class Store:
     def add_failure(self, job_id: str, round_num: int, site_id: str, kind: str,
                     message: str) -> None:
         """Keep one site failure of a job (its message made one bounded line)."""
-        line = " ".join(message.split())
-        if len(line) > MAX_MESSAGE_CHARS:
-            line = line[:MAX_MESSAGE_CHARS - 3] + "..."
+        line = one_line(message, MAX_MESSAGE_CHARS)
         self._write("INSERT INTO failures (job_id, round_num, site_id, kind, message, time_s) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (job_id, round_num, site_id, kind, line, time.time()))

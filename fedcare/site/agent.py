@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -31,14 +30,12 @@ from fedcare.core.message import (
     TaskKind,
     TrainResult,
 )
+from fedcare.core.text import one_line
 from fedcare.core.trainer import StatisticsProvider, Trainer
 from fedcare.core.weights import Weights
 from fedcare.site.filters import Filter
 
 log = logging.getLogger(__name__)
-#: Longest error text a site sends the server (the full traceback stays in the site's log).
-MAX_ERROR_CHARS = 2000
-
 Handler = Callable[[Task], Result]
 
 
@@ -126,11 +123,11 @@ class SiteAgent:
         _expect(trained, TrainResult, "train")
         # Coerce a plain dict of arrays into Weights (this checks names and dtypes), and
         # keep parameters the strategy declared local (FedBN) inside the site.
-        local = [re.compile(p) for p in task.local_names]
+        local = frozenset(task.local_names)
         outgoing: dict[str, np.ndarray] = {}
         kept: dict[str, np.ndarray] = {}
         for name, value in trained.weights.items():
-            (kept if any(p.search(name) for p in local) else outgoing)[name] = value
+            (kept if name in local else outgoing)[name] = value
         result = TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))
         self._kept = dict(Weights(kept)) if kept else {}
         return result
@@ -151,16 +148,19 @@ class SiteAgent:
         return StatsResult(values=Weights(stats.values), num_samples=stats.num_samples)
 
     def _submit_model(self, task: Task) -> Result:
+        # A trainer's own local_model() (its best checkpoint, say) only where no filter stands
+        # between the trainer and the wire; otherwise what already left the site, through its
+        # filters (clipped, variables excluded), is what it sends again.
         local_model = getattr(self.trainer, "local_model", None)
-        if callable(local_model):
+        if callable(local_model) and not self.outbound:
             submitted = local_model(task.config)
             _expect(submitted, TrainResult, "local_model")
             return TrainResult(Weights(submitted.weights), submitted.num_samples,
                                dict(submitted.metrics))
-        if self._local_model is None:
-            raise LookupError("no local model: this site has not trained in this job (or does "
-                              "not keep its last update)")
-        return TrainResult(self._local_model, 1, {})
+        if self._local_model is not None:
+            return TrainResult(self._local_model, 1, {})
+        raise LookupError("no local model: this site has not trained in this job (or does not "
+                          "keep its last update)")
 
     def _prepare(self, task: Task) -> Result:
         """The trainer exists (built for this job); a trainer with a ``prepare(config)``
@@ -189,15 +189,12 @@ class SiteAgent:
 
 def error_text(kind: str, exc: BaseException) -> str:
     """The short reason a site sends the server for a failed task: one line, bounded."""
-    text = f"{kind} raised {type(exc).__name__}: {exc}"
-    text = " ".join(text.split())  # no newlines: nothing can forge a log line
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+    return one_line(f"{kind} raised {type(exc).__name__}: {exc}")
 
 
 def start_failure(exc: BaseException) -> str:
     """The reason a site gives for every task of a job it could not start."""
-    return " ".join(f"cannot start the job: {type(exc).__name__}: {exc}".split())[
-        :MAX_ERROR_CHARS]
+    return one_line(f"cannot start the job: {type(exc).__name__}: {exc}")
 
 
 def _weights(task: Task) -> Weights:

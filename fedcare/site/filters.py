@@ -88,6 +88,8 @@ class ExcludeVariables(Filter):
     In a training result they are replaced by the values the server sent (so the aggregate is
     unaffected by this site's local values and the model keeps its shape); from a local model
     asked for cross-site validation they are dropped (the server fills in the global values).
+    A trainer's initial model (a job without server-side initial weights) has seen no data and
+    passes whole: the job needs every parameter's shape.
     """
 
     name = "exclude_variables"
@@ -105,7 +107,7 @@ class ExcludeVariables(Filter):
         return any(p.search(name) for p in self.patterns)
 
     def outbound(self, task: Task, result: Result) -> Result:
-        if not isinstance(result, TrainResult):
+        if not isinstance(result, TrainResult) or task.kind == TaskKind.INITIAL_MODEL:
             return result
         start: Mapping[str, np.ndarray] = task.weights or {}
         out: dict[str, np.ndarray] = {}

@@ -83,8 +83,7 @@ class _Header(_Model):
     kind: Annotated[str, Field(pattern=KIND_PATTERN)] | None = None
     config: dict[str, _Scalar] = Field(default_factory=dict)
     job: _JobHeader | None = None
-    local_names: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list,
-                                                                      max_length=1024)
+    local_names: list[_Name] = Field(default_factory=list, max_length=100_000)
     result: _ResultHeader | None = None
     error: str | None = None
     tensors: list[_TensorHeader] | None = None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import toyjob
 
-from fedcare import EvalResult, Job, simulate
+from fedcare import EvalResult, Job, Weights, simulate
 from fedcare.core.workflow import Gather, Workflow
 from fedcare.datasets.heart import HOSPITALS, load_raw_columns
 from fedcare.jobs.heart_stats import make_job as heart_stats
@@ -57,23 +57,26 @@ def test_a_site_that_fails_a_statistics_pass_is_reported():
     assert [(f.site_id, f.round_num, f.kind) for f in result.failures] == [
         ("site-1", 0, "statistics")]
     assert "OSError: table locked" in result.failures[0].message
-    assert result.summary.startswith("finished with 2 of 3 sites; site-1: round 0 statistics")
+    # it trained afterwards: it ended the job well, and the summary says it had failed
+    assert result.summary == ("finished with 3 of 3 sites; recovered after failing: site-1 "
+                              "(1 failure)")
 
 
 def test_cross_site_validation_gives_the_models_by_sites_matrix(tmp_path):
     job = dataclasses.replace(toyjob.make_job(num_rounds=1),
                               workflows=(TrainRounds(), CrossSiteValidation()))
     result = simulate(job, run_dir=tmp_path)
-    matrix = result.results["cross_site_validation"]["matrix"]
-    assert list(matrix) == ["global", "site-0", "site-1", "site-2"]
+    saved = result.results["cross_site_validation"]
+    assert list(saved["local"]) == ["site-0", "site-1", "site-2"]
     targets = {"site-0": 1.0, "site-1": 2.0, "site-2": 3.0}
     for site, target in targets.items():
         # the toy site's local model is its target everywhere; its mse at j is (t_i - t_j)^2
-        assert matrix["global"][site]["mse"] == pytest.approx((MEAN_ALL - target) ** 2)
-        for model_site, model_target in targets.items():
-            assert matrix[model_site][site]["mse"] == pytest.approx((model_target - target) ** 2)
-    saved = json.loads((tmp_path / "cross_site_validation.json").read_text())
-    assert saved["matrix"] == matrix and saved["failures"] == []
+        assert saved["global"][site]["mse"] == pytest.approx((MEAN_ALL - target) ** 2)
+        for owner, owner_target in targets.items():
+            assert saved["local"][owner][site]["mse"] == pytest.approx(
+                (owner_target - target) ** 2)
+    assert json.loads((tmp_path / "cross_site_validation.json").read_text()) == saved
+    assert saved["failures"] == [] and saved["num_samples"]["site-2"] == 15
     assert sorted(p.name for p in (tmp_path / "cross_site").iterdir()) == [
         "site-0.npz", "site-1.npz", "site-2.npz"]
 
@@ -198,3 +201,157 @@ def test_a_round_leaves_no_reference_cycle_holding_its_model():
         RoundStreams.__init__ = original
         gc.enable()
     assert len(made) == 3 and alive == []
+
+
+def test_variance_is_exact_when_a_site_misses_the_second_pass():
+    from fedcare.analytics import Mean, Variance, site_statistics
+
+    data = {"a": np.array([[1.0], [2.0], [3.0]]), "b": np.array([[100.0], [np.nan], [102.0]])}
+
+    class Rows:
+        def __init__(self, ctx):
+            self.x, self.site = data[ctx.site_id], ctx.site_id
+
+        def statistics(self, config, model=None):
+            if self.site == "b" and config["name"] == "variance":
+                raise OSError("connection to the warehouse lost")
+            return site_statistics(self.x, config, model)
+
+        def train(self, weights, config):
+            raise NotImplementedError
+
+        evaluate = train
+
+    job = Job(name="two-pass", initial_weights=lambda: Weights({}), trainer=Rows,
+              strategy=toyjob.make_job().strategy, num_rounds=0, site_ids=("a", "b"),
+              workflows=(FederatedStatistics(Mean(), Variance()),))
+    result = simulate(job)
+    # the mean counts a and b; the variance can only count a's rows, about a's own mean
+    assert result.weights["mean"][0] == pytest.approx((1 + 2 + 3 + 100 + 102) / 5)
+    assert result.weights["variance"][0] == pytest.approx(1.0)
+    assert [f.kind for f in result.failures] == ["statistics"]
+
+
+def test_cross_site_validation_with_scaffold_and_a_site_called_global():
+    from test_controller import ScaffoldToy
+
+    from fedcare import algorithms
+
+    job = dataclasses.replace(
+        toyjob.make_job(num_rounds=1), strategy=algorithms.Scaffold(),
+        trainer=lambda ctx: ScaffoldToy(ctx.site_index), site_ids=("global", "b", "c"),
+        workflows=(TrainRounds(), CrossSiteValidation()))
+    saved = simulate(job).results["cross_site_validation"]
+    # control-variate changes are not part of a local model; "global" is just a site's name
+    assert saved["failures"] == []
+    assert sorted(saved["local"]) == ["b", "c", "global"]
+    assert saved["local"]["global"]["global"]["mse"] == pytest.approx(0.0)  # its own data
+    assert saved["global"]["global"]["mse"] > 0.1  # the global model is not site "global"'s
+
+
+def test_excluded_variables_do_not_break_an_initial_model_from_a_site():
+    from fedcare.core.policy import SitePolicy
+
+    class Initialising(toyjob.ToyTrainer):
+        def initial_model(self):
+            return toyjob.initial()
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1), initial_weights=None,
+                              trainer=lambda ctx: Initialising(ctx.site_index, "ok"))
+    policy = SitePolicy.model_validate({"outbound": [{"exclude_variables": {"patterns": ["^b$"]}}]})
+    result = simulate(job, site_policy=policy)
+    assert result.failures == []
+    np.testing.assert_array_equal(result.weights["b"], 0.0)  # nobody's b left its site
+
+
+def test_workflow_settings_that_cannot_work_are_refused():
+    from fedcare import ConfigError
+    with pytest.raises(ValueError, match="task kind must match"):
+        Gather("Train\n", 0, [], EvalResult)
+    with pytest.raises(ConfigError, match="as a FederatedStatistics workflow"):
+        dataclasses.replace(toyjob.make_job(statistics=True), workflows=(TrainRounds(),))
+    with pytest.raises(ConfigError, match="trains in one workflow"):
+        dataclasses.replace(toyjob.make_job(), workflows=(TrainRounds(), TrainRounds()))
+
+
+def test_a_sites_error_text_reaches_logs_and_records_as_one_printable_line():
+    class Forging(toyjob.ToyTrainer):
+        def train(self, weights, config):
+            raise RuntimeError("disk\njob toy round 1: site site-0: forged line \x1b[31m red"
+                               + "x" * 5000)
+
+    def trainer(ctx):
+        kind = Forging if ctx.site_id == "site-2" else toyjob.ToyTrainer
+        return kind(ctx.site_index, "ok")
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1, min_sites=2), trainer=trainer)
+    (failure,) = simulate(job).failures
+    assert "\n" not in failure.message and "\x1b" not in failure.message
+    assert failure.message.startswith("train raised RuntimeError: disk job toy round 1")
+    assert len(failure.message) == 2000 and failure.message.endswith("...")
+
+
+def test_statistics_after_training_run_again_when_a_job_resumes(tmp_path):
+    from fedcare.server.controller import Checkpoint, RoundController
+    from fedcare.site import SiteAgent
+    from fedcare.transport import MemoryTransport
+
+    def job():
+        return dataclasses.replace(
+            toyjob.make_job(num_rounds=2),
+            workflows=(TrainRounds(), FederatedStatistics(toyjob.MeanTarget()),
+                       CrossSiteValidation()))
+
+    def transport(j):
+        return MemoryTransport({s: SiteAgent(s, toyjob.ToyTrainer(i, "ok"),
+                                             keep_local_model=True).handle
+                                for i, s in enumerate(j.site_ids)})
+
+    first = job()
+    run = RoundController(first, transport(first), run_dir=tmp_path, keep_checkpoints=2)
+    run.run()
+    checkpoints = Checkpointer(tmp_path / "checkpoints", keep=2)
+    resumed_job = job()
+    resumed = RoundController(resumed_job, transport(resumed_job), resume=Checkpoint(
+        1, checkpoints.load(1), [r for r in run.history.rounds if r.round_num <= 1])).run()
+    assert [r.round_num for r in resumed.history.rounds] == [0, 1, 2]
+    assert "statistics" in resumed.results and "cross_site_validation" in resumed.results
+    np.testing.assert_allclose(resumed.weights["b"], MEAN_ALL, rtol=1e-6)
+
+
+def test_metric_names_must_be_printable_and_short():
+    class Odd(toyjob.ToyTrainer):
+        def evaluate(self, weights, config):
+            return EvalResult(5, {"acc\x1b[2J": 1.0})
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1, min_sites=2),
+                              trainer=lambda ctx: Odd(ctx.site_index, "ok")
+                              if ctx.site_id == "site-0" else toyjob.ToyTrainer(ctx.site_index,
+                                                                                "ok"))
+    result = simulate(job)
+    assert {(f.site_id, f.kind) for f in result.failures} == {("site-0", "evaluate")}
+    assert "metric names must be printable text of 1..128 characters" in (
+        result.failures[0].message)
+
+
+def test_a_site_keeps_exactly_the_parameters_the_server_names_local():
+    from fedcare import TrainResult
+    from fedcare.core.message import Task, TaskKind
+    from fedcare.site import SiteAgent
+
+    class Local:
+        def train(self, weights, config):
+            return TrainResult(Weights({k: np.asarray(v) + 1 for k, v in weights.items()}), 3)
+
+        def evaluate(self, weights, config):
+            self.seen = weights
+            return EvalResult(1, {})
+
+    trainer = Local()
+    agent = SiteAgent("s", trainer)
+    model = Weights({"bn.weight": np.zeros(2), "bn.weights2": np.zeros(2), "fc": np.zeros(2)})
+    sent = agent.handle(Task("t", "j", 1, TaskKind.TRAIN, model, local_names=("bn.weight",)))
+    assert sorted(sent.result.weights) == ["bn.weights2", "fc"]  # a name, not a pattern
+    agent.handle(Task("e", "j", 1, TaskKind.EVALUATE, model, local_names=("bn.weight",)))
+    np.testing.assert_array_equal(trainer.seen["bn.weight"], 1.0)  # its own value, put back
+    np.testing.assert_array_equal(trainer.seen["fc"], 0.0)  # the server's

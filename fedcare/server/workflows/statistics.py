@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from fedcare.core.errors import AggregationError
 from fedcare.core.job import FederatedStatistic
 from fedcare.core.message import StatsResult, TaskKind
 from fedcare.core.weights import Weights
@@ -72,4 +73,12 @@ class FederatedStatistics(Workflow):
                 except ValueError as exc:
                     ctx.fail(failures, SiteFailure(arrival.site_id, 0, "statistics", str(exc)))
         ctx.require(totals.num_results, 0, f"statistics {statistic.name}", failures)
-        return totals.finalize(statistic, weights), sorted(sites), totals.num_samples
+        try:
+            finalized = totals.finalize(statistic, weights)
+        except KeyError as exc:
+            raise AggregationError(f"statistic {statistic.name}: the sites' totals lack {exc} "
+                                   f"(they sent {sorted(totals.totals())})", job_id=ctx.job_id,
+                                   round_num=0) from None
+        except AggregationError as exc:
+            raise AggregationError(exc.message, job_id=ctx.job_id, round_num=0) from None
+        return finalized, sorted(sites), totals.num_samples
