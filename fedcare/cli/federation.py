@@ -6,12 +6,14 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from fedcare.cli.output import console, fail
 from fedcare.core.config import JobFile, read_job_file
@@ -168,17 +170,53 @@ def admin_submit(ctx: typer.Context, job: Annotated[str, typer.Argument(
     print(reply.job_id)
 
 
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _round(job: dict[str, Any]) -> str:
+    return f"{_text(job.get('round_num'))}/{_text(job.get('num_rounds'))}"
+
+
+def _params(job: dict[str, Any]) -> str:
+    return json.dumps(job.get("params") or {}, ensure_ascii=False)  # one line, compact
+
+
+#: The columns of ``admin status``: header, the cell made from one job dict (as the server
+#: sends it), and extra ``Table.add_column`` options. Append here to show more of a job.
+JOB_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str], dict[str, Any]]] = [
+    ("entry point", lambda j: _text(j.get("entry_point")), {"overflow": "fold"}),
+    ("params", _params, {"overflow": "fold"}),
+    ("status", lambda j: _text(j.get("status")), {}),
+    ("round", _round, {}),
+    ("submitted by", lambda j: _text(j.get("submitted_by")), {"overflow": "fold"}),
+    ("error", lambda j: _text(j.get("error")), {"overflow": "fold"}),
+]
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    """The ``admin status`` table of the server's job dicts; keys it does not know are ignored.
+
+    The job id column is as wide as the longest id and never wraps: ids are whole at any
+    console width, to be copied into ``watch``, ``abort`` or ``download``.
+    """
+    table = Table(title="jobs")
+    ids = [_text(j.get("job_id")) for j in jobs]
+    table.add_column("job", no_wrap=True, overflow="fold",
+                     min_width=max((len(i) for i in ids), default=3))
+    for header, _, options in JOB_COLUMNS:
+        table.add_column(header, **options)
+    for job_id, job in zip(ids, jobs, strict=True):
+        # Text, not str: brackets in params or an error message are not rich markup.
+        table.add_row(Text(job_id), *(Text(cell(job)) for _, cell, _ in JOB_COLUMNS))
+    return table
+
+
 @admin_app.command("status")
 def admin_status(ctx: typer.Context, server: ServerOpt = None) -> None:
-    """Jobs and their progress."""
+    """Jobs and their progress: id, entry point, parameters, status, round, who, error."""
     jobs = json.loads(_call(ctx.obj, server, "Status", pb.Empty()).json)["jobs"]
-    table = Table(title="jobs")
-    for col in ("job", "entry point", "status", "round", "submitted by", "error"):
-        table.add_column(col)
-    for j in jobs:
-        table.add_row(j["job_id"], j["entry_point"], j["status"],
-                      f"{j['round_num']}/{j['num_rounds']}", j["submitted_by"], j["error"] or "")
-    console.print(table)
+    console.print(jobs_table(jobs))
 
 
 @admin_app.command("sites")
@@ -196,9 +234,15 @@ def admin_abort(ctx: typer.Context, job_id: str, server: ServerOpt = None) -> No
 
 @admin_app.command("download")
 def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.Option(
-        help="folder to write model.npz and metrics.json into")] = Path("."),
+        help="folder to write {job_id}-model.npz and {job_id}-metrics.json into "
+             "(created if missing)")] = Path("."),
         server: ServerOpt = None) -> None:
-    """Download a job's global model (.npz) and per-round metrics (.json)."""
+    """Download a job's global model and per-round metrics.
+
+    Writes {job_id}-model.npz (the global model, numpy .npz) and
+    {job_id}-metrics.json (one record per round) into --out,
+    replacing files of those names.
+    """
     import numpy as np
 
     from fedcare.core.message import TrainResult

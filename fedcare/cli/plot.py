@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcare.server.history import History
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def learning_curve(history: History, path: Path, *, metric: str = "accuracy",
-                   title: str = "") -> Path:
-    """Global (sample-weighted) and per-site evaluation ``metric`` against the round."""
-    import matplotlib
+log = logging.getLogger("fedcare")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+PREFERRED_METRIC = "accuracy"
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+
+def eval_metric_names(history: History) -> list[str]:
+    """Every evaluation metric the history has, global or per site, in order of appearance."""
+    names: dict[str, None] = {}
+    for r in history.rounds:
+        names.update(dict.fromkeys(r.eval_metrics))
+        for ev in r.site_eval.values():
+            names.update(dict.fromkeys(ev.metrics))
+    return list(names)
+
+
+def choose_metric(history: History) -> str | None:
+    """``accuracy`` if the history has it, else its first evaluation metric; None if none."""
+    names = eval_metric_names(history)
+    if PREFERRED_METRIC in names:
+        return PREFERRED_METRIC
+    return names[0] if names else None
+
+
+def learning_curve_figure(history: History, *, metric: str | None = None,
+                          title: str = "") -> Figure | None:
+    """The learning-curve figure of ``metric`` (default: :func:`choose_metric`).
+
+    None when the history has no value of that metric (e.g. a job that never evaluates).
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    metric = metric or choose_metric(history)
+    if metric is None or metric not in eval_metric_names(history):
+        return None
+    fig = Figure(figsize=(7, 4.2), dpi=120)
+    ax = fig.subplots()
     sites = sorted({s for r in history.rounds for s in r.site_eval})
     for site_id in sites:
         points = history.metric(metric, site_id=site_id)
@@ -25,11 +56,25 @@ def learning_curve(history: History, path: Path, *, metric: str = "accuracy",
     if points:
         ax.plot(*zip(*points, strict=True), lw=2.5, color="black", label="all sites (weighted)")
     ax.set_xlabel("round (0 = initial model)")
-    ax.set_ylabel(f"test {metric}")
+    ax.set_ylabel(f"evaluation {metric} (held-out test data)")
     ax.set_title(title or f"federated evaluation: {metric}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def learning_curve(history: History, path: Path, *, metric: str | None = None,
+                   title: str = "") -> Path | None:
+    """Write the global (sample-weighted) and per-site evaluation ``metric`` against the round.
+
+    ``metric`` defaults to ``accuracy`` if the history has it, else its first evaluation metric.
+    Returns ``path``, or None (and writes nothing) when there is no such metric to plot.
+    """
+    fig = learning_curve_figure(history, metric=metric, title=title)
+    if fig is None:
+        wanted = f"no evaluation metric {metric!r}" if metric else "no evaluation metric"
+        log.warning("%s in the run's history: no learning curve written to %s", wanted, path)
+        return None
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ import grpc
 import typer
 import yaml
 
+from fedcare.core.config import JobFile, read_job_file
 from fedcare.core.errors import FedcareError
 from fedcare.provision import provision
 from fedcare.transport.grpc import fedcare_pb2 as pb
@@ -34,13 +36,19 @@ _READY = re.compile(r"fedcare server ready on (\S+):(\d+)")
 
 
 class PocFederation:
-    """Server and sites as child processes of this one, plus an admin stub."""
+    """Server and sites as child processes of this one, plus an admin stub.
 
-    def __init__(self, workdir: Path, site_names: list[str], *, log_dir: Path | None = None
-                 ) -> None:
+    ``import_paths`` are put first on the server's and the sites' import path (PYTHONPATH), e.g.
+    the folder of a job file, so that the entry point module beside it is importable there
+    wherever this process was started from.
+    """
+
+    def __init__(self, workdir: Path, site_names: list[str], *, log_dir: Path | None = None,
+                 import_paths: Sequence[Path] = ()) -> None:
         self.workdir = workdir
         self.site_names = site_names
         self.log_dir = log_dir or workdir / "logs"
+        self.import_paths = [Path(p).resolve() for p in import_paths]
         self.kits: dict[str, Path] = {}
         self.server: subprocess.Popen[str] | None = None
         self.sites: dict[str, subprocess.Popen[bytes]] = {}
@@ -63,13 +71,23 @@ class PocFederation:
     def _command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "fedcare.cli", *args]
 
+    def _env(self, **extra: str) -> dict[str, str]:
+        """This process's environment, with ``import_paths`` first on PYTHONPATH."""
+        env = {**os.environ, **extra}
+        paths = [str(p) for p in self.import_paths]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
     def start_server(self, timeout_s: float = 30.0) -> str:
         """Start (or restart) the server; returns host:port once it is accepting connections."""
         port = self.address.rsplit(":", 1)[1] if self.address else "0"
         log = open(self.log_dir / "server.log", "a")  # noqa: SIM115 - owned by the process
         self.server = subprocess.Popen(
             self._command("server", "start", str(self.kits["server"]), "--port", port),
-            stdout=subprocess.PIPE, stderr=log, text=True)
+            stdout=subprocess.PIPE, stderr=log, text=True, env=self._env())
         assert self.server.stdout is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -92,7 +110,7 @@ class PocFederation:
         log = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - owned by the process
         # All sites share this machine's cores: one math thread each, or OpenMP threads
         # spin-waiting in N processes starve each other (a real site has its own machine).
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = self._env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self.sites[name] = subprocess.Popen(
             self._command("site", "start", str(self.kits[name]), "--server",
                           server_address or self.address),
@@ -156,7 +174,24 @@ def poc_command(
     console = Console()
     names = site_names.split(",") if site_names else [f"site-{i}" for i in range(1, sites + 1)]
     started = time.monotonic()
-    fed = PocFederation(workdir.resolve(), names)
+    spec: JobFile | None = None
+    import_paths: list[Path] = []
+    try:
+        if job is not None and Path(job).is_file():
+            # The entry point module may sit beside the job file (as with ``simulate``): the
+            # server and the sites get its folder on their import path, whatever the cwd.
+            spec = read_job_file(Path(job))
+            import_paths.append(Path(job).resolve().parent)
+        elif job is not None:
+            spec = JobFile(entry_point=job)
+    except FedcareError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=1) from None
+    except ValueError:  # pydantic's ValidationError: neither a job file nor module:function
+        console.print(f"[bold red]error:[/] job {job!r} is neither a job file nor "
+                      "module:function")
+        raise typer.Exit(code=1) from None
+    fed = PocFederation(workdir.resolve(), names, import_paths=import_paths)
     try:
         fed.provision()
         address = fed.start_server()
@@ -165,7 +200,7 @@ def poc_command(
         console.print(f"POC federation up in {time.monotonic() - started:.1f} s: server "
                       f"{address}, sites {', '.join(names)}; logs in {fed.log_dir}")
         admin = fed.kits["admin"]
-        if job is None:
+        if spec is None:
             console.print(f"try: fedcare admin {admin} sites --server {address}\n"
                           "Ctrl-C stops everything.")
             stop = threading.Event()
@@ -173,9 +208,6 @@ def poc_command(
                 signal.signal(sig, lambda *_: stop.set())
             stop.wait()
             return
-        from fedcare.core.config import JobFile, read_job_file
-
-        spec = read_job_file(Path(job)) if Path(job).is_file() else JobFile(entry_point=job)
         job_id = fed.admin().Submit(pb.SubmitRequest(
             entry_point=spec.entry_point, params_json=json.dumps(spec.params)), timeout=60).job_id
         first_round = None
