@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import grpc
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -110,7 +111,7 @@ def site_start(
         cfg = kit.config
         data_dir = Path(cfg.data_dir) if cfg.data_dir else None
         runtime = SiteRuntime(cfg.name, data_dir=data_dir,
-                              allowed_trainers=cfg.allowed_trainers or ())
+                              allowed_trainers=cfg.allowed_trainers or (), policy=cfg.policy)
         address = server or f"{cfg.server_host}:{cfg.server_port}"
         connection = SiteConnection(cfg.name, address, _tls(kit), runtime.handle)
     except FedcareError as exc:
@@ -267,16 +268,38 @@ def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.O
 
 @admin_app.command("watch")
 def admin_watch(ctx: typer.Context, job_id: str, server: ServerOpt = None) -> None:
-    """Follow a job live until it ends."""
+    """Follow a job live until it ends: rounds, metrics and every site failure as it happens.
+
+    Exits 0 when the job finished (the last line says with how many of its sites), 1 when it
+    failed or was aborted.
+    """
     try:
         stub = _stub(ctx.obj, server)
     except FedcareError as exc:
         raise fail(exc) from None
+    state: dict[str, Any] = {}
     try:
         for update in stub.Watch(pb.JobRef(job_id=job_id)):
             state = json.loads(update.json)
+            for failure in state.get("new_failures", []):
+                console.print(f"[yellow]site {escape(failure['site_id'])} failed[/yellow] round "
+                              f"{failure['round_num']} {escape(failure['kind'])}: "
+                              f"{escape(failure['message'])}",
+                              markup=True, highlight=False)
             metrics = " ".join(f"{k}={v:.4f}" for k, v in state["eval_metrics"].items())
             console.print(f"{state['job_id']} {state['status']} round "
-                          f"{state['round_num']}/{state['num_rounds']} {metrics}")
+                          f"{state['round_num']}/{state['num_rounds']} {metrics}",
+                          highlight=False, markup=False)
+            if state.get("summary") and state["status"] in ("queued", "running"):
+                console.print(f"  {state['summary']}", highlight=False, markup=False)
     except grpc.RpcError as exc:
         raise fail(RuntimeError(f"watch: {exc.details()}")) from None
+    status = state.get("status")
+    if status == "finished":
+        console.print(f"{job_id}: {state.get('summary') or 'finished'}", highlight=False,
+                      markup=False)
+        return
+    console.print(f"[red]{escape(job_id)}: {status}[/red]: {escape(state.get('error') or '')}",
+                  markup=True,
+                  highlight=False)
+    raise typer.Exit(1)
