@@ -19,6 +19,7 @@ from rich.text import Text
 from fedcare.cli.output import console, fail
 from fedcare.core.config import JobFile, read_job_file
 from fedcare.core.errors import ConfigError, FedcareError, TransportError
+from fedcare.core.text import one_line
 from fedcare.provision import Kit, load_crl, load_kit
 from fedcare.transport.grpc import fedcare_pb2 as pb
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
@@ -172,7 +173,18 @@ def admin_submit(ctx: typer.Context, job: Annotated[str, typer.Argument(
 
 
 def _text(value: object) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else one_line(value)
+
+
+def _sites(job: dict[str, Any]) -> str:
+    """The job's summary ("finished with 3 of 4 sites", who is missing), or while it runs
+    the sites that failed so far, each with its count and last reason."""
+    failed = job.get("failed_sites") or {}
+    if job.get("summary"):
+        return _text(job["summary"])
+    return "; ".join(f"{site}: {info.get('count')}x, last round {info.get('round_num')} "
+                     f"{info.get('kind')}: {info.get('message')}"
+                     for site, info in sorted(failed.items()))
 
 
 def _round(job: dict[str, Any]) -> str:
@@ -191,6 +203,7 @@ JOB_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str], dict[str, Any]]] =
     ("status", lambda j: _text(j.get("status")), {}),
     ("round", _round, {}),
     ("submitted by", lambda j: _text(j.get("submitted_by")), {"overflow": "fold"}),
+    ("sites", _sites, {"overflow": "fold"}),
     ("error", lambda j: _text(j.get("error")), {"overflow": "fold"}),
 ]
 

@@ -122,7 +122,8 @@ def test_jobs_table_takes_the_server_dicts_as_they_come():
     assert table["job"] == ["job-aaaaaaaaaa", "job-bbbbbbbbbb"]
     assert table["entrypoint"][1] == "m:f" and table["status"][1] == "queued"
     assert table["params"][1] == "{}" and table["error"][1] == "" and table["round"][1] == "/"
-    assert "finished with 2 of 3" not in text
+    assert "finished with 2 of 3 sites" in text  # the summary, in the sites column
+    assert "'x'" not in text  # an unknown key is not shown
     assert "jobs" in render(jobs_table([]))
 
 
@@ -140,3 +141,21 @@ def test_jobs_table_params_are_one_line_of_json():
     params = {"modes": {"site-1": "nan"}, "lr": 0.05, "hosts": ["a", "b"]}
     text = render(jobs_table([job("job-cccccccccc", params=params)]), width=400)
     assert json.dumps(params) in text
+
+
+def test_admin_status_shows_who_failed_and_the_summary():
+    from rich.console import Console
+
+    from fedcare.cli.federation import jobs_table
+
+    running = {"job_id": "job-1", "status": "running", "round_num": 2, "num_rounds": 5,
+               "failed_sites": {"va": {"count": 2, "round_num": 2, "kind": "train",
+                                       "message": "train raised KeyError: 'chol'"}}}
+    done = {"job_id": "job-2", "status": "finished", "round_num": 5, "num_rounds": 5,
+            "summary": "finished with 3 of 4 sites; va: round 5 train: \x1b[31mKeyError"}
+    console = Console(width=200, record=True, color_system=None)
+    console.print(jobs_table([running, done]))
+    text = console.export_text()
+    assert "va: 2x, last round 2 train: train raised KeyError: 'chol'" in text
+    assert "finished with 3 of 4 sites; va: round 5 train:" in text
+    assert "\x1b" not in text
