@@ -118,11 +118,12 @@ class LargeTrainer:
         return EvalResult(10, {})
 
 
-def make_large_job(num_params: int = 8_000_000, min_sites: int = 2) -> Job:
+def make_large_job(num_params: int = 8_000_000, min_sites: int = 2,
+                   round_timeout_s: float = 120) -> Job:
     return Job(name="large", initial_weights=lambda: Weights({"x": np.zeros(num_params,
                                                                            np.float32)}),
                trainer=LargeTrainer, strategy=FedAvg(), num_rounds=1, min_sites=min_sites,
-               round_timeout_s=120, evaluate_every=0)
+               round_timeout_s=round_timeout_s, evaluate_every=0)
 
 
 def trainer_for(ctx: SiteContext, *, mode: str = "ok") -> ToyTrainer:

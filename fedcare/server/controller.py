@@ -83,11 +83,26 @@ class RunResult:
         return sorted({f.site_id for f in self.failures})
 
 
-def completion_summary(sites: list[str], outcome: Mapping[str, SiteFailure | None],
+#: Failures that any later valid result of the same site makes good (it connected, it started).
+_STARTING = ("absent", "prepare")
+
+
+def completion_summary(sites: list[str],
+                       outcome: Mapping[str, Mapping[str, SiteFailure | None]],
                        failures: list[SiteFailure]) -> str:
     """One line for the people responsible: how many sites ended the job well, the last reason
-    of each site whose last task failed, and the sites that failed earlier and recovered."""
-    failed = {site: f for site, f in outcome.items() if f is not None}
+    of each site that did not, and the sites that failed earlier and recovered.
+
+    A site ends well when, for every kind of task it failed (training, statistics, ...), its
+    last task of that kind succeeded; a site that was absent or could not start, and later
+    answered, counts as recovered.
+    """
+    order = {id(f): i for i, f in enumerate(failures)}
+    failed: dict[str, SiteFailure] = {}
+    for site, kinds in outcome.items():
+        pending = [f for f in kinds.values() if f is not None]
+        if pending:
+            failed[site] = max(pending, key=lambda f: order.get(id(f), -1))
     everyone = sorted(set(sites) | set(outcome))
     line = f"finished with {len(everyone) - len(failed)} of {len(everyone)} sites"
     if failed:
@@ -137,8 +152,8 @@ class RoundController:
         self._local_names: tuple[str, ...] = ()
         self._trained = False  # the training workflow has run (in this process)
         self._step = 0  # index of the workflow running: part of its task ids
-        # each site's last outcome: None (a valid result) or its last failure
-        self._outcome: dict[str, SiteFailure | None] = {}
+        # each site's last outcome per task kind: None (a valid result) or its last failure
+        self._outcome: dict[str, dict[str, SiteFailure | None]] = {}
         self._asked: set[str] = set(job.site_ids or ())  # the job's sites, and all sent tasks
         if resume is not None:
             for record in resume.records:
@@ -362,7 +377,7 @@ class RoundController:
                                                     connection_lost=reply.connection_lost))
                     continue
                 assert reply.result is not None
-                self._outcome[site_id] = None
+                self._succeeded(site_id, kind)
                 arrival = Arrival(site_id, reply.result, reply.folded)
                 del reply  # hold no reference while waiting for the next reply (memory)
                 yield arrival
@@ -385,8 +400,14 @@ class RoundController:
         log.error("%s", error)
         failures.append(failure)
         self.failures.append(failure)
-        self._outcome[failure.site_id] = failure
+        self._outcome.setdefault(failure.site_id, {})[failure.kind] = failure
         self.listener.on_failure(failure)
+
+    def _succeeded(self, site_id: str, kind: str) -> None:
+        outcome = self._outcome.setdefault(site_id, {})
+        outcome[kind] = None
+        for start in _STARTING:  # any answer shows the site is there and runs the job
+            outcome.pop(start, None)
 
     def require(self, count: int, round_num: int, kind: str,
                 failures: list[SiteFailure]) -> None:

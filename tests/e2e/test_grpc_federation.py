@@ -315,7 +315,9 @@ def test_sites_that_stop_reading_cannot_block_the_broadcast(federation, caplog):
     silent = [_silent_site(ca, server, f"a-silent-{i}") for i in range(2)]
     assert len(server.transport.wait_for_sites(2, 30)) == 2
     start_sites(federation, 2, connected=4)
-    stub, job_id, state = run_job(admin(), "toyjob:make_large_job", "{}")
+    # round_timeout_s=5: the silent sites never answer the job's prepare task (a small one:
+    # nothing stalls); then the model's broadcast stalls on them, and the watchdog cuts them
+    stub, job_id, state = run_job(admin(), "toyjob:make_large_job", '{"round_timeout_s": 5}')
     for _, done in silent:
         done.set()
     assert state["status"] == "finished", state
@@ -323,6 +325,7 @@ def test_sites_that_stop_reading_cannot_block_the_broadcast(federation, caplog):
     assert sorted(record["trained_sites"]) == ["site-0", "site-1"]
     logged = " ".join(r.getMessage() for r in caplog.records)
     for i in range(2):
+        assert f"site a-silent-{i}: no result within round_timeout_s=5" in logged  # prepare
         assert f"site a-silent-{i}: download stalled" in logged
 
 

@@ -67,3 +67,18 @@ def test_site_processes_that_cannot_start_are_reported(tmp_path):
     assert "global model is kept" not in message  # there was none yet
     assert "site a: cannot start the job: FileNotFoundError: no data for a" in message
     assert "site b: cannot start the job: FileNotFoundError: no data for b" in message
+
+
+def test_site_processes_ignore_a_folder_named_fedcare_in_the_current_directory(
+        tmp_path, monkeypatch):
+    # `python -m` would put the current directory first on the import path: a folder called
+    # fedcare there (a checkout, a results folder) must not replace the installed package
+    shadow = tmp_path / "fedcare"
+    (shadow / "sim").mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the wrong fedcare was imported')\n")
+    (shadow / "sim" / "__init__.py").write_text("")
+    (shadow / "sim" / "worker.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    result = simulate(load_job(JOB_FILE, {"num_rounds": 1}), processes=True)
+    np.testing.assert_allclose(result.weights["w"], (10 + 40 + 90) / 60, rtol=1e-6)
+    assert result.failures == []
