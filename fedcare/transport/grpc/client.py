@@ -37,6 +37,11 @@ def secure_channel(address: str, tls: TlsFiles) -> grpc.Channel:
     return grpc.secure_channel(address, channel_credentials(tls), options=[
         ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
         ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT), *KEEPALIVE_OPTIONS,
+        # As at the server: without BDP probing the receive window stays small, so the model
+        # being downloaded waits at the server instead of piling up in this site's memory.
+        # Measured (bench, 25 M x 8, 10 rounds): a site's peak 4.2x -> 3.3x the model above
+        # idle, round time unchanged (2.68 s -> 2.67 s).
+        ("grpc.http2.bdp_probe", 0),
     ])
 
 
