@@ -74,12 +74,13 @@ def floor_round_s(num_params: int, num_sites: int, rounds: int = 7) -> float:
 ROUNDS = 10
 
 
-def federation_run(num_params: int, num_sites: int, rounds: int = ROUNDS) -> dict[str, float]:
+def federation_run(num_params: int, num_sites: int, rounds: int = ROUNDS,
+                   server_args: tuple[str, ...] = ()) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         fed = PocFederation(Path(tmp) / "poc", [f"site-{i}" for i in range(num_sites)])
         try:
             fed.provision()
-            fed.start_server()
+            fed.start_server(extra_args=server_args)
             fed.start_sites()
             fed.wait_for_sites(num_sites)
             server_pid = fed.server.pid  # type: ignore[union-attr]
@@ -182,10 +183,22 @@ def main() -> None:
         print(f"done {num_params} x {num_sites}", file=sys.stderr, flush=True)
     # Two round trips: the first touches every buffer for the first time (page faults cost
     # 1-3 s per GiB on this VM), the second reuses them.
+    # Does folding uploads in as their chunks arrive pay? The same case with every upload
+    # received whole first (``fedcare server start --no-streamed-fold``).
+    big = sizes[-1]
+    whole = federation_run(big, 8, server_args=("--no-streamed-fold",))
+    streamed = next(c for c in cases if c["num_params"] == big and c["num_sites"] == 8)
+    fold = {"num_params": big, "num_sites": 8, "whole_uploads": whole,
+            "streamed_round_s": streamed["round_s_median"],
+            "whole_round_s": whole["round_s_median"],
+            "streamed_peak_over_model": streamed["peak_above_idle_over_model"],
+            "whole_peak_over_model": whole["peak_above_idle_over_model"]}
+    print(f"done {big} x 8 whole uploads", file=sys.stderr, flush=True)
     gib = None if args.quick else federation_run(1024**3 // 4, 1, rounds=2)
     result = {"name": "transport", "git_sha": git_sha(),
               "params": {"rounds": ROUNDS, "chunk_bytes": 2 * 1024**2, "quick": args.quick},
               "metrics": {"raw_grpc_mtls": raw, "cases": cases, "one_gib_round_trip": gib,
+                          "streamed_fold": fold,
                           "poc_start_to_first_round_s": first}}
     print(json.dumps(result, indent=1))
     print(f"\nplain gRPC over mTLS, no framework: {raw['server_to_site_MBps']:.0f} MB/s down, "
@@ -206,6 +219,9 @@ def main() -> None:
         print(f"1 GiB round trip: first {cold:.1f} s ({size / cold:.0f} MB/s), second "
               f"{warm:.1f} s ({size / warm:.0f} MB/s); server peak "
               f"{gib['peak_above_idle_over_model']:.2f}x the model")
+    print(f"{big} x 8, uploads folded as they arrive vs received whole: round "
+          f"{fold['streamed_round_s']:.3f} s vs {fold['whole_round_s']:.3f} s, server peak "
+          f"{fold['streamed_peak_over_model']:.2f}x vs {fold['whole_peak_over_model']:.2f}x")
     print(f"POC start to first round: {first:.2f} s")
 
 

@@ -70,6 +70,10 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 def server_start(
     kit_dir: Annotated[Path, typer.Argument(help="the server's startup kit")],
     port: Annotated[int | None, typer.Option(help="override the kit's port (0: any free)")] = None,
+    streamed_fold: Annotated[bool, typer.Option(
+        help="fold training uploads into the round as their chunks arrive (default); "
+             "--no-streamed-fold receives each whole first (see the README's benchmark)"
+    )] = True,
 ) -> None:
     """Start the federation server; it runs submitted jobs until stopped (Ctrl-C, SIGTERM)."""
     from fedcare.server.admin import AdminService
@@ -86,7 +90,7 @@ def server_start(
         server = FederationServer(
             _tls(kit), kit.dir / (kit.config.workspace or "workspace"),
             host=kit.config.server_host, port=kit.config.server_port if port is None else port,
-            revoked=revoked,
+            revoked=revoked, streamed_fold=streamed_fold,
             add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
     except FedcareError as exc:
         raise fail(exc) from None

@@ -81,12 +81,16 @@ class PocFederation:
             env["PYTHONPATH"] = os.pathsep.join(paths)
         return env
 
-    def start_server(self, timeout_s: float = 30.0) -> str:
-        """Start (or restart) the server; returns host:port once it is accepting connections."""
+    def start_server(self, timeout_s: float = 30.0, extra_args: Sequence[str] = ()) -> str:
+        """Start (or restart) the server; returns host:port once it is accepting connections.
+
+        ``extra_args``: more ``fedcare server start`` options (e.g. ``--no-streamed-fold``).
+        """
         port = self.address.rsplit(":", 1)[1] if self.address else "0"
         log = open(self.log_dir / "server.log", "a")  # noqa: SIM115 - owned by the process
         self.server = subprocess.Popen(
-            self._command("server", "start", str(self.kits["server"]), "--port", port),
+            self._command("server", "start", str(self.kits["server"]), "--port", port,
+                          *extra_args),
             stdout=subprocess.PIPE, stderr=log, text=True, env=self._env())
         assert self.server.stdout is not None
         deadline = time.monotonic() + timeout_s

@@ -44,9 +44,10 @@ class JobTransport(Transport):
     """
 
     def __init__(self, inner: Transport, row: JobRow,
-                 site_ids: Sequence[str] | None = None) -> None:
+                 site_ids: Sequence[str] | None = None, *, streamed_fold: bool = True) -> None:
         super().__init__()
         self.inner = inner
+        self._streamed_fold = streamed_fold
         self._entry_point = row.entry_point
         self._params_json = json.dumps(row.params, sort_keys=True)
         self._index: dict[str, int] = {s: i for i, s in enumerate(site_ids or ())}
@@ -73,7 +74,8 @@ class JobTransport(Transport):
         return self.inner.receive(timeout_s)
 
     def stream_into(self, target: StreamTarget | None) -> None:
-        self.inner.stream_into(target)
+        if self._streamed_fold:  # else every upload arrives whole and is folded in then
+            self.inner.stream_into(target)
 
     def may_still_connect(self) -> bool:
         return self.inner.may_still_connect()
@@ -115,13 +117,14 @@ class FederationServer:
     def __init__(self, tls: TlsFiles, workspace: Path, *, host: str = "127.0.0.1",
                  port: int = 0, revoked: Callable[[], set[int]] = set,
                  connect_timeout_s: float = 300.0,
-                 stall_timeout_s: float = 60.0,
+                 stall_timeout_s: float = 60.0, streamed_fold: bool = True,
                  add_services: Callable[[FederationServer, object], None] | None = None
                  ) -> None:
         self.workspace = workspace
         self.store = Store(workspace / "server.db")
         self.revoked = revoked
         self.connect_timeout_s = connect_timeout_s
+        self.streamed_fold = streamed_fold
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._aborts: dict[str, threading.Event] = {}
@@ -194,7 +197,8 @@ class FederationServer:
         self.store.set_status(row.job_id, "running")
         self.store.audit("server", "resume" if resume else "start", row.job_id)
         controller = RoundController(
-            job, JobTransport(self.transport, row, job.site_ids), run_dir=run_dir,
+            job, JobTransport(self.transport, row, job.site_ids,
+                              streamed_fold=self.streamed_fold), run_dir=run_dir,
             job_id=row.job_id,
             listener=_StoreListener(self.store, row.job_id), resume=resume, stop=stop,
             connect_timeout_s=self.connect_timeout_s, keep_checkpoints=2,

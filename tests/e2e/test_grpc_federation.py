@@ -354,3 +354,32 @@ def test_a_connection_that_never_says_hello_is_cut():
     finally:
         release.set()
         transport.close()
+
+
+def test_uploads_received_whole_give_the_same_model(tmp_path):
+    """``fedcare server start --no-streamed-fold``: every upload is received whole, then
+    folded in (the bench's comparison); the model is the same as with the streamed fold."""
+    ca = ThrowawayCA()
+    server = FederationServer(ca.issue("server", "server")[0], tmp_path / "ws",
+                              connect_timeout_s=30, streamed_fold=False,
+                              add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(
+                                  AdminService(srv), g))
+    server.start()
+    stop = threading.Event()
+    try:
+        for i in range(3):
+            name = f"site-{i}"
+            conn = SiteConnection(name, f"127.0.0.1:{server.port}", ca.issue(name, "site")[0],
+                                  SiteRuntime(name).handle)
+            threading.Thread(target=conn.run, args=(stop,), daemon=True).start()
+        assert len(server.transport.wait_for_sites(3, 30)) == 3
+        stub = pb_grpc.AdminStub(secure_channel(f"127.0.0.1:{server.port}",
+                                                ca.issue("alice", "project_admin")[0]))
+        _, job_id, state = run_job(stub, "toyjob:make_job", '{"num_rounds": 2}')
+        assert state["status"] == "finished", state
+        from fedcare.transport.codec import decode
+        weights = decode(b"".join(c.data for c in stub.Download(pb.JobRef(job_id=job_id))))
+        np.testing.assert_allclose(weights.result.weights["w"], 140 / 60, rtol=1e-6)
+    finally:
+        stop.set()
+        server.stop()
