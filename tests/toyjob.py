@@ -11,7 +11,18 @@ import threading
 
 import numpy as np
 
-from fedcare import EvalResult, FedAvg, Job, SiteContext, StatsResult, TrainResult, Weights
+from fedcare import (
+    Aggregator,
+    EvalResult,
+    FedAvg,
+    Job,
+    SiteContext,
+    StatsResult,
+    Strategy,
+    TrainResult,
+    Weights,
+)
+from fedcare.core.stream import UpdateStream
 
 MODES = ("ok", "raise", "nan", "inf", "wrong_name", "wrong_shape", "wrong_dtype",
          "zero_samples", "hang", "nan_metric", "not_a_result", "crash")
@@ -129,3 +140,84 @@ def make_large_job(num_params: int = 8_000_000, min_sites: int = 2,
 def trainer_for(ctx: SiteContext, *, mode: str = "ok") -> ToyTrainer:
     """The toy's site half, as a ``module:function`` reference names it."""
     return ToyTrainer(ctx.site_index, mode)
+
+
+# -- an aggregator that does not fold plaintext floats: secure aggregation's modular sums ----
+STREAMED: list[str] = []  # sites whose upload a ModularSum folded in as it arrived
+
+
+class _ModularStream(UpdateStream):
+    """Adds a site's masked uint32 values into the sum mod 2**32 as they arrive; subtracts
+    them again (exactly, mod 2**32) if the upload is discarded."""
+
+    def __init__(self, owner: _ModularAggregator) -> None:
+        self.owner = owner
+        self.written: list[tuple[int, int, np.ndarray]] = []
+
+    def write(self, index: int, start: int, values: np.ndarray) -> None:
+        if values.dtype != np.uint32:
+            raise ValueError(f"expected masked uint32 values, got {values.dtype}")
+        target = self.owner.sums[index][start:start + values.size]
+        np.add(target, values, out=target)  # wraps around: arithmetic mod 2**32
+        self.written.append((index, start, values.copy()))
+
+    def commit(self) -> None:
+        self.owner.count += 1
+        self.written = []
+
+    def discard(self) -> None:
+        for index, start, values in reversed(self.written):
+            target = self.owner.sums[index][start:start + values.size]
+            np.subtract(target, values, out=target)
+        self.written = []
+
+
+class _ModularAggregator(Aggregator):
+    def __init__(self, global_weights: Weights) -> None:
+        self.like = global_weights
+        self.sums = [np.zeros(v.size, np.uint32) for v in global_weights.values()]
+        self.count = 0
+
+    def add(self, site_id, result):
+        for total, name in zip(self.sums, self.like, strict=True):
+            np.add(total, np.asarray(result.weights[name]).reshape(-1), out=total)
+        self.count += 1
+
+    def stream(self, site_id, num_samples, specs):
+        STREAMED.append(site_id)
+        return _ModularStream(self)
+
+    @property
+    def num_results(self) -> int:
+        return self.count
+
+    def finish(self) -> Weights:
+        return Weights({name: total.reshape(v.shape)
+                        for total, (name, v) in zip(self.sums, self.like.items(), strict=True)})
+
+
+class ModularSum(Strategy):
+    """The server side of secure aggregation's last step: masked uint32 updates summed mod
+    2**32, where the masks cancel. Folds through the same streaming path as FedAvg."""
+
+    def aggregator(self, round_num, global_weights):
+        return _ModularAggregator(global_weights)
+
+
+class MaskedTrainer:
+    def __init__(self, ctx: SiteContext) -> None:
+        self.value = np.uint32((ctx.site_index + 1) * 1_500_000_000 % 2**32)
+
+    def train(self, weights, config):
+        return TrainResult(Weights({k: np.full_like(v, self.value) for k, v in weights.items()}),
+                           1)
+
+    def evaluate(self, weights, config):
+        return EvalResult(1, {})
+
+
+def make_modular_job(num_values: int = 3_000_000) -> Job:
+    return Job(name="modular", initial_weights=lambda: Weights(
+                   {"masked": np.zeros(num_values, np.uint32)}),
+               trainer=MaskedTrainer, strategy=ModularSum(), num_rounds=1, min_sites=3,
+               evaluate_every=0, site_ids=("site-0", "site-1", "site-2"))
