@@ -10,11 +10,13 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
 from fedcare.cli.output import console, fail
 from fedcare.core.config import load_job
 from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.core.policy import SitePolicy
 from fedcare.sim.simulator import simulate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -42,6 +44,45 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 
+def _site_folders(pairs: list[str]) -> dict[str, Path]:
+    folders = {}
+    for pair in pairs:
+        site, sep, folder = pair.partition("=")
+        if not sep or not site or not folder:
+            raise ConfigError(f"--data-dir {pair!r}: expected SITE=FOLDER")
+        folders[site] = Path(folder)
+    return folders
+
+
+def _read_site_policy(path: Path) -> SitePolicy | dict[str, SitePolicy]:
+    """One policy for every site, or ``sites: {SITE: policy}``; errors name file and field."""
+    from fedcare.provision.project import read_yaml_model
+
+    class PerSite(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        sites: dict[str, SitePolicy]
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None  # read_yaml_model says what is wrong with the file
+    from fedcare.site.filters import build_filters
+
+    policies: SitePolicy | dict[str, SitePolicy]
+    if isinstance(raw, dict) and "sites" in raw:
+        policies = read_yaml_model(path, PerSite, "site policy").sites
+    else:
+        policies = read_yaml_model(path, SitePolicy, "site policy")
+    named = policies.items() if isinstance(policies, dict) else [("", policies)]
+    for site, policy in named:
+        try:
+            build_filters(policy)  # unknown filters and bad parameters fail here, named
+        except ConfigError as exc:
+            where = f" (site {site})" if site else ""
+            raise ConfigError(f"{path}{where}: {exc.message}") from None
+    return policies
+
+
 @app.command("simulate")
 def simulate_cmd(
     job: Annotated[str, typer.Argument(help="job file (.yaml/.toml/.json) or module:function")],
@@ -51,12 +92,19 @@ def simulate_cmd(
     seed: Annotated[int | None, typer.Option(help="passed to the job as params.seed")] = None,
     param: Annotated[list[str], typer.Option(help="job parameter key=value")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
+    data_dir: Annotated[list[str], typer.Option(
+        help="a site's own data folder, SITE=FOLDER (repeat per site)")] = [],  # noqa: B006
+    site_policy: Annotated[Path | None, typer.Option(
+        help="YAML file with the sites' filter policy: {inbound: [...], outbound: [...]} "
+             "for every site, or {sites: {SITE: {outbound: [...]}}} per site")] = None,
 ) -> None:
     """Run a job with every site simulated on this machine."""
     from fedcare.cli.plot import learning_curve
     from fedcare.cli.progress import RichProgress
 
     try:
+        folders = _site_folders(data_dir)
+        policy = _read_site_policy(site_policy) if site_policy is not None else None
         params = _parse_params(param)
         if seed is not None:
             params["seed"] = seed
@@ -66,9 +114,15 @@ def simulate_cmd(
         run_dir = _run_dir(out, loaded.name)
         with RichProgress(console, loaded.name) as progress:
             result = simulate(loaded, num_sites=sites, processes=processes, run_dir=run_dir,
-                              listener=progress)
+                              listener=progress, site_policy=policy, data_dirs=folders)
     except FedcareError as exc:
         raise fail(exc) from None
+    console.print(result.summary, markup=False, highlight=False)
+    for name in result.results:
+        console.print(f"{name}: {run_dir / (name + '.json')}", markup=False, highlight=False)
+    if not result.history.rounds[-1].site_eval:  # nothing evaluated (e.g. statistics alone)
+        console.print(f"run folder: {run_dir}", markup=False, highlight=False)
+        return
     learning_curve(result.history, run_dir / "learning_curve.png", title=loaded.name)
     last = result.history.rounds[-1]
     table = Table(title=f"{loaded.name}: federated evaluation after round {last.round_num}")

@@ -70,3 +70,32 @@ def test_demo_prints_the_table_and_writes_the_run_folder(tmp_path, mode):
         assert "real federation on this machine" in text
         with np.load(run_dir / "seed-0" / "global_model.npz") as model:
             assert model["linear.weight"].shape == (1, 13)
+
+
+def test_simulate_with_each_sites_policy_and_data_folder(tmp_path):
+    (tmp_path / "policy.yaml").write_text(
+        "sites:\n  site-1:\n    outbound:\n      - clip_update_norm: {max_norm: 0.5}\n")
+    out = run("simulate", str(TESTS / "toy_job.yaml"), "--param", "num_rounds=1",
+              "--site-policy", str(tmp_path / "policy.yaml"), "--data-dir",
+              f"site-0={tmp_path}", "--out", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "finished with 3 of 3 sites" in out.stdout
+    # site-1's update (norm 6) left clipped to 0.5: w = (10 + 20 * 2/12 + 90) / 60
+    w = (10 + 20 * 2 / 12 + 90) / 60
+    assert re.search(rf"site-1[\s│]+10[\s│]+{(2 - w) ** 2:.4f}", out.stdout), out.stdout
+    (tmp_path / "bad.yaml").write_text("sites:\n  site-2:\n    outbound: [{add_noise: {}}]\n")
+    bad = run("simulate", str(TESTS / "toy_job.yaml"), "--site-policy",
+              str(tmp_path / "bad.yaml"), cwd=tmp_path)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "bad.yaml (site site-2): site policy outbound.0: unknown filter 'add_noise'" in (
+        " ".join((bad.stdout + bad.stderr).split()))
+
+
+def test_a_statistics_job_of_its_own_from_the_command_line(tmp_path):
+    out = run("simulate", "fedcare.jobs.heart_stats:make_job", "--out", str(tmp_path),
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "finished with 4 of 4 sites" in out.stdout
+    saved = Path(re.search(r"statistics: (\S+)", out.stdout).group(1))
+    import json
+    assert json.loads(saved.read_text())["passes"]["mean"]["num_samples"] == 920
