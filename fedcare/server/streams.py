@@ -86,7 +86,7 @@ class RoundStreams:
         with self._lock:
             self._closed = True
             for sink in self._sinks.values():
-                sink.withdraw()
+                sink.discard_locked()
 
 
 class _Sink:
@@ -166,9 +166,9 @@ class _Sink:
             self._failure = ValueError("discarded")
         self._drain()
         with self._lock:
-            self.withdraw()
+            self.discard_locked()
 
-    def withdraw(self) -> None:
+    def discard_locked(self) -> None:
         """Take the values back out unless accepted (lock held)."""
         if self.state in (_OPEN, _COMPLETE):
             self.state = _DISCARDED

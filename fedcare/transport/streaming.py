@@ -1,10 +1,20 @@
-"""Decoding a training reply straight into the round's aggregate, piece by piece.
+"""A training reply folded into the round's aggregate piece by piece, instead of reassembled.
 
-The codec's message is ``MAGIC | header length | JSON header | tensor bytes``; once the header
-has arrived, :func:`peek_train_reply` says which tensors follow, and a :class:`PayloadRouter`
-cuts the bytes that come after it, in whatever pieces they arrive, into runs of whole elements
-per tensor for a :class:`~fedcare.core.stream.ResultSink`. The payload is hashed on the way, so
-the checksum is checked without a second pass and without ever holding the whole message.
+The whole streamed path, in the order the bytes take it (one name per act: *write* a run of
+values, *complete* once all arrived with the right checksum, *accept* to count it, *discard* to
+take it back out):
+
+1. :func:`peek_train_reply`: once the first piece of a reply has arrived, its header says
+   which tensors follow (a message that is not a training reply is received whole instead).
+2. :class:`StreamedUpload` (this module): checks the framing of each piece (a gRPC chunk) and
+   hands the tensor bytes on; the checksum is checked when the last piece arrives.
+3. :class:`PayloadRouter` (this module): cuts the bytes, in whatever pieces they come, into runs
+   of whole elements per tensor, hashing them on the way (no second pass, no whole message).
+4. The round's :class:`~fedcare.core.stream.ResultSink` (``fedcare.server.streams``): checks
+   every run (NaN, infinity, overflow) and folds it in on a thread of its own.
+5. The aggregator's :class:`~fedcare.core.stream.UpdateStream` (e.g. FedAvg's weighted sum, or a
+   modular sum of masked integers): folds the values in so that ``discard`` can take them back
+   out exactly, until the round ``accept``s the result.
 """
 
 from __future__ import annotations
@@ -12,13 +22,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from pydantic import ValidationError as _PydanticValidationError
 
 from fedcare.core.errors import TransportError
+from fedcare.core.message import Reply, TrainResult
 from fedcare.core.stream import ResultSink
-from fedcare.core.weights import TensorSpec
+from fedcare.core.weights import TensorSpec, Weights
 from fedcare.transport import checksum
 from fedcare.transport.codec import _DTYPES, HEADER_AT, _Header, payload_offset
 
@@ -122,3 +134,85 @@ class PayloadRouter:
             raise TransportError("payload shorter than its header describes")
         if self._hash.hexdigest() != payload_checksum:
             raise TransportError("payload checksum mismatch (corrupted or truncated message)")
+
+
+class Piece(Protocol):
+    """One piece of a message as a transport receives it (a gRPC chunk)."""
+
+    @property
+    def data(self) -> memoryview: ...
+
+    @property
+    def total_size(self) -> int: ...
+
+    @property
+    def last(self) -> bool: ...
+
+
+class StreamedUpload:
+    """Receives the chunks of one training reply whose header has arrived (in its first chunk).
+
+    With no ``sink`` (the result was refused when its header arrived: ``error`` says why) the
+    bytes are only counted, and the reply reports the error.
+    """
+
+    def __init__(self, head: TrainReplyHead, total_size: int, sink: ResultSink | None,
+                 error: str | None = None) -> None:
+        self.head = head
+        self._expected = total_size
+        self._filled = 0
+        self._sink = sink
+        self._router = PayloadRouter(head.specs, sink) if sink is not None else None
+        self._error = error
+        self._open = sink is not None
+
+    def feed(self, chunk: Piece) -> Reply | None:
+        """Take the next chunk; the Reply once the last one is in (TransportError: the stream
+        is broken, and what was folded in has been taken back out)."""
+        try:
+            return self._feed(chunk)
+        except TransportError:
+            self.discard()
+            raise
+
+    def _feed(self, chunk: Piece) -> Reply | None:
+        if self._filled and chunk.total_size:
+            raise TransportError("chunk announces a new message before the last one ended")
+        data = chunk.data
+        end = self._filled + len(data)
+        if end > self._expected:
+            raise TransportError(f"message longer than the {self._expected} bytes announced")
+        skip = max(self.head.payload_at - self._filled, 0)  # the header, in the first chunk
+        self._filled = end
+        if self._router is not None and self._error is None and skip < len(data):
+            try:
+                self._router.feed(data[skip:])
+            except ValueError as exc:  # a check failed: the site's result is refused
+                self._refuse(str(exc))
+        if not chunk.last:
+            return None
+        if self._filled != self._expected:
+            raise TransportError(f"message ended after {self._filled} of {self._expected} "
+                                 "bytes announced")
+        head = self.head
+        if self._error is None and self._router is not None and self._sink is not None:
+            self._router.finish(head.payload_checksum)
+            try:
+                self._sink.complete()
+                self._open = False
+            except ValueError as exc:
+                self._refuse(str(exc))
+        if self._error is not None:
+            return Reply(head.task_id, head.site_id, error=self._error)
+        result = TrainResult(Weights({}), head.num_samples, head.metrics)
+        return Reply(head.task_id, head.site_id, result=result, folded=True)
+
+    def _refuse(self, error: str) -> None:
+        self._error = error
+        self.discard()
+
+    def discard(self) -> None:
+        """Take back what was folded in (the stream broke or the result was refused)."""
+        if self._open and self._sink is not None:
+            self._open = False
+            self._sink.discard()

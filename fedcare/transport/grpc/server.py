@@ -41,8 +41,7 @@ from fedcare.transport.grpc.tls import (
     peer_identity,
     server_credentials,
 )
-from fedcare.transport.grpc.upload import StreamedUpload
-from fedcare.transport.streaming import peek_train_reply
+from fedcare.transport.streaming import StreamedUpload, peek_train_reply
 
 log = logging.getLogger(__name__)
 Authorize = Callable[[PeerIdentity], str | None]
@@ -242,7 +241,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             log.exception("site %s: error while receiving its upload", session.site_id)
         finally:
             if upload is not None:
-                upload.abort()
+                upload.discard()
             if holding:
                 self._permits.release()
             self._close_session(session, reason)

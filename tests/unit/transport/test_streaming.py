@@ -11,8 +11,7 @@ from fedcare.core.message import EvalResult, Reply, Task, TaskKind
 from fedcare.server.streams import RoundStreams
 from fedcare.transport.codec import encode
 from fedcare.transport.grpc.chunks import WireChunk, to_wire_chunks
-from fedcare.transport.grpc.upload import StreamedUpload
-from fedcare.transport.streaming import PayloadRouter, peek_train_reply
+from fedcare.transport.streaming import PayloadRouter, StreamedUpload, peek_train_reply
 
 MIXED = Weights({
     "half": np.arange(7, dtype=np.float16),  # odd byte count: the next tensor is misaligned
