@@ -212,22 +212,27 @@ def _replying(train):
 
 def test_a_site_that_drops_and_is_back_before_the_round_fails_gets_the_round_rerun():
     import threading
-    import time
 
     from fedcare.core.message import Reply, TrainResult
     from fedcare.server.controller import RoundController
     from fedcare.transport.memory import MemoryTransport
 
     dropped = []
+    back = threading.Event()  # site-0 is connected again
+
+    def reconnect(site):
+        transport._set_connected(site, True)
+        back.set()
 
     def train(site, task):
         if site == "site-0" and not dropped:
             dropped.append(site)
             transport._set_connected(site, False)  # the link goes down ...
-            threading.Timer(0.1, transport._set_connected, (site, True)).start()  # ... briefly
+            threading.Thread(target=reconnect, args=(site,)).start()  # ... briefly
             return Reply(task.task_id, site, error="site disconnected: connection lost",
                          connection_lost=True)  # as the server's transport reports it
-        time.sleep(0.5)  # the others are still training when the site is back
+        if task.round_num == 1 and not back.is_set():
+            assert back.wait(10)  # the others are still training when the site is back
         return Reply(task.task_id, site, result=TrainResult(Weights(dict(task.weights)), 10))
 
     transport = MemoryTransport({f"site-{i}": _replying(train)(f"site-{i}") for i in range(3)})
