@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -221,3 +222,31 @@ def make_modular_job(num_values: int = 3_000_000) -> Job:
                    {"masked": np.zeros(num_values, np.uint32)}),
                trainer=MaskedTrainer, strategy=ModularSum(), num_rounds=1, min_sites=3,
                evaluate_every=0, site_ids=("site-0", "site-1", "site-2"))
+
+
+# -- what a site still holds of its last update when it trains the next one ----------------
+HELD: list[bool] = []  # per round after the first: was the last update's memory still alive?
+
+
+class ForgetfulTrainer:
+    """Records whether anything (the transport, the agent) still holds its previous update."""
+
+    def __init__(self, ctx: SiteContext) -> None:
+        self.last: weakref.ref[np.ndarray] | None = None
+
+    def train(self, weights, config):
+        if self.last is not None:
+            HELD.append(self.last() is not None)
+        owner = np.asarray(weights["x"]) + np.float32(1)  # owns its memory
+        self.last = weakref.ref(owner)
+        return TrainResult(Weights({"x": owner}), 10)
+
+    def evaluate(self, weights, config):
+        return EvalResult(10, {})
+
+
+def make_forgetful_job(num_rounds: int = 3) -> Job:
+    return Job(name="forgetful", initial_weights=lambda: Weights(
+                   {"x": np.zeros(3_000_000, np.float32)}),
+               trainer=ForgetfulTrainer, strategy=FedAvg(), num_rounds=num_rounds,
+               evaluate_every=0)

@@ -95,6 +95,10 @@ class SiteConnection:
         def requests() -> Iterator[bytes]:
             while (parts := outbox.get()) is not None:
                 yield from to_wire_chunks(parts, first_bytes=header_size(parts))
+                # Sent: drop it now. Kept until the next reply, the last trained model would
+                # still be alive when the next one is made (measured: 2x the model in the
+                # site's heap instead of 1x).
+                del parts
 
         channel = secure_channel(self.address, self.tls)
         try:

@@ -164,6 +164,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     session.send_progress_at = time.monotonic()
                     yield chunk  # returns once gRPC has taken the chunk: the site is reading
                 session.send_progress_at = None
+            del parts  # sent: hold no model while waiting for the next task
 
     def _read_hello(self, request_iterator: Iterator[bytes]) -> object:
         reassembler = Reassembler(_HELLO_LIMIT)
