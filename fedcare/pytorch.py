@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from fedcare.algorithms import scaffold
 from fedcare.core.validation import incompatibilities
 from fedcare.core.weights import Weights
 
@@ -87,8 +88,8 @@ class ScaffoldSite:
     ``scaffold.end(model, steps, lr)`` for the arrays to add to the result.
     """
 
-    CONTROL = "scaffold.c."
-    DELTA = "scaffold.dc."
+    CONTROL = scaffold.CONTROL  # the server's control variate, sent with the model
+    DELTA = scaffold.DELTA  # this site's change of its own, sent back with its update
 
     def __init__(self) -> None:
         self.c_i: dict[str, torch.Tensor] = {}

@@ -23,6 +23,9 @@ from fedcare.core.message import TrainResult
 from fedcare.core.strategy import Aggregator
 from fedcare.core.weights import Weights
 
+#: Name prefixes of SCAFFOLD's extra tensors: declared by the strategy (``train_payload``,
+#: ``result_spec``: what a task carries, what a result must hold), read by the site half
+#: (:class:`fedcare.pytorch.ScaffoldSite`), one definition for both.
 CONTROL = "scaffold.c."
 DELTA = "scaffold.dc."
 
