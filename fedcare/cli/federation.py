@@ -189,9 +189,9 @@ def _sites(job: dict[str, Any]) -> str:
     failed = job.get("failed_sites") or {}
     if job.get("summary"):
         return _text(job["summary"])
-    return "; ".join(f"{site}: {info.get('count')}x, last round {info.get('round_num')} "
-                     f"{info.get('kind')}: {info.get('message')}"
-                     for site, info in sorted(failed.items()))
+    return _text("; ".join(f"{site}: {info.get('count')}x, last round {info.get('round_num')} "
+                           f"{info.get('kind')}: {info.get('message')}"
+                           for site, info in sorted(failed.items())))
 
 
 def _round(job: dict[str, Any]) -> str:

@@ -83,8 +83,13 @@ class RunResult:
         return sorted({f.site_id for f in self.failures})
 
 
-#: Failures that any later valid result of the same site makes good (it connected, it started).
-_STARTING = ("absent", "prepare")
+#: Failures that any later valid result of the same site makes good (it connected, it started,
+#: another site sent the initial model).
+_STARTING = ("absent", "prepare", "initial_model")
+#: Tasks sent again every round: the last one's outcome is the site's. Any other kind (a
+#: statistics pass, a model to validate, a workflow's own) is a one-off: a later success,
+#: which is another pass or another model, does not make up for a failed one.
+_REPEATED = (TaskKind.TRAIN, TaskKind.EVALUATE)
 
 
 def completion_summary(sites: list[str],
@@ -93,9 +98,9 @@ def completion_summary(sites: list[str],
     """One line for the people responsible: how many sites ended the job well, the last reason
     of each site that did not, and the sites that failed earlier and recovered.
 
-    A site ends well when, for every kind of task it failed (training, statistics, ...), its
-    last task of that kind succeeded; a site that was absent or could not start, and later
-    answered, counts as recovered.
+    A site ends well when its last training and evaluation tasks succeeded and it failed no
+    one-off task (a statistics pass, a model to validate); a site that was absent or could
+    not start, and later answered, counts as recovered.
     """
     order = {id(f): i for i, f in enumerate(failures)}
     failed: dict[str, SiteFailure] = {}
@@ -405,7 +410,8 @@ class RoundController:
 
     def _succeeded(self, site_id: str, kind: str) -> None:
         outcome = self._outcome.setdefault(site_id, {})
-        outcome[kind] = None
+        if kind in _REPEATED or outcome.get(kind) is None:
+            outcome[kind] = None
         for start in _STARTING:  # any answer shows the site is there and runs the job
             outcome.pop(start, None)
 

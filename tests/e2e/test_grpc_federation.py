@@ -359,6 +359,9 @@ def test_a_connection_that_never_says_hello_is_cut():
 def test_uploads_received_whole_give_the_same_model(tmp_path):
     """``fedcare server start --no-streamed-fold``: every upload is received whole, then
     folded in (the bench's comparison); the model is the same as with the streamed fold."""
+    import toyjob
+
+    toyjob.STREAMED.clear()
     ca = ThrowawayCA()
     server = FederationServer(ca.issue("server", "server")[0], tmp_path / "ws",
                               connect_timeout_s=30, streamed_fold=False,
@@ -380,6 +383,12 @@ def test_uploads_received_whole_give_the_same_model(tmp_path):
         from fedcare.transport.codec import decode
         weights = decode(b"".join(c.data for c in stub.Download(pb.JobRef(job_id=job_id))))
         np.testing.assert_allclose(weights.result.weights["w"], 140 / 60, rtol=1e-6)
+        # the modular job's aggregator says whether it was offered a stream: never, here
+        _, job_id, state = run_job(stub, "toyjob:make_modular_job", "{}")
+        assert state["status"] == "finished", state
+        assert toyjob.STREAMED == []
+        weights = decode(b"".join(c.data for c in stub.Download(pb.JobRef(job_id=job_id))))
+        assert (weights.result.weights["masked"] == np.uint32(9_000_000_000 % 2**32)).all()
     finally:
         stop.set()
         server.stop()

@@ -357,3 +357,37 @@ def test_a_site_keeps_exactly_the_parameters_the_server_names_local():
     agent.handle(Task("e", "j", 1, TaskKind.EVALUATE, model, local_names=("bn.weight",)))
     np.testing.assert_array_equal(trainer.seen["bn.weight"], 1.0)  # its own value, put back
     np.testing.assert_array_equal(trainer.seen["fc"], 0.0)  # the server's
+
+
+def test_a_failed_statistics_pass_is_not_made_good_by_a_later_pass_but_a_missing_initial_model_is():
+    from fedcare.analytics import Mean, Variance, site_statistics
+
+    class Rows:
+        def __init__(self, ctx):
+            self.site = ctx.site_id
+
+        def statistics(self, config, model=None):
+            if self.site == "b" and config["name"] == "mean":
+                raise OSError("table locked")
+            return site_statistics(np.array([[1.0], [3.0]]), config, model)
+
+        def train(self, weights, config):
+            raise NotImplementedError
+
+        evaluate = train
+
+    job = Job(name="passes", initial_weights=lambda: Weights({}), trainer=Rows,
+              strategy=toyjob.make_job().strategy, num_rounds=0, site_ids=("a", "b"),
+              workflows=(FederatedStatistics(Mean(), Variance()),))
+    assert simulate(job).summary.startswith("finished with 1 of 2 sites; b: round 0 statistics")
+
+    class NoInitial(toyjob.ToyTrainer):
+        def initial_model(self):
+            if self.n == 10:
+                raise RuntimeError("no GPU for the initial model")
+            return toyjob.initial()
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1), initial_weights=None,
+                              trainer=lambda ctx: NoInitial(ctx.site_index, "ok"))
+    assert simulate(job).summary == ("finished with 3 of 3 sites; recovered after failing: "
+                                     "site-0 (1 failure)")
