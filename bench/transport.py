@@ -125,6 +125,42 @@ def federation_run(num_params: int, num_sites: int, rounds: int = ROUNDS,
     }
 
 
+def distant_site_round_s(num_params: int, delay_s: float = 0.02, rounds: int = 3) -> list[float]:
+    """Rounds of one site that reaches the server through a link holding every byte back
+    ``delay_s`` each way (bench/delaylink.py): what a hospital far from the server sees."""
+    import socket
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fed = PocFederation(Path(tmp) / "poc", ["site-0"])
+        link = None
+        try:
+            fed.provision()
+            fed.start_server()
+            upstream = int(fed.address.rsplit(":", 1)[1])
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            link = subprocess.Popen([sys.executable, str(ROOT / "bench" / "delaylink.py"),
+                                     str(port), str(upstream), str(delay_s)],
+                                    stdout=subprocess.PIPE, text=True)
+            assert link.stdout is not None and link.stdout.readline().strip() == "ready"
+            fed.start_site("site-0", server_address=f"127.0.0.1:{port}")
+            fed.wait_for_sites(1)
+            admin = fed.admin()
+            job_id = admin.Submit(pb.SubmitRequest(
+                entry_point="benchjob:make_job", params_json=json.dumps(
+                    {"num_params": num_params, "num_rounds": rounds})), timeout=60).job_id
+            for _ in admin.Watch(pb.JobRef(job_id=job_id), timeout=1800):
+                pass
+            records = json.loads(admin.Metrics(pb.JobRef(job_id=job_id), timeout=60).json)
+        finally:
+            fed.stop()
+            if link is not None:
+                link.kill()
+                link.wait()
+    return [r["duration_s"] for r in records if r["round_num"] >= 1]
+
+
 def poc_first_round_s() -> float:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,10 +231,14 @@ def main() -> None:
             "whole_peak_over_model": whole["peak_above_idle_over_model"]}
     print(f"done {big} x 8 whole uploads", file=sys.stderr, flush=True)
     gib = None if args.quick else federation_run(1024**3 // 4, 1, rounds=2)
+    distant = distant_site_round_s(big)
+    print(f"done {big} x 1 distant site", file=sys.stderr, flush=True)
     result = {"name": "transport", "git_sha": git_sha(),
               "params": {"rounds": ROUNDS, "chunk_bytes": 2 * 1024**2, "quick": args.quick},
               "metrics": {"raw_grpc_mtls": raw, "cases": cases, "one_gib_round_trip": gib,
                           "streamed_fold": fold,
+                          "distant_site": {"num_params": big, "delay_each_way_s": 0.02,
+                                           "round_s_each": distant},
                           "poc_start_to_first_round_s": first}}
     print(json.dumps(result, indent=1))
     print(f"\nplain gRPC over mTLS, no framework: {raw['server_to_site_MBps']:.0f} MB/s down, "
@@ -222,6 +262,8 @@ def main() -> None:
     print(f"{big} x 8, uploads folded as they arrive vs received whole: round "
           f"{fold['streamed_round_s']:.3f} s vs {fold['whole_round_s']:.3f} s, server peak "
           f"{fold['streamed_peak_over_model']:.2f}x vs {fold['whole_peak_over_model']:.2f}x")
+    print(f"{big} x 1 site 20 ms away each way: rounds "
+          f"{', '.join(f'{s:.2f}' for s in distant)} s")
     print(f"POC start to first round: {first:.2f} s")
 
 
