@@ -74,6 +74,11 @@ def server_start(
         help="fold training uploads into the round as their chunks arrive (default); "
              "--no-streamed-fold receives each whole first (see the README's benchmark)"
     )] = True,
+    receive_window_mib: Annotated[int, typer.Option(
+        min=0, max=1024,
+        help="each site's upload window in MiB (0: gRPC's default); larger speeds up uploads "
+             "from distant sites at up to that much server memory per waiting site"
+    )] = 0,
 ) -> None:
     """Start the federation server; it runs submitted jobs until stopped (Ctrl-C, SIGTERM)."""
     from fedcare.server.admin import AdminService
@@ -91,6 +96,7 @@ def server_start(
             _tls(kit), kit.dir / (kit.config.workspace or "workspace"),
             host=kit.config.server_host, port=kit.config.server_port if port is None else port,
             revoked=revoked, streamed_fold=streamed_fold,
+            receive_window_bytes=receive_window_mib * 1024 * 1024,
             add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
     except FedcareError as exc:
         raise fail(exc) from None

@@ -118,6 +118,7 @@ class FederationServer:
                  port: int = 0, revoked: Callable[[], set[int]] = set,
                  connect_timeout_s: float = 300.0,
                  stall_timeout_s: float = 60.0, streamed_fold: bool = True,
+                 receive_window_bytes: int = 0,
                  add_services: Callable[[FederationServer, object], None] | None = None
                  ) -> None:
         self.workspace = workspace
@@ -131,7 +132,7 @@ class FederationServer:
         self.current: RoundController | None = None
         self.transport = GrpcServerTransport(
             tls, host=host, port=port, authorize=self.authorize_site,
-            stall_timeout_s=stall_timeout_s,
+            stall_timeout_s=stall_timeout_s, receive_window_bytes=receive_window_bytes,
             add_services=(lambda server: add_services(self, server)) if add_services else None)
         self.port = self.transport.port
         self._runner = threading.Thread(target=self._run_jobs, name="job-runner", daemon=True)

@@ -82,8 +82,17 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         hello_timeout_s: float = 30.0,
         max_sites: int = 1000,
         add_services: Callable[[grpc.Server], None] | None = None,
+        receive_window_bytes: int = 0,
     ) -> None:
+        """``receive_window_bytes``: each site stream's HTTP/2 receive window (0: gRPC's
+        default). Larger makes uploads from distant sites faster (a 100 MB upload through a
+        40 ms round trip: 8 MiB brought the round from 5.1 s to 1.5 s) at the cost of up to that
+        much per waiting site in server memory (25 M x 8 on loopback: 4.8x -> 6.0x the model)."""
         super().__init__()
+        if receive_window_bytes < 0:
+            raise ValueError(f"receive_window_bytes must be >= 0, got {receive_window_bytes}")
+        window = ([("grpc.http2.lookahead_bytes", receive_window_bytes)]
+                  if receive_window_bytes else [])
         self._authorize = authorize
         self._max = max_message_bytes
         self._lock = threading.Lock()
@@ -104,7 +113,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             maximum_concurrent_rpcs=max_sites + 32,
             options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
                      ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-                     *KEEPALIVE_OPTIONS, *FLOW_OPTIONS],
+                     *KEEPALIVE_OPTIONS, *FLOW_OPTIONS, *window],
         )
         # The model stream carries Chunks serialized by to_wire_chunks and parsed by the
         # Reassembler (no protobuf message in between: two copies fewer per chunk); the wire
