@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
 from fedcare.cli.output import console, fail
+from fedcare.core import logs
 from fedcare.core.config import load_job
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.policy import SitePolicy
@@ -207,5 +208,5 @@ _register()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.WARNING)
     app()

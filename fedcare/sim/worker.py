@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fedcare.core import logs
 from fedcare.core.config import build_job, site_trainer
 from fedcare.core.job import JobSource
 from fedcare.core.message import Reply, Task
@@ -33,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", help="JSON of the site's SitePolicy (its filter chains)")
     parser.add_argument("--data-dir", help="the site's own data folder")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format=f"[site {args.site_id}] %(levelname)s %(message)s")
+    logs.configure(logging.WARNING, f"%(asctime)s [site {args.site_id}] %(levelname)s "
+                                    "%(message)s")
 
     def build() -> Callable[[Task], Reply]:
         # A bad policy is the site's own fatal error: the process reports it and exits.

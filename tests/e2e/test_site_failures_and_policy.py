@@ -3,6 +3,7 @@ site failures that reach the admin (status, watch, exit code) and the site's own
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,13 @@ def test_the_kit_policy_clips_what_leaves_and_failures_reach_the_admin(federatio
     site_log = (fed.log_dir / "site-2.log").read_text()
     assert "Traceback (most recent call last)" in site_log
     assert "RuntimeError: disk full while reading images" in site_log
+    # every log line says when, in UTC (ISO 8601), the site's and the server's alike
+    stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+    assert re.search(stamp + r"ERROR fedcare\.site\.agent: site site-2: train task", site_log,
+                     re.MULTILINE), site_log
+    server_log = (fed.log_dir / "server.log").read_text()
+    assert re.search(stamp + r"ERROR fedcare\.server\.controller: job .* site site-2:",
+                     server_log, re.MULTILINE), server_log
 
     failing = submit(fed, {"num_rounds": 2, "min_sites": 3, "modes": {"site-2": "raise"}})
     code, output = watch(fed, failing)
