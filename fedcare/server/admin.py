@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ import grpc
 
 from fedcare.core.errors import FedcareError
 from fedcare.core.message import Reply, TrainResult
+from fedcare.core.text import one_line
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.transport.codec import encode_parts
 from fedcare.transport.grpc import fedcare_pb2 as pb
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ = {"Status", "Sites", "Metrics", "Watch"}
+#: The ids the server gives jobs (``Store.add_job``): nothing else names a job.
+JOB_ID = re.compile(r"job-[0-9a-f]{10}")
 PERMISSIONS = {
     "project_admin": READ | {"Submit", "Abort", "Download"},
     "site_admin": READ,
@@ -84,21 +88,35 @@ class AdminService(pb_grpc.AdminServicer):
             sites = [s for s in sites if s == role.split(":", 1)[1]]
         return pb.JsonReply(json=json.dumps({"connected": sites}))
 
+    def _job_id(self, request: pb.JobRef, context: grpc.ServicerContext, caller: PeerIdentity,
+                action: str) -> str:
+        """The request's job id, if it is one the server could have made; else refused (and
+        audited) before it names a file or a database row: ``../../x`` reads nothing."""
+        job_id = request.job_id
+        if JOB_ID.fullmatch(job_id):
+            return job_id
+        shown = one_line(job_id, 80)
+        log.warning("refused admin %s (%s): %r is not a job id", caller.name, action, shown)
+        self.server.store.audit(caller.name, f"refused:{action}", f"not a job id: {shown!r}")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{shown!r} is not a job id")
+        raise AssertionError  # abort raises
+
     def Abort(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JsonReply:
         caller = self._caller(context, "Abort")
+        self._job_id(request, context, caller, "Abort")
         outcome = self.server.abort(request.job_id, caller.name)
         if outcome == "unknown":
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
         return pb.JsonReply(json=json.dumps({"job_id": request.job_id, "result": outcome}))
 
     def Metrics(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JsonReply:
-        self._caller(context, "Metrics")
+        self._job_id(request, context, self._caller(context, "Metrics"), "Metrics")
         if self.server.store.job(request.job_id) is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
         return pb.JsonReply(json=json.dumps(self.server.store.rounds(request.job_id)))
 
     def Download(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
-        self._caller(context, "Download")
+        self._job_id(request, context, self._caller(context, "Download"), "Download")
         checkpoints = self.server.workspace / "jobs" / request.job_id / "checkpoints"
         saved = Checkpointer(checkpoints).load_latest() if checkpoints.exists() else None
         if saved is None:
@@ -110,7 +128,7 @@ class AdminService(pb_grpc.AdminServicer):
         yield from to_chunks(encode_parts(reply))
 
     def Watch(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.JsonReply]:
-        self._caller(context, "Watch")
+        self._job_id(request, context, self._caller(context, "Watch"), "Watch")
         store = self.server.store
         last = None
         seen = 0  # id of the last failure sent

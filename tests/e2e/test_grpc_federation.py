@@ -454,3 +454,31 @@ def test_a_larger_upload_window_for_distant_sites_gives_the_same_model(tmp_path)
     finally:
         stop.set()
         server.stop()
+
+
+def test_a_job_id_that_is_a_path_reads_nothing_outside_the_workspace(federation, tmp_path):
+    """``Download`` with job id ``../../x`` once read a model from outside the workspace."""
+    ca, server, _, admin, _ = federation
+    stolen = server.workspace.parent / "x" / "checkpoints"
+    stolen.mkdir(parents=True)
+    from fedcare.server.checkpoint import Checkpointer
+    Checkpointer(stolen).save(1, toyjob_weights(), {})
+    stub = admin("viewer", "vera")
+    for job_id in ("../x", "../../x", "job-0123456789/../../x", "job-XYZ", "a" * 5000):
+        for call in (lambda ref: list(stub.Download(ref)), stub.Metrics,
+                     lambda ref: list(stub.Watch(ref, timeout=10))):
+            with pytest.raises(grpc.RpcError) as info:
+                call(pb.JobRef(job_id=job_id))
+            assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "is not a job id" in info.value.details()
+    refused = [e for e in server.store.events(500) if e[2] == "refused:Download"]
+    assert refused and all(e[1] == "vera" for e in refused)
+    with pytest.raises(grpc.RpcError) as info:  # a well-formed id that does not exist
+        list(stub.Download(pb.JobRef(job_id="job-0123456789")))
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def toyjob_weights():
+    import toyjob
+
+    return toyjob.initial()
