@@ -458,7 +458,7 @@ def test_a_larger_upload_window_for_distant_sites_gives_the_same_model(tmp_path)
 
 def test_a_job_id_that_is_a_path_reads_nothing_outside_the_workspace(federation, tmp_path):
     """``Download`` with job id ``../../x`` once read a model from outside the workspace."""
-    ca, server, _, admin, _ = federation
+    _, server, _, admin, _ = federation
     stolen = server.workspace.parent / "x" / "checkpoints"
     stolen.mkdir(parents=True)
     from fedcare.server.checkpoint import Checkpointer

@@ -145,7 +145,9 @@ def test_admin_commands(heart_federation, tmp_path):
     with np.load(tmp_path / f"{job_id}-model.npz") as saved:
         assert saved["linear.weight"].shape == (1, 13)
     assert len(json.loads((tmp_path / f"{job_id}-metrics.json").read_text())) == 4
-    code, out = admin("abort", "job-nonexistent")
-    assert code == 1 and "no job job-nonexistent" in out and "Traceback" not in out
+    code, out = admin("abort", "job-0000000000")
+    assert code == 1 and "no job job-0000000000" in out and "Traceback" not in out
+    code, out = admin("abort", "../jobs")  # not a job id: refused before anything is looked up
+    assert code == 1 and "'../jobs' is not a job id" in out and "Traceback" not in out
     code, out = admin("submit", "fedcare.jobs.heart:make_job", "--param", "partition=weird")
     assert code == 1 and "job refused" in out and "partition must be one of" in out
