@@ -368,7 +368,7 @@ class RoundController:
                 asked = pending.get(reply.task_id)
                 if asked is None or asked != reply.site_id:
                     log.warning("job %s: discarding late or unknown reply %s from site %s",
-                                self.job_id, reply.task_id, reply.site_id)
+                                self.job_id, one_line(reply.task_id, 200), reply.site_id)
                     continue
                 site_id = asked
                 del pending[reply.task_id]

@@ -33,6 +33,7 @@ from fedcare.core.message import (
     TrainResult,
     task_kind,
 )
+from fedcare.core.text import one_line
 from fedcare.core.weights import ALLOWED_DTYPES, Weights
 from fedcare.transport import checksum
 
@@ -74,20 +75,27 @@ class _JobHeader(_Model):
     num_sites: Annotated[int, Field(ge=1, lt=2**31)] = 1
 
 
+#: An id in a message (task, site, job): fedcare's own are far shorter; a longer one is refused
+#: before it can reach a log line or a database row.
+_Id = Annotated[str, Field(max_length=1024)]
+#: The longest error text a reply may carry (a site's one-line reason is at most 2000).
+MAX_ERROR_BYTES = 65536
+
+
 class _Header(_Model):
     type: Literal["task", "reply", "hello"]
-    task_id: str = ""
-    site_id: str = ""
-    job_id: str = ""
+    task_id: _Id = ""
+    site_id: _Id = ""
+    job_id: _Id = ""
     round_num: int = 0
     kind: Annotated[str, Field(pattern=KIND_PATTERN)] | None = None
     config: dict[str, _Scalar] = Field(default_factory=dict)
     job: _JobHeader | None = None
     local_names: list[_Name] = Field(default_factory=list, max_length=100_000)
     result: _ResultHeader | None = None
-    error: str | None = None
+    error: Annotated[str, Field(max_length=MAX_ERROR_BYTES)] | None = None
     tensors: list[_TensorHeader] | None = None
-    payload_checksum: str
+    payload_checksum: Annotated[str, Field(max_length=128)]
 
 
 class Hello(_Model):
@@ -240,7 +248,8 @@ def decode(data: bytes | bytearray | memoryview | mmap.mmap, *,
     try:
         header = _Header.model_validate(json.loads(bytes(view[start:start + head_len])))
     except (ValueError, RecursionError, _PydanticValidationError) as exc:
-        raise TransportError(f"malformed message header: {exc}") from None
+        # the peer's own bytes may be quoted in the message: one bounded line of them
+        raise TransportError(f"malformed message header: {one_line(exc, 1000)}") from None
     payload = view[start + head_len:]
     digest = payload_checksum or checksum.of([payload])
     if digest != header.payload_checksum:

@@ -25,6 +25,7 @@ import grpc
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, Task
 from fedcare.core.stream import StreamTarget
+from fedcare.core.text import one_line
 from fedcare.transport.base import Transport
 from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode_parts
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
@@ -235,7 +236,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     self._replies.put((reply, True))
                 else:
                     log.warning("site %s: discarding reply to unknown task %s",
-                                session.site_id, reply.task_id)
+                                session.site_id, one_line(reply.task_id, 200))
                     self._permits.release()
                 holding = False
                 # Drop our references now: this thread next blocks until the site's next

@@ -312,3 +312,16 @@ def test_typed_task_fields_and_open_task_kinds_round_trip():
             decode(_join({**header, "kind": kind}, payload))
     with pytest.raises(TransportError, match="malformed message header"):
         decode(_join({**header, "job": {**header["job"], "site_index": -1}}, payload))
+
+
+def test_ids_and_error_texts_are_bounded_before_they_reach_a_log_or_a_row():
+    reply = Reply("t", "site-a", error="disk full")
+    header, payload = _split(encode(reply))
+    for field, value in (("task_id", "x" * 50_000), ("site_id", "s" * 2000),
+                         ("job_id", "j" * 1025), ("error", "e" * 70_000)):
+        with pytest.raises(TransportError, match="malformed message header") as info:
+            decode(_join({**header, field: value}, payload))
+        message = str(info.value)
+        assert len(message) <= 1100 and "\n" not in message  # one bounded line
+    ok = decode(_join({**header, "task_id": "t" * 1024}, payload))
+    assert ok.task_id == "t" * 1024
