@@ -1,5 +1,6 @@
 """The toy job over real gRPC with mutual TLS on 127.0.0.1: sites in threads, one server."""
 
+import contextlib
 import json
 import logging
 import threading
@@ -356,71 +357,54 @@ def test_a_connection_that_never_says_hello_is_cut():
         transport.close()
 
 
+@contextlib.contextmanager
+def served(tmp_path, num_sites, **server_options):
+    """A server with ``server_options`` and ``num_sites`` connected sites (threads); yields a
+    project admin's stub and a download helper; stops everything it started."""
+    from fedcare.transport.codec import decode
+
+    ca = ThrowawayCA()
+    server = FederationServer(ca.issue("server", "server")[0], tmp_path / "ws",
+                              connect_timeout_s=30,
+                              add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(
+                                  AdminService(srv), g), **server_options)
+    server.start()
+    stop = threading.Event()
+    try:
+        for i in range(num_sites):
+            name = f"site-{i}"
+            conn = SiteConnection(name, f"127.0.0.1:{server.port}", ca.issue(name, "site")[0],
+                                  SiteRuntime(name).handle)
+            threading.Thread(target=conn.run, args=(stop,), daemon=True).start()
+        assert len(server.transport.wait_for_sites(num_sites, 30)) == num_sites
+        stub = pb_grpc.AdminStub(secure_channel(f"127.0.0.1:{server.port}",
+                                                ca.issue("alice", "project_admin")[0]))
+
+        def model(job_id):
+            chunks = stub.Download(pb.JobRef(job_id=job_id))
+            return decode(b"".join(c.data for c in chunks)).result.weights
+
+        yield stub, model
+    finally:
+        stop.set()
+        server.stop()
+
+
 def test_uploads_received_whole_give_the_same_model(tmp_path):
     """``fedcare server start --no-streamed-fold``: every upload is received whole, then
     folded in (the bench's comparison); the model is the same as with the streamed fold."""
     import toyjob
 
     toyjob.STREAMED.clear()
-    ca = ThrowawayCA()
-    server = FederationServer(ca.issue("server", "server")[0], tmp_path / "ws",
-                              connect_timeout_s=30, streamed_fold=False,
-                              add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(
-                                  AdminService(srv), g))
-    server.start()
-    stop = threading.Event()
-    try:
-        for i in range(3):
-            name = f"site-{i}"
-            conn = SiteConnection(name, f"127.0.0.1:{server.port}", ca.issue(name, "site")[0],
-                                  SiteRuntime(name).handle)
-            threading.Thread(target=conn.run, args=(stop,), daemon=True).start()
-        assert len(server.transport.wait_for_sites(3, 30)) == 3
-        stub = pb_grpc.AdminStub(secure_channel(f"127.0.0.1:{server.port}",
-                                                ca.issue("alice", "project_admin")[0]))
+    with served(tmp_path, 3, streamed_fold=False) as (stub, model):
         _, job_id, state = run_job(stub, "toyjob:make_job", '{"num_rounds": 2}')
         assert state["status"] == "finished", state
-        from fedcare.transport.codec import decode
-        weights = decode(b"".join(c.data for c in stub.Download(pb.JobRef(job_id=job_id))))
-        np.testing.assert_allclose(weights.result.weights["w"], 140 / 60, rtol=1e-6)
+        np.testing.assert_allclose(model(job_id)["w"], 140 / 60, rtol=1e-6)
         # the modular job's aggregator says whether it was offered a stream: never, here
         _, job_id, state = run_job(stub, "toyjob:make_modular_job", "{}")
         assert state["status"] == "finished", state
         assert toyjob.STREAMED == []
-        weights = decode(b"".join(c.data for c in stub.Download(pb.JobRef(job_id=job_id))))
-        assert (weights.result.weights["masked"] == np.uint32(9_000_000_000 % 2**32)).all()
-    finally:
-        stop.set()
-        server.stop()
-
-
-def test_an_aggregator_of_modular_integers_folds_through_the_same_streaming_path(federation):
-    """Secure aggregation's server sums masked uint32 values mod 2**32, not floats: it plugs
-    into the streamed fold exactly where FedAvg does (12 MB uploads, in 2 MiB chunks)."""
-    import toyjob
-
-    toyjob.STREAMED.clear()
-    start_sites(federation, 3, connected=3)
-    stub, job_id, state = run_job(federation[3](), "toyjob:make_modular_job", "{}")
-    assert state["status"] == "finished", state
-    assert sorted(toyjob.STREAMED) == ["site-0", "site-1", "site-2"]  # folded as it arrived
-    from fedcare.transport.codec import decode
-    weights = decode(b"".join(c.data for c in stub.Download(pb.JobRef(job_id=job_id))))
-    expected = np.uint32((1_500_000_000 * (1 + 2 + 3)) % 2**32)
-    masked = weights.result.weights["masked"]
-    assert masked.dtype == np.uint32 and (masked == expected).all()
-
-
-def test_a_site_holds_nothing_of_its_last_update_once_it_is_sent(federation):
-    """Kept by the site's send loop until the next reply, the last update was still alive when
-    the next one was made: 2x the model in a site's memory instead of 1x."""
-    import toyjob
-
-    toyjob.HELD.clear()
-    start_sites(federation, 1, connected=1)
-    _, _, state = run_job(federation[3](), "toyjob:make_forgetful_job", '{"num_rounds": 3}')
-    assert state["status"] == "finished", state
-    assert toyjob.HELD == [False, False]
+        assert (model(job_id)["masked"] == np.uint32(9_000_000_000 % 2**32)).all()
 
 
 def test_a_larger_upload_window_for_distant_sites_gives_the_same_model(tmp_path):
@@ -430,30 +414,10 @@ def test_a_larger_upload_window_for_distant_sites_gives_the_same_model(tmp_path)
 
     with pytest.raises(ValueError, match="receive_window_bytes must be >= 0"):
         GrpcServerTransport(ThrowawayCA().issue("server", "server")[0], receive_window_bytes=-1)
-    ca = ThrowawayCA()
-    server = FederationServer(ca.issue("server", "server")[0], tmp_path / "ws",
-                              connect_timeout_s=30, receive_window_bytes=8 * 1024 * 1024,
-                              add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(
-                                  AdminService(srv), g))
-    server.start()
-    stop = threading.Event()
-    try:
-        for i in range(2):
-            name = f"site-{i}"
-            conn = SiteConnection(name, f"127.0.0.1:{server.port}", ca.issue(name, "site")[0],
-                                  SiteRuntime(name).handle)
-            threading.Thread(target=conn.run, args=(stop,), daemon=True).start()
-        assert len(server.transport.wait_for_sites(2, 30)) == 2
-        stub = pb_grpc.AdminStub(secure_channel(f"127.0.0.1:{server.port}",
-                                                ca.issue("alice", "project_admin")[0]))
+    with served(tmp_path, 2, receive_window_bytes=8 * 1024 * 1024) as (stub, model):
         _, job_id, state = run_job(stub, "toyjob:make_large_job", '{"num_params": 2000000}')
         assert state["status"] == "finished", state
-        from fedcare.transport.codec import decode
-        weights = decode(b"".join(c.data for c in stub.Download(pb.JobRef(job_id=job_id))))
-        np.testing.assert_array_equal(weights.result.weights["x"], 1.0)
-    finally:
-        stop.set()
-        server.stop()
+        np.testing.assert_array_equal(model(job_id)["x"], 1.0)
 
 
 def test_a_job_id_that_is_a_path_reads_nothing_outside_the_workspace(federation, tmp_path):
