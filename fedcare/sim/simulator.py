@@ -13,18 +13,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from fedcare.core.config import site_trainer
 from fedcare.core.errors import ConfigError, SiteError
 from fedcare.core.job import Job
-from fedcare.core.message import Reply, Task
 from fedcare.core.policy import SitePolicy
 from fedcare.core.trainer import SiteContext
 from fedcare.server.controller import RoundController, RunResult
 from fedcare.server.events import RunListener
-from fedcare.site.agent import SiteAgent, start_failure
+from fedcare.site.agent import SiteAgent, refusing, start_failure
 from fedcare.site.filters import build_filters
 from fedcare.transport.base import Transport
 from fedcare.transport.memory import MemoryTransport
@@ -67,11 +66,14 @@ def _check_sites(site_ids: list[str], what: str, given: Mapping[str, object] | N
                           f"(sites: {site_ids})", job_id=job.name)
 
 
-def _refusing(site_id: str, message: str) -> Callable[[Task], Reply]:
-    """A site whose job could not start: every task gets the reason, as a real site answers."""
-    def handle(task: Task) -> Reply:
-        return Reply(task.task_id, site_id, error=message)
-    return handle
+def _check_policies(site_ids: list[str], policy: PolicyArg, job: Job) -> None:
+    """Build every site's filter chains once up front: a bad policy fails here, naming the
+    site, rather than inside a thread or a site process."""
+    for site_id in site_ids:
+        try:
+            build_filters(_site_policy(policy, site_id))
+        except ConfigError as exc:
+            raise ConfigError(f"site {site_id}: {exc.message}", job_id=job.name) from None
 
 
 def _memory_transport(job: Job, site_ids: list[str], policy: PolicyArg,
@@ -86,7 +88,7 @@ def _memory_transport(job: Job, site_ids: list[str], policy: PolicyArg,
             trainer = site_trainer(job)(context)
         except Exception as exc:  # as at a real site: this site fails, the others go on
             log.error("site %s: cannot start job %s", site_id, job.name, exc_info=True)
-            handlers[site_id] = _refusing(site_id, start_failure(exc))
+            handlers[site_id] = refusing(site_id, start_failure(exc))
             continue
         handlers[site_id] = SiteAgent(site_id, trainer, outbound, inbound=inbound,
                                       keep_local_model=job.needs_local_models).handle
@@ -143,6 +145,7 @@ def simulate(
     if site_policy is not None and not isinstance(site_policy, SitePolicy):
         _check_sites(site_ids, "site_policy", site_policy, job)
     _check_sites(site_ids, "data_dirs", data_dirs, job)
+    _check_policies(site_ids, site_policy, job)
     transport: Transport
     transport = (_process_transport(job, site_ids, site_policy, data_dirs) if processes
                  else _memory_transport(job, site_ids, site_policy, data_dirs))

@@ -19,7 +19,7 @@ from fedcare.core.job import JobSource
 from fedcare.core.message import Reply, Task
 from fedcare.core.policy import SitePolicy
 from fedcare.core.trainer import SiteContext
-from fedcare.site.agent import SiteAgent, start_failure
+from fedcare.site.agent import SiteAgent, refusing, start_failure
 from fedcare.site.filters import build_filters
 from fedcare.transport.pipe import serve_stdio
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(__name__).error("site %s: cannot start the job", args.site_id,
                                               exc_info=True)
             reason = start_failure(exc)
-            return lambda task: Reply(task.task_id, args.site_id, error=reason)
+            return refusing(args.site_id, reason)
         return SiteAgent(args.site_id, trainer, outbound, inbound=inbound,
                          keep_local_model=job.needs_local_models).handle
 

@@ -197,6 +197,14 @@ def start_failure(exc: BaseException) -> str:
     return one_line(f"cannot start the job: {type(exc).__name__}: {exc}")
 
 
+def refusing(site_id: str, reason: str) -> Callable[[Task], Reply]:
+    """A site whose job could not start: it stays, and answers every task with ``reason``,
+    as a real site does (simulated threads and processes alike)."""
+    def handle(task: Task) -> Reply:
+        return Reply(task.task_id, site_id, error=reason)
+    return handle
+
+
 def _weights(task: Task) -> Weights:
     if task.weights is None:
         raise ValueError(f"{task.kind} task without weights")

@@ -80,3 +80,13 @@ def test_the_simulator_gives_each_site_its_own_data_folder(tmp_path):
     job = dataclasses.replace(toyjob.make_job(num_rounds=1), trainer=trainer)
     simulate(job, data_dirs={"site-0": tmp_path / "a", "site-2": tmp_path / "c"})
     assert seen == {"site-0": tmp_path / "a", "site-1": None, "site-2": tmp_path / "c"}
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_bad_policy_stops_the_simulation_before_it_starts_naming_the_site(processes):
+    bad = SitePolicy.model_validate({"outbound": [{"add_noise": {"sigma": 1}}]})
+    job = (load_job(str(TOY_JOB), {"num_rounds": 1}) if processes
+           else toyjob.make_job(num_rounds=1))
+    with pytest.raises(ConfigError, match=r"site site-2: site policy outbound\.0: unknown "
+                                          r"filter 'add_noise'"):
+        simulate(job, processes=processes, site_policy={"site-2": bad})
