@@ -36,7 +36,9 @@ def initial() -> Weights:
 
 
 class ToyTrainer:
-    def __init__(self, index: int, mode: str, fail_from_round: int = 1) -> None:
+    def __init__(self, index: int, mode: str, fail_from_round: int = 1,
+                 delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
         self.n = 10 * (index + 1)
         self.target = float(index + 1)
         self.mode = mode
@@ -45,6 +47,7 @@ class ToyTrainer:
 
     def train(self, weights, config):
         self.rounds_trained += 1
+        threading.Event().wait(self.delay_s)  # a slower site, for jobs that must last a while
         mode = self.mode if self.rounds_trained >= self.fail_from_round else "ok"
         out = {k: np.full_like(v, self.target) for k, v in weights.items()}
         out["count"] = np.asarray(weights["count"] + 1)
@@ -103,11 +106,13 @@ class MeanTarget:
 def make_job(num_rounds: int = 3, modes: dict[str, str] | None = None, num_sites: int = 3,
              min_sites: int = 1, round_timeout_s: float = 20.0, statistics: bool = False,
              fail_from_round: int = 1, fraction: float = 1.0,
-             site_wait_s: float | None = None, evaluate_every: int = 1) -> Job:
+             site_wait_s: float | None = None, evaluate_every: int = 1,
+             train_delay_s: float = 0.0) -> Job:
     modes = modes or {}
 
     def trainer(ctx: SiteContext) -> ToyTrainer:
-        return ToyTrainer(ctx.site_index, modes.get(ctx.site_id, "ok"), fail_from_round)
+        return ToyTrainer(ctx.site_index, modes.get(ctx.site_id, "ok"), fail_from_round,
+                          train_delay_s)
 
     return Job(name="toy", initial_weights=initial, trainer=trainer,
                strategy=FedAvg(fraction=fraction, seed=1), num_rounds=num_rounds,

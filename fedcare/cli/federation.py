@@ -19,8 +19,10 @@ from rich.text import Text
 from fedcare.cli.output import console, fail
 from fedcare.core.config import JobFile, read_job_file
 from fedcare.core.errors import ConfigError, FedcareError, TransportError
+from fedcare.core.lockfile import LockFile
 from fedcare.core.text import one_line
-from fedcare.provision import Kit, load_crl, load_kit
+from fedcare.provision import Kit, load_kit
+from fedcare.provision.revocation import RevocationList
 from fedcare.transport.grpc import fedcare_pb2 as pb
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.grpc.tls import TlsFiles
@@ -87,11 +89,11 @@ def server_start(
     _limit_malloc_arenas()
     try:
         kit = _kit(kit_dir, "server")
-        crl = kit.crl
-
-        def revoked() -> set[int]:
-            return load_crl(crl) if crl is not None and crl.exists() else set()
-
+        if kit.crl is None:
+            raise ConfigError(f"kit {kit_dir}: config.yaml names no crl; a server without a "
+                              "revocation list could not refuse a revoked participant")
+        revoked = RevocationList(kit.crl, kit.read_ca())
+        revoked.revoked()  # a missing or forged CRL stops the start, named
         server = FederationServer(
             _tls(kit), kit.dir / (kit.config.workspace or "workspace"),
             host=kit.config.server_host, port=kit.config.server_port if port is None else port,
@@ -122,6 +124,9 @@ def site_start(
     _limit_malloc_arenas()
     try:
         kit = _kit(kit_dir, "site")
+        # Held until this process ends: two processes serving one site would take each
+        # other's tasks; the server refuses a second one too, but this says so at once.
+        lock = LockFile(kit.dir / "site.lock", f"site kit {kit.dir}").acquire()
         cfg = kit.config
         data_dir = Path(cfg.data_dir) if cfg.data_dir else None
         runtime = SiteRuntime(cfg.name, data_dir=data_dir,
@@ -136,6 +141,9 @@ def site_start(
         connection.run(stop)
     except TransportError as exc:
         raise fail(exc) from None
+    finally:
+        lock.release()
+    log.info("site %s stopped by its operator", cfg.name)
 
 
 def _stub(kit_dir: Path, server: str | None) -> pb_grpc.AdminStub:

@@ -51,8 +51,9 @@ class AdminService(pb_grpc.AdminServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
         assert identity is not None
         role = (identity.role or "").split(":")[0]
-        if identity.serial in self.server.revoked():
-            reason = "certificate is revoked"
+        revocation = self.server.revocation_problem(identity)
+        if revocation:
+            reason = revocation
         elif action not in PERMISSIONS.get(role, set()):
             reason = f"role {role or 'none'} may not {action.lower()}"
         else:
@@ -128,11 +129,17 @@ class AdminService(pb_grpc.AdminServicer):
         yield from to_chunks(encode_parts(reply))
 
     def Watch(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.JsonReply]:
-        self._job_id(request, context, self._caller(context, "Watch"), "Watch")
+        caller = self._caller(context, "Watch")
+        self._job_id(request, context, caller, "Watch")
         store = self.server.store
         last = None
         seen = 0  # id of the last failure sent
         while context.is_active():
+            revocation = self.server.revocation_problem(caller)
+            if revocation:  # revoked while watching: the stream ends now
+                log.warning("ending admin %s's watch: %s", caller.name, revocation)
+                self.server.store.audit(caller.name, "refused:Watch", revocation)
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller.name}: {revocation}")
             row = store.job(request.job_id)
             if row is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict
 from pathlib import Path
 
@@ -115,7 +116,7 @@ class FederationServer:
     """Owns the transport, the store and the job runner of one federation server."""
 
     def __init__(self, tls: TlsFiles, workspace: Path, *, host: str = "127.0.0.1",
-                 port: int = 0, revoked: Callable[[], set[int]] = set,
+                 port: int = 0, revoked: Callable[[], AbstractSet[int]] = set,
                  connect_timeout_s: float = 300.0,
                  stall_timeout_s: float = 60.0, streamed_fold: bool = True,
                  receive_window_bytes: int = 0,
@@ -141,9 +142,24 @@ class FederationServer:
         self.store.audit("server", "start", f"listening on {self.transport.address}")
         self._runner.start()
 
-    def authorize_site(self, identity: PeerIdentity) -> str | None:
-        if identity.serial in self.revoked():
+    def revocation_problem(self, identity: PeerIdentity) -> str | None:
+        """Why ``identity`` must be refused on revocation grounds, or None.
+
+        A revocation list that cannot be read or verified refuses everyone: it must never
+        un-revoke anybody.
+        """
+        try:
+            revoked = self.revoked()
+        except FedcareError as exc:
+            return str(exc)
+        if identity.serial in revoked:
             return f"certificate serial {identity.serial:x} is revoked"
+        return None
+
+    def authorize_site(self, identity: PeerIdentity) -> str | None:
+        problem = self.revocation_problem(identity)
+        if problem:
+            return problem
         if identity.role != "site":
             return f"certificate is for a {identity.role or 'participant without role'}, not a site"
         return None

@@ -96,6 +96,7 @@ class _Header(_Model):
     error: Annotated[str, Field(max_length=MAX_ERROR_BYTES)] | None = None
     tensors: list[_TensorHeader] | None = None
     payload_checksum: Annotated[str, Field(max_length=128)]
+    instance: Annotated[str, Field(max_length=64)] | None = None
 
 
 class Hello(_Model):
@@ -103,6 +104,9 @@ class Hello(_Model):
 
     site_id: str
     error: str | None = None
+    #: Random per site process: tells a reconnect (same process) from a second process that
+    #: uses a copy of the same kit (refused while the first is connected).
+    instance: str | None = None
 
 
 def _tensors(weights: Weights | None) -> tuple[list[_TensorHeader] | None, list[memoryview]]:
@@ -151,7 +155,7 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
     """One message as a list of buffers, the tensors as zero-copy views (for streaming)."""
     if isinstance(message, Hello):
         header = _Header(type="hello", site_id=message.site_id, error=message.error,
-                         payload_checksum=_digest([]))
+                         instance=message.instance, payload_checksum=_digest([]))
         return _frame(header, [])
     if isinstance(message, Task):
         tensors, buffers = _tensors(message.weights)
@@ -257,7 +261,7 @@ def decode(data: bytes | bytearray | memoryview | mmap.mmap, *,
     weights = (_decode_tensors(header.tensors, payload, adopt) if header.tensors is not None
                else None)
     if header.type == "hello":
-        return Hello(site_id=header.site_id, error=header.error)
+        return Hello(site_id=header.site_id, error=header.error, instance=header.instance)
     if header.type == "task":
         if header.kind is None:
             raise TransportError("task message without a kind")

@@ -475,3 +475,25 @@ def test_a_site_holds_nothing_of_its_last_update_once_it_is_sent(federation):
     _, _, state = run_job(federation[3](), "toyjob:make_forgetful_job", '{"num_rounds": 3}')
     assert state["status"] == "finished", state
     assert toyjob.HELD == [False, False]
+
+
+def test_a_site_whose_stream_the_server_cancels_comes_back(federation, caplog):
+    # What the stall watchdog does to a stalled stream: cancel it. The site is not told why;
+    # it must log that the stream ended and reconnect, not exit as if its operator stopped it.
+    import time
+
+    caplog.set_level(logging.INFO)
+    ca, server, start_site, _, _ = federation
+    _, errors = start_site("site-0", ca.issue("site-0", "site")[0])
+    assert server.transport.wait_for_sites(1, 30) == ["site-0"]
+    old = server.transport._sessions["site-0"]
+    server.transport._close_session(old, "upload stalled")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = server.transport._sessions.get("site-0")
+        if new is not None and new is not old:
+            break
+        time.sleep(0.05)
+    assert new is not old and not errors
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert f"site site-0: connection to 127.0.0.1:{server.port} ended (CANCELLED" in logged

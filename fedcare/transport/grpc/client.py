@@ -1,16 +1,21 @@
 """Site side of the gRPC transport: dial out, authenticate, serve tasks, come back after outages.
 
-Hospitals open no inbound port: the site connects to the server and keeps one stream. When the
-network drops, the site retries with capped exponential backoff and rejoins with the same
-identity; the server treats the new stream as the same site. A server that refuses the site's
-certificate ends the loop with a TransportError saying so, instead of retrying forever.
+Hospitals open no inbound port: the site connects to the server and keeps one stream. Whenever
+that stream ends for any reason but the site operator's own stop (the network drops, the server
+restarts or is stopped for maintenance, the server closes a stalled stream), the site logs why
+and retries with capped exponential backoff, rejoining with the same identity; the server treats
+the new stream as the same site. Only a fatal refusal ends the loop, with a TransportError saying
+why: a certificate the server does not accept (revoked, wrong role), or another process
+connected with the same site kit for longer than ``duplicate_grace_s``.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -25,11 +30,17 @@ from fedcare.transport.codec import (
     header_size,
 )
 from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_wire_chunks
-from fedcare.transport.grpc.tls import KEEPALIVE_OPTIONS, TlsFiles, channel_credentials
+from fedcare.transport.grpc.tls import (
+    ACCEPTED,
+    KEEPALIVE_OPTIONS,
+    TlsFiles,
+    channel_credentials,
+)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Task], Reply]
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
 
 
 def secure_channel(address: str, tls: TlsFiles) -> grpc.Channel:
@@ -51,8 +62,14 @@ class SiteConnection:
 
     def __init__(self, site_id: str, address: str, tls: TlsFiles, handler: Handler, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 reconnect_max_s: float = 10.0) -> None:
+                 reconnect_max_s: float = 10.0, duplicate_grace_s: float = 60.0) -> None:
+        """``duplicate_grace_s``: how long the server may keep saying that this site is
+        already connected (by another process with the same kit, or by this process's own
+        previous stream the server has not yet found dead: keepalive takes up to about 30 s)
+        before this site gives up with a fatal error."""
         self.site_id = site_id
+        self.instance = secrets.token_hex(8)
+        self.duplicate_grace_s = duplicate_grace_s
         self.address = address
         self.tls = tls
         self.handler = handler
@@ -66,21 +83,37 @@ class SiteConnection:
         watcher = threading.Thread(target=self._cancel_on, args=(stop,), daemon=True)
         watcher.start()
         backoff = 0.2
+        duplicate_since: float | None = None
         while not stop.is_set():
             try:
                 self._serve_once()
-                backoff = 0.2
+                why = "the server closed the stream"
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details()
-                if stop.is_set() or code is grpc.StatusCode.CANCELLED:
+                if stop.is_set():  # our own operator's stop: cancelled by _cancel_on
                     break
                 if code in _FATAL:
                     raise TransportError(f"server {self.address} refused this site: {details}",
                                          site_id=self.site_id) from None
-                log.warning("site %s: connection to %s failed (%s: %s); retrying in %.1f s",
-                            self.site_id, self.address, code.name, details, backoff)
+                if code is grpc.StatusCode.ALREADY_EXISTS:
+                    now = time.monotonic()
+                    duplicate_since = duplicate_since if duplicate_since is not None else now
+                    if now - duplicate_since > self.duplicate_grace_s:
+                        raise TransportError(
+                            f"server {self.address} refused this site for "
+                            f"{now - duplicate_since:.0f} s: {details}",
+                            site_id=self.site_id) from None
+                why = f"{code.name}: {details}"
             finally:
+                was_connected = self.connected.is_set()
+                if was_connected:  # it was serving: start over with short waits
+                    backoff, duplicate_since = 0.2, None
                 self.connected.clear()
+            if stop.is_set():
+                break
+            log.warning("site %s: connection to %s %s (%s); reconnecting in %.1f s",
+                        self.site_id, self.address, "ended" if was_connected else "failed",
+                        why, backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, self.reconnect_max_s)
 
@@ -91,7 +124,7 @@ class SiteConnection:
 
     def _serve_once(self) -> None:
         outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
-        outbox.put(encode_parts(Hello(site_id=self.site_id)))
+        outbox.put(encode_parts(Hello(site_id=self.site_id, instance=self.instance)))
 
         def requests() -> Iterator[bytes]:
             while (parts := outbox.get()) is not None:
@@ -108,9 +141,13 @@ class SiteConnection:
                                             request_serializer=None, response_deserializer=None)
             responses = connect(requests())
             self._responses = responses
+            # The server sends this mark once it has accepted this site; a refused call ends
+            # without it (and the loop below raises the refusal).
+            if (ACCEPTED, "1") in tuple(responses.initial_metadata() or ()):
+                self.connected.set()
+                log.info("site %s: connected to %s", self.site_id, self.address)
             reassembler = Reassembler(self.max_message_bytes, reuse=True)
             for chunk in responses:
-                self.connected.set()
                 data = reassembler.feed(chunk)
                 if data is None:
                     continue
@@ -128,7 +165,6 @@ class SiteConnection:
                 # Hold nothing of this task while waiting for the next: its buffer can then
                 # be filled again with the next model instead of fresh memory.
                 del data, task, reply
-            log.warning("site %s: server %s closed the stream", self.site_id, self.address)
         finally:
             outbox.put(None)
             channel.close()

@@ -36,6 +36,7 @@ from fedcare.transport.grpc.chunks import (
     to_wire_chunks,
 )
 from fedcare.transport.grpc.tls import (
+    ACCEPTED,
     KEEPALIVE_OPTIONS,
     PeerIdentity,
     TlsFiles,
@@ -57,9 +58,15 @@ FLOW_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 class _Session:
     """One live stream of one site."""
 
-    def __init__(self, site_id: str, context: grpc.ServicerContext | None = None) -> None:
+    def __init__(self, site_id: str, context: grpc.ServicerContext | None = None,
+                 identity: PeerIdentity | None = None, instance: str = "") -> None:
         self.site_id = site_id
         self.context = context
+        self.identity = identity
+        self.instance = instance
+        # Why the server ended the stream, told to the site as the call's status.
+        self.end_reason: str | None = None
+        self.end_code = grpc.StatusCode.UNAVAILABLE
         self.outbox: queue.Queue[list[bytes | memoryview] | None] = queue.Queue()
         self.closed = threading.Event()
         self.upload_progress_at: float | None = None  # set while an upload is in flight
@@ -161,7 +168,14 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                        f"as {claimed!r}")
             log.warning("refused a connection from %s: %s", identity.address, message)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        session = self._open(identity.name, context)
+        session = self._open(identity, context, hello.instance or "")
+        if session is None:
+            message = (f"site {identity.name} is already connected from another process using "
+                       "the same site kit; stop one of them")
+            log.warning("refused site %s from %s: %s", identity.name, identity.address, message)
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
+        assert session is not None
+        context.send_initial_metadata(((ACCEPTED, "1"),))  # tells the site it is in
         log.info("site %s connected from %s", identity.name, identity.address)
         threading.Thread(target=self._read_replies, args=(session, request_iterator),
                          name=f"grpc-read-{identity.name}", daemon=True).start()
@@ -175,6 +189,9 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     yield chunk  # returns once gRPC has taken the chunk: the site is reading
                 session.send_progress_at = None
             del parts  # sent: hold no model while waiting for the next task
+        if session.end_reason is not None:  # tell the site why, e.g. a planned server stop
+            context.set_code(session.end_code)
+            context.set_details(session.end_reason)
 
     def _read_hello(self, request_iterator: Iterator[bytes]) -> object:
         reassembler = Reassembler(_HELLO_LIMIT)
@@ -187,10 +204,21 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             return f"a malformed Hello ({exc})"
         return "nothing"
 
-    def _open(self, site_id: str, context: grpc.ServicerContext) -> _Session:
-        session = _Session(site_id, context)
+    def _open(self, identity: PeerIdentity, context: grpc.ServicerContext,
+              instance: str) -> _Session | None:
+        """The site's new session; None if another process of the same site is connected.
+
+        A site process names itself with a random ``instance`` in its Hello: the same instance
+        coming back replaces its stale stream (a reconnect after an outage), a different one
+        while the old stream lives is a second process with a copy of the kit, and is refused.
+        """
+        site_id = identity.name
+        session = _Session(site_id, context, identity, instance)
         with self._lock:
             old = self._sessions.get(site_id)
+            if (old is not None and not old.closed.is_set() and old.instance and instance
+                    and old.instance != instance):
+                return None
             self._sessions[site_id] = session
             self._outstanding.setdefault(site_id, set())
         if old is not None:  # a reconnect replaces a stale stream
@@ -282,11 +310,13 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
 
     def _watch_uploads(self) -> None:
         """Disconnect a site whose upload, or whose reading of a task (it holds a send permit
-        meanwhile), has made no progress for ``stall_timeout_s``."""
+        meanwhile), has made no progress for ``stall_timeout_s``; and, about every second, a
+        site no longer authorised (its certificate revoked since it connected)."""
         while not self._closing.wait(min(1.0, self._stall_timeout_s / 4)):
             now = time.monotonic()
             with self._lock:
                 sessions = list(self._sessions.values())
+            self._reauthorize(sessions)
             for session in sessions:
                 for what, since in (("upload", session.upload_progress_at),
                                     ("download", session.send_progress_at)):
@@ -299,12 +329,29 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     if session.context is not None:
                         session.context.cancel()  # type: ignore[no-untyped-call]
 
-    def _close_session(self, session: _Session, reason: str) -> None:
+    def _reauthorize(self, sessions: list[_Session]) -> None:
+        """Close the streams of sites the ``authorize`` callback now refuses."""
+        if self._authorize is None:
+            return
+        for session in sessions:
+            if session.identity is None or session.closed.is_set():
+                continue
+            reason = self._authorize(session.identity)
+            if reason:
+                log.warning("site %s is no longer authorised (%s); closing its connection",
+                            session.site_id, reason)
+                self._close_session(session, reason, code=grpc.StatusCode.PERMISSION_DENIED)
+
+    def _close_session(self, session: _Session, reason: str,
+                       code: grpc.StatusCode | None = None) -> None:
+        """End a site's stream. With a status ``code`` the site is told ``reason`` with it
+        (the stream ends cleanly unless it is stuck sending); without, the stream is cancelled."""
         if session.closed.is_set():
             return
+        session.end_reason, session.end_code = reason, code or grpc.StatusCode.CANCELLED
         session.closed.set()
         session.outbox.put(None)
-        if session.context is not None:
+        if session.context is not None and (code is None or session.send_progress_at is not None):
             # End the stream itself too: a replaced stream stuck sending to a site that stopped
             # reading would otherwise keep its send permit, unwatched, for good.
             session.context.cancel()  # type: ignore[no-untyped-call]
@@ -350,5 +397,6 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
-            self._close_session(session, "server shutting down")
+            self._close_session(session, "server shutting down",
+                                code=grpc.StatusCode.UNAVAILABLE)
         self._server.stop(grace_s).wait()

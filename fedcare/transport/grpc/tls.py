@@ -22,6 +22,9 @@ KEEPALIVE_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 ]
 
+#: Initial-metadata key by which the server tells a site its stream was accepted.
+ACCEPTED = "fedcare-accepted"
+
 
 @dataclass(frozen=True)
 class TlsFiles:
