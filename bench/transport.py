@@ -35,6 +35,8 @@ import rawgrpc  # noqa: E402
 from fedcare.cli.poc import PocFederation  # noqa: E402
 from fedcare.transport.grpc import fedcare_pb2 as pb  # noqa: E402
 
+JOBS = ["benchjob:make_job"]  # installed at the server and the sites, so their policies list it
+
 
 def loopback_bytes() -> int:
     for line in Path("/proc/net/dev").read_text().splitlines():
@@ -77,7 +79,8 @@ ROUNDS = 10
 def federation_run(num_params: int, num_sites: int, rounds: int = ROUNDS,
                    server_args: tuple[str, ...] = ()) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        fed = PocFederation(Path(tmp) / "poc", [f"site-{i}" for i in range(num_sites)])
+        fed = PocFederation(Path(tmp) / "poc", [f"site-{i}" for i in range(num_sites)],
+                            allowed_jobs=JOBS)
         try:
             fed.provision()
             fed.start_server(extra_args=server_args)
@@ -131,7 +134,7 @@ def distant_site_round_s(num_params: int, delay_s: float = 0.02, rounds: int = 3
     import socket
 
     with tempfile.TemporaryDirectory() as tmp:
-        fed = PocFederation(Path(tmp) / "poc", ["site-0"])
+        fed = PocFederation(Path(tmp) / "poc", ["site-0"], allowed_jobs=JOBS)
         link = None
         try:
             fed.provision()
@@ -164,7 +167,7 @@ def distant_site_round_s(num_params: int, delay_s: float = 0.02, rounds: int = 3
 def poc_first_round_s() -> float:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        fed = PocFederation(Path(tmp) / "poc", ["site-1", "site-2"])
+        fed = PocFederation(Path(tmp) / "poc", ["site-1", "site-2"], allowed_jobs=JOBS)
         try:
             fed.provision()
             fed.start_server()
@@ -184,7 +187,7 @@ def poc_first_round_s() -> float:
 
 def raw_grpc() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        fed = PocFederation(Path(tmp) / "poc", ["site-1"])
+        fed = PocFederation(Path(tmp) / "poc", ["site-1"], allowed_jobs=JOBS)
         fed.provision()
         return rawgrpc.measure(fed.kits["server"], fed.kits["site-1"])
 

@@ -23,7 +23,13 @@ from fedcare import (
     TrainResult,
     Weights,
 )
+from fedcare.core.policy import CodePolicy
 from fedcare.core.stream import UpdateStream
+
+#: The toy jobs, as a server's or a site's operator who installed them would list them.
+ENTRY_POINTS = ["toyjob:make_job", "toyjob:make_large_job", "toyjob:make_modular_job",
+                "toyjob:make_forgetful_job", "test_review_fixes_b:crashing_job"]
+TOY_CODE = CodePolicy(entry_points=ENTRY_POINTS)
 
 MODES = ("ok", "raise", "nan", "inf", "wrong_name", "wrong_shape", "wrong_dtype",
          "zero_samples", "hang", "nan_metric", "not_a_result", "crash")

@@ -193,6 +193,7 @@ def bench_flamby(
 
 def _register() -> None:
     from fedcare.cli.federation import admin_app, server_app, site_app
+    from fedcare.cli.job import job_app
     from fedcare.cli.poc import poc_command
     from fedcare.cli.provision import provision_app
 
@@ -200,6 +201,7 @@ def _register() -> None:
     app.add_typer(server_app, name="server")
     app.add_typer(site_app, name="site")
     app.add_typer(admin_app, name="admin")
+    app.add_typer(job_app, name="job")
     app.command("poc")(poc_command)
     app.add_typer(bench_app, name="bench")
 

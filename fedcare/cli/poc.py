@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -44,8 +44,11 @@ class PocFederation:
     """
 
     def __init__(self, workdir: Path, site_names: list[str], *, log_dir: Path | None = None,
-                 import_paths: Sequence[Path] = ()) -> None:
+                 import_paths: Sequence[Path] = (), allowed_jobs: Sequence[str] = ()) -> None:
+        """``allowed_jobs``: entry points (besides the built-in jobs) that every kit's code
+        policy lists, as each host's operator would after installing them."""
         self.workdir = workdir
+        self.allowed_jobs = list(allowed_jobs)
         self.site_names = site_names
         self.log_dir = log_dir or workdir / "logs"
         self.import_paths = [Path(p).resolve() for p in import_paths]
@@ -66,7 +69,17 @@ class PocFederation:
         path = self.workdir / "project.yaml"
         path.write_text(yaml.safe_dump(project, sort_keys=False))
         self.kits = provision(path, self.workdir / "kits")
+        for name in ["server", *self.site_names]:
+            self.edit_kit(name, lambda config: config.setdefault("code", {}).update(
+                entry_points=list(self.allowed_jobs)))
         self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def edit_kit(self, name: str, change: Callable[[dict[str, Any]], object]) -> None:
+        """Change a kit's config.yaml as its owner would: ``change`` edits the parsed dict."""
+        path = self.kits[name] / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        change(config)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "fedcare.cli", *args]
@@ -195,7 +208,9 @@ def poc_command(
         console.print(f"[bold red]error:[/] job {job!r} is neither a job file nor "
                       "module:function")
         raise typer.Exit(code=1) from None
-    fed = PocFederation(workdir.resolve(), names, import_paths=import_paths)
+    # Here one person is every host's operator, trusting the job they chose to run.
+    fed = PocFederation(workdir.resolve(), names, import_paths=import_paths,
+                        allowed_jobs=[spec.entry_point] if spec is not None else [])
     try:
         fed.provision()
         address = fed.start_server()

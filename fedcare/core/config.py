@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -130,6 +131,36 @@ def build_job(source: JobSource) -> Job:
             f"entry point {source.entry_point} returned {type(job).__name__}, not a fedcare Job"
         )
     return dataclasses.replace(job, source=source)
+
+
+_PACKAGE_FOLDERS: set[str] = set()
+
+
+def _use_package_folder(folder: str) -> None:
+    """Make ``folder`` the only package folder on the import path: modules imported from any
+    other package's folder are forgotten, so two packages may both have a ``job.py``."""
+    others = _PACKAGE_FOLDERS - {folder}
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None) or ""
+        if any(file.startswith(other + os.sep) for other in others):
+            del sys.modules[name]
+    for other in others:
+        while other in sys.path:
+            sys.path.remove(other)
+    _PACKAGE_FOLDERS.intersection_update({folder})
+    _PACKAGE_FOLDERS.add(folder)
+    importlib.invalidate_caches()
+
+
+def build_package_job(folder: Path, entry_point: str, params: dict[str, Any]) -> Job:
+    """Build the job of a verified package extracted to ``folder`` (its own copy).
+
+    Only call this for a package the process's code policy allows: it imports and runs the
+    package's code. One package's modules at a time: those of the previous one are forgotten.
+    """
+    path = str(Path(folder).resolve())
+    _use_package_folder(path)
+    return build_job(JobSource(entry_point, dict(params), path))
 
 
 def load_job(target: str, params: dict[str, Any] | None = None) -> Job:

@@ -104,12 +104,16 @@ class JobRef:
         params_json: Its keyword arguments, a JSON object.
         site_index: This site's index in the job, fixed for the whole job.
         num_sites: The number of sites the job had when this site's index was given.
+        package: The id (sha256) of the signed job package the job runs, or None for a job
+            whose code is installed at the site. A site fetches and verifies the package
+            itself and runs the entry point and params its signer signed, not these.
     """
 
     entry_point: str
     params_json: str = "{}"
     site_index: int = 0
     num_sites: int = 1
+    package: str | None = None
 
 
 @dataclass(frozen=True)

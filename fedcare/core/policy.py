@@ -16,7 +16,7 @@ jobs. This module is the schema only: which filters exist is the site layer's bu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -62,3 +62,54 @@ class SitePolicy(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+#: The jobs fedcare ships: code the site and the server installed with fedcare itself.
+BUILTIN_JOBS = (
+    "fedcare.jobs.heart:make_job",
+    "fedcare.jobs.heart_stats:make_job",
+    "fedcare.jobs.tcga:make_job",
+)
+_ENTRY_POINT = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class CodePolicy(BaseModel):
+    """Which job code a process (a site, or the server) runs: nothing else, by default.
+
+    Written by the host's operator in its kit's ``config.yaml`` (``code:``)::
+
+        code:
+          builtin_jobs: true                  # fedcare's own jobs (BUILTIN_JOBS)
+          entry_points: [my_lab.jobs:make_job]   # jobs installed on this machine by its operator
+          signers: [alice]                    # signed packages from these project admins
+          packages: [3f2a...]                 # or exactly these packages (sha256 ids)
+
+    A job is run if its entry point is built in (and ``builtin_jobs``) or listed; a signed
+    package if its signer or its id is listed. Everything else is refused, with the reason.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    builtin_jobs: bool = True
+    entry_points: list[Annotated[str, Field(pattern=_ENTRY_POINT)]] = Field(default_factory=list)
+    signers: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]] = Field(
+        default_factory=list)
+    packages: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list)
+
+    def refuses_entry_point(self, entry_point: str) -> str | None:
+        """Why a job named by ``entry_point`` (not a package) may not run here, or None."""
+        if entry_point in self.entry_points:
+            return None
+        if entry_point in BUILTIN_JOBS:
+            return None if self.builtin_jobs else (
+                f"{entry_point} is built in, but this policy has builtin_jobs: false")
+        return (f"entry point {entry_point} is neither a built-in job nor in this policy's "
+                "code.entry_points")
+
+    def refuses_package(self, package_id: str, signer: str) -> str | None:
+        """Why the signed package ``package_id`` by ``signer`` may not run here, or None."""
+        if package_id in self.packages or signer in self.signers:
+            return None
+        return (f"package {package_id[:12]} signed by {signer} is not allowed: neither its "
+                "signer is in this policy's code.signers nor its id in code.packages")

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
-from fedcare.core.policy import SitePolicy
+from fedcare.core.policy import CodePolicy, SitePolicy
 
 #: A participant name: also a folder name and a certificate common name.
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -134,8 +134,9 @@ class KitConfig(_Model):
         data_dir: Sites only. The folder of this hospital's data, filled in by the hospital.
             It is read by the site's own process and never sent to the server: where patient
             data lives is the site's business, not the federation's.
-        allowed_trainers: Sites only. Job entry points (``module:function``) this site runs.
-            An empty list accepts any job the federation's project admins submit.
+        code: Server and sites. Which job code this process runs (:class:`CodePolicy`):
+            fedcare's built-in jobs, entry points installed here, signed packages from named
+            signers or with listed ids; nothing else. Written by this host's operator.
         policy: Sites only. The site's own filter chains (:class:`SitePolicy`): what every
             task passes before the trainer sees it (``inbound``) and what every result passes
             before it leaves the site (``outbound``), e.g. ``clip_update_norm``. Built afresh
@@ -152,13 +153,27 @@ class KitConfig(_Model):
     role: AdminRole | None = None
     site: str | None = None
     data_dir: str | None = None
-    allowed_trainers: list[str] = Field(default_factory=list)
+    code: CodePolicy = Field(default_factory=CodePolicy)
     policy: SitePolicy = Field(default_factory=SitePolicy)
     workspace: str | None = None
     crl: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _allowed_trainers(cls, data: object) -> object:
+        """Read a kit written before ``code``: its ``allowed_trainers`` are entry points."""
+        if isinstance(data, dict) and "allowed_trainers" in data:
+            data = dict(data)
+            listed = data.pop("allowed_trainers") or []
+            code = dict(data.get("code") or {})
+            code["entry_points"] = [*code.get("entry_points", []), *listed]
+            data["code"] = code
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> KitConfig:
+        if self.kind == "admin" and self.code != CodePolicy():
+            raise ValueError("code: an admin kit runs no job code")
         if (self.kind == "admin") != (self.role is not None):
             raise ValueError("role: an admin kit needs a role, and only an admin kit has one")
         if (self.role == "site_admin") != (self.site is not None):
@@ -170,14 +185,21 @@ class KitConfig(_Model):
     def to_yaml(self) -> str:
         """The kit's ``config.yaml``: only the keys that mean something for its kind."""
         keys = ["federation", "name", "kind", "server_host", "server_port"]
-        keys += {"server": ["workspace", "crl"],
-                 "site": ["data_dir", "allowed_trainers", "policy"],
+        keys += {"server": ["workspace", "crl", "code"],
+                 "site": ["data_dir", "code", "policy"],
                  "admin": ["role", "site"] if self.site else ["role"]}[self.kind]
         header = ""
+        if self.kind == "server":
+            header = ("# code: which job code this server runs, nothing else: fedcare's\n"
+                      "#   built-in jobs (builtin_jobs), entry points installed here\n"
+                      "#   (entry_points), signed job packages from these project admins\n"
+                      "#   (signers) or with these ids (packages; see fedcare job inspect).\n")
         if self.kind == "site":
             header = ("# data_dir: this hospital's data folder, read only by this site's process.\n"
-                      "# allowed_trainers: job entry points (module:function) this site runs;\n"
-                      "#   an empty list [] accepts any job the project admins submit.\n"
+                      "# code: which job code this site runs, nothing else: fedcare's\n"
+                      "#   built-in jobs (builtin_jobs), entry points installed here\n"
+                      "#   (entry_points), signed job packages from these project admins\n"
+                      "#   (signers) or with these ids (packages; see fedcare job inspect).\n"
                       "# policy: this site's filters, applied to every job, e.g.\n"
                       "#   policy: {outbound: [{clip_update_norm: {max_norm: 5.0}},\n"
                       "#                       {exclude_variables: {patterns: ['^head\\.']}}]}\n")

@@ -69,8 +69,12 @@ class AdminService(pb_grpc.AdminServicer):
             params = json.loads(request.params_json or "{}")
             if not isinstance(params, dict):
                 raise ValueError("params must be a JSON object")
-            job_id = self.server.submit(request.entry_point, params, caller.name)
+            job_id = self.server.submit(request.entry_point, params, caller.name,
+                                        package=request.package)
         except (FedcareError, ValueError) as exc:
+            what = "a package" if request.package else one_line(request.entry_point, 200)
+            log.warning("refused a job from %s (%s): %s", caller.name, what, one_line(exc, 500))
+            self.server.store.audit(caller.name, "refused:Submit", f"{what}: {one_line(exc, 500)}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {exc}")
         return pb.SubmitReply(job_id=job_id)
 

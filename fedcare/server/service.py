@@ -16,18 +16,24 @@ from collections.abc import Set as AbstractSet
 from dataclasses import asdict
 from pathlib import Path
 
+import grpc
+
 from fedcare.core.config import build_job
-from fedcare.core.errors import FedcareError, JobAborted
+from fedcare.core.errors import ConfigError, FedcareError, JobAborted
 from fedcare.core.job import JobSource
 from fedcare.core.message import JobRef, Reply, Task
+from fedcare.core.package import read_package
+from fedcare.core.policy import CodePolicy
 from fedcare.core.stream import StreamTarget
 from fedcare.core.workflow import SiteFailure
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
 from fedcare.server.events import RunListener
 from fedcare.server.history import RoundRecord, record_from_dict
+from fedcare.server.packages import PackageService, PackageStore
 from fedcare.server.store import JobRow, Store
 from fedcare.transport.base import Transport
+from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.grpc.server import GrpcServerTransport
 from fedcare.transport.grpc.tls import PeerIdentity, TlsFiles
 
@@ -51,6 +57,7 @@ class JobTransport(Transport):
         self._streamed_fold = streamed_fold
         self._entry_point = row.entry_point
         self._params_json = json.dumps(row.params, sort_keys=True)
+        self._package = row.package
         self._index: dict[str, int] = {s: i for i, s in enumerate(site_ids or ())}
 
     def site_ids(self) -> list[str]:
@@ -68,7 +75,8 @@ class JobTransport(Transport):
 
     def send(self, site_id: str, task: Task) -> None:
         index = self.site_index(site_id)
-        job = JobRef(self._entry_point, self._params_json, index, len(self._index))
+        job = JobRef(self._entry_point, self._params_json, index, len(self._index),
+                     self._package)
         self.inner.send(site_id, dataclasses.replace(task, job=job))
 
     def receive(self, timeout_s: float) -> Reply | None:
@@ -119,10 +127,15 @@ class FederationServer:
                  port: int = 0, revoked: Callable[[], AbstractSet[int]] = set,
                  connect_timeout_s: float = 300.0,
                  stall_timeout_s: float = 60.0, streamed_fold: bool = True,
-                 receive_window_bytes: int = 0,
+                 receive_window_bytes: int = 0, code: CodePolicy | None = None,
                  add_services: Callable[[FederationServer, object], None] | None = None
                  ) -> None:
+        """``code``: which job code this server runs (default: fedcare's built-in jobs
+        only); see :class:`fedcare.core.policy.CodePolicy`."""
         self.workspace = workspace
+        self.tls = tls
+        self.code = code or CodePolicy()
+        self.packages = PackageStore(workspace / "packages", tls.ca)
         self.store = Store(workspace / "server.db")
         self.revoked = revoked
         self.connect_timeout_s = connect_timeout_s
@@ -134,9 +147,16 @@ class FederationServer:
         self.transport = GrpcServerTransport(
             tls, host=host, port=port, authorize=self.authorize_site,
             stall_timeout_s=stall_timeout_s, receive_window_bytes=receive_window_bytes,
-            add_services=(lambda server: add_services(self, server)) if add_services else None)
+            add_services=lambda server: self._add_services(server, add_services))
         self.port = self.transport.port
         self._runner = threading.Thread(target=self._run_jobs, name="job-runner", daemon=True)
+
+    def _add_services(self, server: grpc.Server,
+                      more: Callable[[FederationServer, object], None] | None) -> None:
+        pb_grpc.add_PackagesServicer_to_server(
+            PackageService(self.packages, self.authorize_site), server)
+        if more is not None:
+            more(self, server)
 
     def start(self) -> None:
         self.store.audit("server", "start", f"listening on {self.transport.address}")
@@ -165,10 +185,40 @@ class FederationServer:
         return None
 
     # -- jobs -------------------------------------------------------------------------------
-    def submit(self, entry_point: str, params: dict[str, object], actor: str) -> str:
-        job = build_job(JobSource(entry_point, params))  # refuses a bad job before it queues
-        job_id = self.store.add_job(entry_point, params, actor, job.num_rounds)
-        self.store.audit(actor, "submit", f"{job_id} {entry_point} {json.dumps(params)}")
+    def submit(self, entry_point: str, params: dict[str, object], actor: str,
+               package: bytes = b"") -> str:
+        """Queue a job: a built-in or locally installed entry point, or a signed package.
+
+        The job's code runs here only if this server's code policy allows it; a package is
+        verified completely (content, signature, signer) first, and its signer must not be
+        revoked. Raises ConfigError, naming why, for anything refused.
+        """
+        if package:
+            if params:
+                raise ConfigError("a package's params are part of what its signer signed; "
+                                  "pack it again to change them")
+            pkg = read_package(package, self.tls.ca)
+            revocation = self.revocation_problem(
+                PeerIdentity(pkg.signer, pkg.signer_serial, "", "project_admin"))
+            if revocation:
+                raise ConfigError(f"package {pkg.package_id[:12]} signed by {pkg.signer}: "
+                                  f"{revocation}")
+            problem = self.code.refuses_package(pkg.package_id, pkg.signer)
+            if problem:
+                raise ConfigError(f"this server's code policy refuses the job: {problem}")
+            self.packages.add(pkg)
+            job = self.packages.build(pkg)  # refuses a bad job before it queues
+            entry_point, params = pkg.entry_point, pkg.params
+            what = f"package {pkg.package_id} signed by {pkg.signer}: {entry_point}"
+        else:
+            problem = self.code.refuses_entry_point(entry_point)
+            if problem:
+                raise ConfigError(f"this server's code policy refuses the job: {problem}")
+            job = build_job(JobSource(entry_point, params))  # refuses a bad job before it queues
+            what = entry_point
+        job_id = self.store.add_job(entry_point, params, actor, job.num_rounds,
+                                    package=pkg.package_id if package else None)
+        self.store.audit(actor, "submit", f"{job_id} {what} {json.dumps(params)}")
         self._wake.set()
         return job_id
 
@@ -200,7 +250,13 @@ class FederationServer:
 
     def _run_job(self, row: JobRow) -> None:
         try:
-            job = build_job(JobSource(row.entry_point, row.params))
+            if row.package:  # verified again: the stored file may have been altered since
+                job = self.packages.build(self.packages.load(row.package))
+            else:
+                problem = self.code.refuses_entry_point(row.entry_point)
+                if problem:  # the policy may have changed since the job was queued
+                    raise ConfigError(f"this server's code policy refuses the job: {problem}")
+                job = build_job(JobSource(row.entry_point, row.params))
         except FedcareError as exc:
             self.store.set_status(row.job_id, "failed", str(exc))
             return

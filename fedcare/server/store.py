@@ -72,12 +72,15 @@ class JobRow:
     error: str | None
     #: One line for people: "finished with 3 of 4 sites", "waiting for sites [...]", ...
     summary: str | None = None
+    #: The id of the signed job package the job runs; None for an installed entry point.
+    package: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"job_id": self.job_id, "entry_point": self.entry_point, "params": self.params,
                 "status": self.status, "submitted_by": self.submitted_by,
                 "created_s": self.created_s, "round_num": self.round_num,
-                "num_rounds": self.num_rounds, "error": self.error, "summary": self.summary}
+                "num_rounds": self.num_rounds, "error": self.error, "summary": self.summary,
+                "package": self.package}
 
 
 class Store:
@@ -92,6 +95,8 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "summary" not in columns:  # a database written by an earlier version
             self._db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")
+        if "package" not in columns:  # the signed package a job runs, by id
+            self._db.execute("ALTER TABLE jobs ADD COLUMN package TEXT")
         self._lock = threading.Lock()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
@@ -109,13 +114,14 @@ class Store:
                     (time.time(), actor, action, detail))
 
     def add_job(self, entry_point: str, params: dict[str, object], submitted_by: str,
-                num_rounds: int) -> str:
+                num_rounds: int, package: str | None = None) -> str:
         job_id = "job-" + uuid.uuid4().hex[:10]
         now = time.time()
         self._write(
             "INSERT INTO jobs (job_id, entry_point, params_json, status, submitted_by, "
-            "created_s, updated_s, num_rounds) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-            (job_id, entry_point, json.dumps(params), submitted_by, now, now, num_rounds))
+            "created_s, updated_s, num_rounds, package) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (job_id, entry_point, json.dumps(params), submitted_by, now, now, num_rounds,
+             package))
         return job_id
 
     def set_status(self, job_id: str, status: str, error: str | None = None,
@@ -203,9 +209,10 @@ class Store:
         with self._lock:
             rows = self._db.execute(
                 "SELECT job_id, entry_point, params_json, status, submitted_by, created_s, "
-                f"round_num, num_rounds, error, summary FROM jobs {clause}", args).fetchall()
-        return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
-                for r in rows]
+                f"round_num, num_rounds, error, summary, package FROM jobs {clause}",
+                args).fetchall()
+        return [JobRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                       r[10]) for r in rows]
 
     def close(self) -> None:
         with self._lock:

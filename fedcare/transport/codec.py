@@ -73,6 +73,7 @@ class _JobHeader(_Model):
     params_json: Annotated[str, Field(max_length=1_000_000)] = "{}"
     site_index: Annotated[int, Field(ge=0, lt=2**31)] = 0
     num_sites: Annotated[int, Field(ge=1, lt=2**31)] = 1
+    package: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 #: An id in a message (task, site, job): fedcare's own are far shorter; a longer one is refused

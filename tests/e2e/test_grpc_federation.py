@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from certs import ThrowawayCA
+from toyjob import TOY_CODE
 
 from fedcare.jobs.flamby import ALGORITHMS as STRATEGIES
 from fedcare.server.admin import AdminService
@@ -28,15 +29,16 @@ def federation(tmp_path):
     revoked: set[int] = set()
     server = FederationServer(
         server_tls, tmp_path / "ws", revoked=lambda: revoked, connect_timeout_s=30,
+        code=TOY_CODE,
         stall_timeout_s=2.0,
         add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
     server.start()
     stops = []
 
-    def start_site(name, tls, allowed=()):
+    def start_site(name, tls, code=TOY_CODE):
         stop = threading.Event()
         conn = SiteConnection(name, f"127.0.0.1:{server.port}", tls,
-                              SiteRuntime(name, allowed_trainers=allowed).handle)
+                              SiteRuntime(name, code=code).handle)
         errors = []
 
         def run():
@@ -365,7 +367,7 @@ def served(tmp_path, num_sites, **server_options):
 
     ca = ThrowawayCA()
     server = FederationServer(ca.issue("server", "server")[0], tmp_path / "ws",
-                              connect_timeout_s=30,
+                              connect_timeout_s=30, code=TOY_CODE,
                               add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(
                                   AdminService(srv), g), **server_options)
     server.start()
@@ -374,7 +376,7 @@ def served(tmp_path, num_sites, **server_options):
         for i in range(num_sites):
             name = f"site-{i}"
             conn = SiteConnection(name, f"127.0.0.1:{server.port}", ca.issue(name, "site")[0],
-                                  SiteRuntime(name).handle)
+                                  SiteRuntime(name, code=TOY_CODE).handle)
             threading.Thread(target=conn.run, args=(stop,), daemon=True).start()
         assert len(server.transport.wait_for_sites(num_sites, 30)) == num_sites
         stub = pb_grpc.AdminStub(secure_channel(f"127.0.0.1:{server.port}",

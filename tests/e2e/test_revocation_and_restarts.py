@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from toyjob import ENTRY_POINTS
 
 from fedcare.cli.poc import PocFederation
 from fedcare.provision import pki
@@ -36,7 +37,7 @@ FEDCARE = [sys.executable, "-m", "fedcare.cli"]
 def fed(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # toyjob, for everyone
-    fed = PocFederation(tmp_path / "poc", SITES)
+    fed = PocFederation(tmp_path / "poc", SITES, allowed_jobs=ENTRY_POINTS)
     fed.provision()
     fed.start_server()
     fed.start_sites()

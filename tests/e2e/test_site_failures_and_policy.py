@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from toyjob import ENTRY_POINTS
 
 from fedcare.cli.poc import PocFederation
 from fedcare.transport.codec import decode
@@ -27,7 +28,7 @@ SITES = ["site-0", "site-1", "site-2"]
 def federation(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # toyjob, for everyone
-    fed = PocFederation(tmp_path / "poc", SITES)
+    fed = PocFederation(tmp_path / "poc", SITES, allowed_jobs=ENTRY_POINTS)
     fed.provision()
     # site-1's IT officer writes its policy into the kit: updates leave clipped to norm 0.5
     config_path = fed.kits["site-1"] / "config.yaml"

@@ -45,10 +45,10 @@ def _wait_done(server, job_ids, timeout_s=30.0):
 
 def test_runner_fails_a_crashing_job_and_runs_the_next(tmp_path):
     tls, _ = ThrowawayCA().issue("server", "server")
-    server = FederationServer(tls, tmp_path / "ws", connect_timeout_s=5)
+    server = FederationServer(tls, tmp_path / "ws", connect_timeout_s=5, code=toyjob.TOY_CODE)
     server.start()
     grpc_transport, server.transport = server.transport, MemoryTransport(
-        {f"site-{i}": SiteRuntime(f"site-{i}").handle for i in range(3)})
+        {f"site-{i}": SiteRuntime(f"site-{i}", code=toyjob.TOY_CODE).handle for i in range(3)})
     grpc_transport.close()
     try:
         crash = server.submit("test_review_fixes_b:crashing_job", {}, "alice")
@@ -152,7 +152,7 @@ def _toy_task(job_id):
 
 
 def test_site_frees_agents_of_old_jobs():
-    runtime = SiteRuntime("site-0")
+    runtime = SiteRuntime("site-0", code=toyjob.TOY_CODE)
     for i in range(5):
         assert runtime.handle(_toy_task(f"j{i}")).error is None
         first = runtime._agents[f"j{i}"]
@@ -162,7 +162,7 @@ def test_site_frees_agents_of_old_jobs():
 
 
 def test_least_recently_used_agent_is_freed_first():
-    runtime = SiteRuntime("site-0", max_jobs=2)
+    runtime = SiteRuntime("site-0", max_jobs=2, code=toyjob.TOY_CODE)
     for job_id in ("a", "b", "a", "c"):
         assert runtime.handle(_toy_task(job_id)).error is None
     assert list(runtime._agents) == ["a", "c"]
@@ -170,9 +170,10 @@ def test_least_recently_used_agent_is_freed_first():
 
 def test_abort_between_pick_up_and_start_is_not_lost(tmp_path):
     tls, _ = ThrowawayCA().issue("server", "server")
-    server = FederationServer(tls, tmp_path / "ws", connect_timeout_s=5)  # runner not started
+    # runner not started
+    server = FederationServer(tls, tmp_path / "ws", connect_timeout_s=5, code=toyjob.TOY_CODE)
     grpc_transport, server.transport = server.transport, MemoryTransport(
-        {f"site-{i}": SiteRuntime(f"site-{i}").handle for i in range(3)})
+        {f"site-{i}": SiteRuntime(f"site-{i}", code=toyjob.TOY_CODE).handle for i in range(3)})
     grpc_transport.close()
     try:
         job_id = server.submit("toyjob:make_job", {"num_rounds": 1}, "alice")

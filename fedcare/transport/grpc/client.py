@@ -168,3 +168,27 @@ class SiteConnection:
         finally:
             outbox.put(None)
             channel.close()
+
+
+def fetch_package(address: str, tls: TlsFiles, package_id: str, *,
+                  timeout_s: float = 120.0) -> bytes:
+    """A signed job package's bytes, downloaded from the server (verified by the caller)."""
+    from fedcare.core.package import MAX_PACKAGE_BYTES
+    from fedcare.transport.grpc import fedcare_pb2 as pb
+    from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+
+    channel = secure_channel(address, tls)
+    try:
+        data = bytearray()
+        for chunk in pb_grpc.PackagesStub(channel).Fetch(pb.PackageRef(package_id=package_id),
+                                                         timeout=timeout_s):
+            data += chunk.data
+            if len(data) > MAX_PACKAGE_BYTES:
+                raise TransportError(f"package {package_id[:12]} from {address} exceeds "
+                                     f"{MAX_PACKAGE_BYTES} bytes")
+        return bytes(data)
+    except grpc.RpcError as exc:
+        raise TransportError(f"cannot fetch package {package_id[:12]} from {address}: "
+                             f"{exc.details()}") from None
+    finally:
+        channel.close()

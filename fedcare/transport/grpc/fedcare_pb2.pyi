@@ -6,19 +6,16 @@ fedcare wire protocol. Models never travel as one protobuf message: a codec mess
 Chunks of 1-4 MiB, so there is no message-size limit and memory stays bounded.
 """
 
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
 import builtins as _builtins
 import sys
 import typing as _typing
 
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-
 if sys.version_info >= (3, 11):
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -42,13 +39,36 @@ class Chunk(_message.Message):
         total_size: _builtins.int = ...,
         last: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "total_size", b"total_size"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Chunk: _TypeAlias = Chunk
+Global___Chunk: _TypeAlias = Chunk  # noqa: Y015
+
+@_typing.final
+class PackageRef(_message.Message):
+    """Sites fetch the signed job package a task names (JobRef.package in the codec header), to
+    check it against their own policy and run it from their own copy.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PACKAGE_ID_FIELD_NUMBER: _builtins.int
+    package_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        package_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["package_id", b"package_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackageRef: _TypeAlias = PackageRef  # noqa: Y015
 
 @_typing.final
 class SubmitRequest(_message.Message):
@@ -56,23 +76,27 @@ class SubmitRequest(_message.Message):
 
     ENTRY_POINT_FIELD_NUMBER: _builtins.int
     PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
     entry_point: _builtins.str
-    """module:function returning a fedcare Job"""
+    """module:function returning a fedcare Job (or empty with package)"""
     params_json: _builtins.str
     """JSON object of keyword arguments"""
+    package: _builtins.bytes
+    """a signed job package (fedcare job pack); its config is signed"""
     def __init__(
         self,
         *,
         entry_point: _builtins.str = ...,
         params_json: _builtins.str = ...,
+        package: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_point", b"entry_point", "params_json", b"params_json"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_point", b"entry_point", "package", b"package", "params_json", b"params_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SubmitRequest: _TypeAlias = SubmitRequest
+Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
 
 @_typing.final
 class SubmitReply(_message.Message):
@@ -85,13 +109,13 @@ class SubmitReply(_message.Message):
         *,
         job_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SubmitReply: _TypeAlias = SubmitReply
+Global___SubmitReply: _TypeAlias = SubmitReply  # noqa: Y015
 
 @_typing.final
 class JobRef(_message.Message):
@@ -104,13 +128,13 @@ class JobRef(_message.Message):
         *,
         job_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___JobRef: _TypeAlias = JobRef
+Global___JobRef: _TypeAlias = JobRef  # noqa: Y015
 
 @_typing.final
 class Empty(_message.Message):
@@ -119,13 +143,13 @@ class Empty(_message.Message):
     def __init__(
         self,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Empty: _TypeAlias = Empty
+Global___Empty: _TypeAlias = Empty  # noqa: Y015
 
 @_typing.final
 class JsonReply(_message.Message):
@@ -138,10 +162,10 @@ class JsonReply(_message.Message):
         *,
         json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___JsonReply: _TypeAlias = JsonReply
+Global___JsonReply: _TypeAlias = JsonReply  # noqa: Y015

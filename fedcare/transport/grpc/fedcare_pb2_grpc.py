@@ -103,6 +103,79 @@ class Federation:
             _registered_method=True)
 
 
+class PackagesStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Fetch = channel.unary_stream(
+                '/fedcare.v1.Packages/Fetch',
+                request_serializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.PackageRef.SerializeToString,
+                response_deserializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.Chunk.FromString,
+                _registered_method=True)
+
+
+class PackagesServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Fetch(self, request, context):
+        """the package file's bytes
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PackagesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Fetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.PackageRef.FromString,
+                    response_serializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.Chunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedcare.v1.Packages', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedcare.v1.Packages', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Packages:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedcare.v1.Packages/Fetch',
+            fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.PackageRef.SerializeToString,
+            fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class AdminStub:
     """Admins: project admin (everything), site admin (own site), viewer (read only).
     """

@@ -6,20 +6,18 @@ fedcare wire protocol. Models never travel as one protobuf message: a codec mess
 Chunks of 1-4 MiB, so there is no message-size limit and memory stays bounded.
 """
 
+from collections import abc as _abc
+from fedcare.transport.grpc import fedcare_pb2 as _fedcare_pb2
+from grpc import aio as _aio
 import abc as _abc_1
+import grpc as _grpc
 import sys
 import typing as _typing
-from collections import abc as _abc
-
-import grpc as _grpc
-from grpc import aio as _aio
-
-from fedcare.transport.grpc import fedcare_pb2 as _fedcare_pb2
 
 if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
-    from typing import Self as _Self
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -61,9 +59,34 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_fedcare_pb2.Chunk],
         context: _ServicerContext,
-    ) -> _abc.Iterator[_fedcare_pb2.Chunk] | _abc.AsyncIterator[_fedcare_pb2.Chunk]: ...
+    ) -> _typing.Union[_abc.Iterator[_fedcare_pb2.Chunk], _abc.AsyncIterator[_fedcare_pb2.Chunk]]: ...
 
-def add_FederationServicer_to_server(servicer: FederationServicer, server: _grpc.Server | _aio.Server) -> None: ...
+def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PackagesStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PackagesAsyncStub: ...
+    Fetch: _grpc.UnaryStreamMultiCallable[_fedcare_pb2.PackageRef, _fedcare_pb2.Chunk]
+    """the package file's bytes"""
+
+@_typing.type_check_only
+class PackagesAsyncStub(PackagesStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Fetch: _aio.UnaryStreamMultiCallable[_fedcare_pb2.PackageRef, _fedcare_pb2.Chunk]  # type: ignore[assignment]
+    """the package file's bytes"""
+
+class PackagesServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Fetch(
+        self,
+        request: _fedcare_pb2.PackageRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_fedcare_pb2.Chunk], _abc.AsyncIterator[_fedcare_pb2.Chunk]]:
+        """the package file's bytes"""
+
+def add_PackagesServicer_to_server(servicer: PackagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AdminStub:
     """Admins: project admin (everything), site admin (own site), viewer (read only)."""
@@ -103,35 +126,35 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _fedcare_pb2.SubmitRequest,
         context: _ServicerContext,
-    ) -> _fedcare_pb2.SubmitReply | _abc.Awaitable[_fedcare_pb2.SubmitReply]: ...
+    ) -> _typing.Union[_fedcare_pb2.SubmitReply, _abc.Awaitable[_fedcare_pb2.SubmitReply]]: ...
 
     @_abc_1.abstractmethod
     def Status(
         self,
         request: _fedcare_pb2.Empty,
         context: _ServicerContext,
-    ) -> _fedcare_pb2.JsonReply | _abc.Awaitable[_fedcare_pb2.JsonReply]: ...
+    ) -> _typing.Union[_fedcare_pb2.JsonReply, _abc.Awaitable[_fedcare_pb2.JsonReply]]: ...
 
     @_abc_1.abstractmethod
     def Sites(
         self,
         request: _fedcare_pb2.Empty,
         context: _ServicerContext,
-    ) -> _fedcare_pb2.JsonReply | _abc.Awaitable[_fedcare_pb2.JsonReply]: ...
+    ) -> _typing.Union[_fedcare_pb2.JsonReply, _abc.Awaitable[_fedcare_pb2.JsonReply]]: ...
 
     @_abc_1.abstractmethod
     def Abort(
         self,
         request: _fedcare_pb2.JobRef,
         context: _ServicerContext,
-    ) -> _fedcare_pb2.JsonReply | _abc.Awaitable[_fedcare_pb2.JsonReply]: ...
+    ) -> _typing.Union[_fedcare_pb2.JsonReply, _abc.Awaitable[_fedcare_pb2.JsonReply]]: ...
 
     @_abc_1.abstractmethod
     def Download(
         self,
         request: _fedcare_pb2.JobRef,
         context: _ServicerContext,
-    ) -> _abc.Iterator[_fedcare_pb2.Chunk] | _abc.AsyncIterator[_fedcare_pb2.Chunk]:
+    ) -> _typing.Union[_abc.Iterator[_fedcare_pb2.Chunk], _abc.AsyncIterator[_fedcare_pb2.Chunk]]:
         """a codec message holding the global model"""
 
     @_abc_1.abstractmethod
@@ -139,13 +162,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _fedcare_pb2.JobRef,
         context: _ServicerContext,
-    ) -> _fedcare_pb2.JsonReply | _abc.Awaitable[_fedcare_pb2.JsonReply]: ...
+    ) -> _typing.Union[_fedcare_pb2.JsonReply, _abc.Awaitable[_fedcare_pb2.JsonReply]]: ...
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _fedcare_pb2.JobRef,
         context: _ServicerContext,
-    ) -> _abc.Iterator[_fedcare_pb2.JsonReply] | _abc.AsyncIterator[_fedcare_pb2.JsonReply]: ...
+    ) -> _typing.Union[_abc.Iterator[_fedcare_pb2.JsonReply], _abc.AsyncIterator[_fedcare_pb2.JsonReply]]: ...
 
-def add_AdminServicer_to_server(servicer: AdminServicer, server: _grpc.Server | _aio.Server) -> None: ...
+def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcare import ConfigError
+from fedcare.core.policy import CodePolicy
 from fedcare.provision import add_site, load_crl, load_kit, provision, revoke
 
 PROJECT = {
@@ -109,7 +110,7 @@ def test_kit_configs_record_who_is_who(kits):
     assert server.crl == made["server"] / "crl.pem" and load_crl(server.crl) == set()
     site = load_kit(made["hospital-a"])
     assert (site.config.kind, site.config.role, site.config.data_dir) == ("site", None, None)
-    assert site.config.allowed_trainers == [] and site.crl is None
+    assert site.config.code == CodePolicy() and site.crl is None
     assert (site.config.server_host, site.config.server_port) == ("127.0.0.1", 8443)
     alice = load_kit(made["alice"]).config
     assert (alice.kind, alice.role, alice.site) == ("admin", "project_admin", None)

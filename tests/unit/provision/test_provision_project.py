@@ -122,11 +122,10 @@ def test_kit_config_is_consistent(fields, expected):
 
 def test_kit_config_yaml_has_only_the_keys_of_its_kind():
     site = KitConfig.model_validate({**BASE, "kind": "site"})
-    assert "accepts any job" in site.to_yaml()  # the file explains the empty list
-    assert set(yaml.safe_load(site.to_yaml())) == {*BASE, "kind", "data_dir", "allowed_trainers",
-                                                   "policy"}
+    assert "which job code this site runs, nothing else" in site.to_yaml()  # explained
+    assert set(yaml.safe_load(site.to_yaml())) == {*BASE, "kind", "data_dir", "code", "policy"}
     server = KitConfig.model_validate({**BASE, "kind": "server", "workspace": "w", "crl": "c"})
-    assert set(yaml.safe_load(server.to_yaml())) == {*BASE, "kind", "workspace", "crl"}
+    assert set(yaml.safe_load(server.to_yaml())) == {*BASE, "kind", "workspace", "crl", "code"}
     admin = KitConfig.model_validate({**BASE, "kind": "admin", "role": "viewer"})
     assert yaml.safe_load(admin.to_yaml())["role"] == "viewer"
     assert KitConfig.model_validate(yaml.safe_load(site.to_yaml())) == site
@@ -138,3 +137,10 @@ def test_kit_config_yaml_has_only_the_keys_of_its_kind():
     with pytest.raises(ValueError, match="only a site kit has a filter policy"):
         KitConfig.model_validate({**BASE, "kind": "server", "policy": {
             "outbound": [{"clip_update_norm": {"max_norm": 1}}]}})
+
+
+def test_a_kit_written_before_code_policies_keeps_its_allowed_trainers():
+    site = KitConfig.model_validate({**BASE, "kind": "site",
+                                     "allowed_trainers": ["lab.jobs:make_job"]})
+    assert site.code.entry_points == ["lab.jobs:make_job"] and site.code.builtin_jobs
+    assert KitConfig.model_validate(yaml.safe_load(site.to_yaml())) == site  # round trip
