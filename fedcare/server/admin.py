@@ -118,7 +118,8 @@ class AdminService(pb_grpc.AdminServicer):
     def Download(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         self._job_id(request, context, self._caller(context, "Download"), "Download")
         checkpoints = self.server.workspace / "jobs" / request.job_id / "checkpoints"
-        saved = Checkpointer(checkpoints).load_latest() if checkpoints.exists() else None
+        saved = (Checkpointer(checkpoints, job_id=request.job_id).load_latest()
+                 if checkpoints.exists() else None)
         if saved is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no model for job {request.job_id} yet")
         assert saved is not None
