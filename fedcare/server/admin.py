@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fedcare.core.errors import FedcareError
+from fedcare.core.errors import FedcareError, StorageError
 from fedcare.core.message import Reply, TrainResult
 from fedcare.core.text import one_line
 from fedcare.server.checkpoint import Checkpointer
@@ -69,6 +69,8 @@ class AdminService(pb_grpc.AdminServicer):
             if not isinstance(params, dict):
                 raise ValueError("params must be a JSON object")
             job_id = self.server.submit(request.entry_point, params, caller.name)
+        except StorageError as exc:  # the job is fine; the server cannot take it now
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"job refused: {exc}")
         except (FedcareError, ValueError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {exc}")
         return pb.SubmitReply(job_id=job_id)
