@@ -238,9 +238,14 @@ class Checkpointer:
             return f"it belongs to job {manifest.get('job_id')!r}, not {self.job_id!r}"
         if manifest.get("round_num") != round_num:
             return f"it is the checkpoint of round {manifest.get('round_num')!r}, not {round_num}"
-        if not isinstance(manifest.get("files"), dict) or not isinstance(
-                manifest.get("names"), list):
-            return "the manifest lists no files"
+        files, names = manifest.get("files"), manifest.get("names")
+        if not isinstance(files, dict) or not isinstance(names, list) or not all(
+                isinstance(n, str) for n in names):
+            return "the manifest lists no files or no names"
+        allowed = {self.model_name(round_num), f"strategy-round{round_num:04d}.npz"}
+        for name, entry in files.items():  # nothing outside this round's own files is read
+            if name not in allowed or not isinstance(entry, dict):
+                return f"the manifest lists {name!r}, not a file of round {round_num}"
         return None
 
     def _bad(self, path: Path, why: str, round_num: int) -> StorageError:

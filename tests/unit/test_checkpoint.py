@@ -141,3 +141,18 @@ def test_a_checkpoint_is_never_unpickled_even_with_a_matching_manifest(tmp_path)
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(StorageError, match="allow_pickle"):
         checkpoints.read(1)
+
+
+def test_a_manifest_naming_other_files_is_refused_before_any_is_read(tmp_path):
+    checkpoints = saved(tmp_path, rounds=(1,))
+    path = tmp_path / "checkpoint-round0001.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"]["../../etc/passwd"] = {"sha256": "0", "size_bytes": 1}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StorageError, match=re.escape(
+            "the manifest lists '../../etc/passwd', not a file of round 1")):
+        checkpoints.read(1)
+    manifest["files"] = {"global-round0001.npz": "not an entry"}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StorageError, match="not a file of round 1"):
+        checkpoints.read(1)
