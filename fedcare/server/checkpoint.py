@@ -219,7 +219,10 @@ class Checkpointer:
             raise self._bad(manifest_path, f"the manifest lists no {model}", round_num)
         for name, expected in files.items():
             path = self.directory / name
-            problem = _file_problem(path, expected)
+            try:
+                problem = _file_problem(path, expected)
+            except OSError as exc:  # e.g. a disk that fails to read it back
+                problem = f"unreadable: {exc}"
             if problem:
                 raise self._bad(path, problem, round_num)
         try:

@@ -156,3 +156,18 @@ def test_a_manifest_naming_other_files_is_refused_before_any_is_read(tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(StorageError, match="not a file of round 1"):
         checkpoints.read(1)
+
+
+def test_a_file_the_disk_cannot_read_back_falls_back_too(tmp_path, monkeypatch):
+    checkpoints = saved(tmp_path, rounds=(1, 2))
+    digest = checkpoint_module._digest
+
+    def failing(path):
+        if path.name == "global-round0002.npz":
+            raise OSError(errno.EIO, "Input/output error")
+        return digest(path)
+
+    monkeypatch.setattr(checkpoint_module, "_digest", failing)
+    with pytest.raises(StorageError, match=r"unreadable: \[Errno 5\] Input/output error"):
+        checkpoints.read(2)
+    assert checkpoints.latest().round_num == 1
