@@ -126,7 +126,9 @@ def site_start(
         kit = _kit(kit_dir, "site")
         # Held until this process ends: two processes serving one site would take each
         # other's tasks; the server refuses a second one too, but this says so at once.
-        lock = LockFile(kit.dir / "site.lock", f"site kit {kit.dir}").acquire()
+        lock = LockFile(kit.dir / "site.lock", lambda holder: ConfigError(
+            f"site kit {kit.dir} is in use by another process (pid {holder}, lock "
+            f"{kit.dir / 'site.lock'}); stop that process first"))
         cfg = kit.config
         data_dir = Path(cfg.data_dir) if cfg.data_dir else None
         address = server or f"{cfg.server_host}:{cfg.server_port}"

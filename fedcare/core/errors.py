@@ -7,7 +7,8 @@
     ├── TransportError     a site could not be reached or answered out of protocol
     ├── SiteError          a site's trainer raised, or its result failed validation
     ├── AggregationError   a round could not produce a new global model (e.g. too few sites)
-    └── JobAborted         an admin aborted the job
+    ├── JobAborted         an admin aborted the job
+    └── StorageError       the server's own disk or database failed (full, corrupt, in use)
 
 Every error can carry the job, round and site it concerns, and prints them first, so an operator
 reading a log line knows *who* failed *when*: ``job heart round 3: site va: trainer raised ...``.
@@ -64,3 +65,8 @@ class AggregationError(FedcareError):
 
 class JobAborted(FedcareError):
     """The job was stopped on request; its last checkpoint stays valid."""
+
+
+class StorageError(FedcareError):
+    """The server's own state could not be written or read: a full disk, a corrupt database or
+    checkpoint, a workspace another server holds. The message says which file and what to do."""

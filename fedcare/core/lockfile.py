@@ -1,61 +1,47 @@
 """One process at a time: an exclusive lock on a file, held for the life of the process.
 
-``fcntl.flock`` locks belong to the open file, so the operating system lets go of them when
-the process dies in any way (SIGKILL included): a stale lock file never blocks a restart. The
-file holds the holder's pid, only to name it in the refusal.
+The lock is ``flock``'s: the kernel drops it when its holder exits, however it exits
+(``kill -9`` included), so a crashed process never leaves a stale lock behind. The file keeps
+the holder's pid, to name it when another process is refused. Used for a server's workspace
+and a site's kit.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
-
-from fedcare.core.errors import ConfigError
 
 
 class LockFile:
-    """An exclusive lock on ``path``; :meth:`acquire` refuses at once if someone holds it."""
+    """Held from construction until :meth:`release` (or the process ends).
 
-    def __init__(self, path: Path, what: str) -> None:
+    Args:
+        path: The lock file (created if missing; its folder must exist).
+        refusal: Makes the exception to raise when another process holds the lock, from
+            that process's pid as the file says it ("unknown" if it says nothing).
+    """
+
+    def __init__(self, path: Path, refusal: Callable[[str], Exception]) -> None:
         self.path = Path(path)
-        self.what = what
-        self._file: IO[str] | None = None
-
-    def acquire(self) -> LockFile:
-        """Take the lock.
-
-        Raises:
-            ConfigError: Another process holds it (its pid named), or the file cannot be
-                opened.
-        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
-        except OSError as exc:
-            raise ConfigError(f"cannot lock {self.what} ({self.path}): {exc.strerror}") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read(32).strip() or "unknown"
-            handle.close()
-            raise ConfigError(f"{self.what} is in use by another process (pid {holder}, lock "
-                              f"{self.path}); stop that process first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
-        return self
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise refusal(holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
 
     def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # closing the file lets go of the lock
-            self._file = None
-
-    def __enter__(self) -> LockFile:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        """Let another process take the lock (the file stays; its pid is stale then)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fedcare.core.errors import FedcareError
+from fedcare.core.errors import FedcareError, StorageError
 from fedcare.core.message import Reply, TrainResult
 from fedcare.core.text import one_line
 from fedcare.server.checkpoint import Checkpointer
@@ -71,6 +71,8 @@ class AdminService(pb_grpc.AdminServicer):
                 raise ValueError("params must be a JSON object")
             job_id = self.server.submit(request.entry_point, params, caller.name,
                                         package=request.package)
+        except StorageError as exc:  # the job is fine; the server cannot take it now
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"job refused: {exc}")
         except (FedcareError, ValueError) as exc:
             what = "a package" if request.package else one_line(request.entry_point, 200)
             log.warning("refused a job from %s (%s): %s", caller.name, what, one_line(exc, 500))
@@ -123,7 +125,8 @@ class AdminService(pb_grpc.AdminServicer):
     def Download(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         self._job_id(request, context, self._caller(context, "Download"), "Download")
         checkpoints = self.server.workspace / "jobs" / request.job_id / "checkpoints"
-        saved = Checkpointer(checkpoints).load_latest() if checkpoints.exists() else None
+        saved = (Checkpointer(checkpoints, job_id=request.job_id).load_latest()
+                 if checkpoints.exists() else None)
         if saved is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no model for job {request.job_id} yet")
         assert saved is not None

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from fedcare.core.errors import (
     FedcareError,
     JobAborted,
     SiteError,
+    StorageError,
     TransportError,
 )
 from fedcare.core.job import Job
@@ -163,8 +164,8 @@ class RoundController:
         if resume is not None:
             for record in resume.records:
                 self.history.append(record)
-        self._checkpointer = (Checkpointer(run_dir / "checkpoints", keep=keep_checkpoints)
-                              if run_dir else None)
+        self._checkpointer = (Checkpointer(run_dir / "checkpoints", keep=keep_checkpoints,
+                                           job_id=self._job_id) if run_dir else None)
         # Writing a round's checkpoint (0.1-0.4 s per 100 MB with fsync here) can overlap the
         # next round; the listener hears ``on_round_saved`` only once it is on disk, in order.
         self._saver = (ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
@@ -495,7 +496,8 @@ class RoundController:
                              time.monotonic() - started)
         self.history.append(record)
         if self.run_dir is not None:
-            self.history.write(self.run_dir)
+            with _disk_errors(self.job_id, round_num, f"the run's metrics in {self.run_dir}"):
+                self.history.write(self.run_dir)
         self.listener.on_round_end(record)
         if saving is None:
             self.listener.on_round_saved(record)
@@ -507,8 +509,10 @@ class RoundController:
         document = dict(data)
         self.results[name] = document
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / f"{name}.json").write_text(json.dumps(document, indent=1))
+            path = self.run_dir / f"{name}.json"
+            with _disk_errors(self.job_id, None, str(path)):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(document, indent=1))
         self.listener.on_result(name, document)
 
     def _announce_saved(self, saving: Future[Path], record: RoundRecord) -> None:
@@ -527,6 +531,16 @@ class RoundController:
             if not quietly:
                 raise
             log.exception("job %s: writing a checkpoint failed", self.job_id)
+
+
+@contextlib.contextmanager
+def _disk_errors(job_id: str, round_num: int | None, what: str) -> Iterator[None]:
+    """A file of the run that cannot be written (a full disk) fails the job naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"cannot write {what}: {exc.strerror or exc}", job_id=job_id,
+                           round_num=round_num) from exc
 
 
 def _check(expect: type, kind: str, reply: Reply) -> str | None:

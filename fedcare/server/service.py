@@ -3,10 +3,14 @@
 Jobs run one at a time, in submission order. State lives in SQLite in the workspace and the
 global model is checkpointed after every round, so a server killed at any moment resumes its
 running job from the last completed round when it starts again; sites reconnect by themselves.
+One server holds a workspace at a time (:mod:`fedcare.server.lock`). A job whose disk or
+database fails fails alone; the runner goes on with the next job, and while it cannot even
+record how a job ended, it starts none and new jobs are refused with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +23,7 @@ from pathlib import Path
 import grpc
 
 from fedcare.core.config import build_job
-from fedcare.core.errors import ConfigError, FedcareError, JobAborted
+from fedcare.core.errors import ConfigError, FedcareError, JobAborted, StorageError
 from fedcare.core.job import JobSource
 from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.package import read_package
@@ -30,6 +34,7 @@ from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
 from fedcare.server.events import RunListener
 from fedcare.server.history import RoundRecord, record_from_dict
+from fedcare.server.lock import WorkspaceLock
 from fedcare.server.packages import PackageService, PackageStore
 from fedcare.server.store import JobRow, Store
 from fedcare.transport.base import Transport
@@ -38,6 +43,12 @@ from fedcare.transport.grpc.server import GrpcServerTransport
 from fedcare.transport.grpc.tls import PeerIdentity, TlsFiles
 
 log = logging.getLogger(__name__)
+
+#: Checkpoints kept per job: the newest may be of a round not yet recorded (written, then the
+#: server stopped), and one more lets a damaged checkpoint fall back to the round before it.
+KEEP_CHECKPOINTS = 3
+#: Longest wait between two attempts to write to a store that failed (seconds).
+MAX_RETRY_S = 30.0
 
 
 class JobTransport(Transport):
@@ -136,7 +147,6 @@ class FederationServer:
         self.tls = tls
         self.code = code or CodePolicy()
         self.packages = PackageStore(workspace / "packages", tls.ca)
-        self.store = Store(workspace / "server.db")
         self.revoked = revoked
         self.connect_timeout_s = connect_timeout_s
         self.streamed_fold = streamed_fold
@@ -144,10 +154,20 @@ class FederationServer:
         self._wake = threading.Event()
         self._aborts: dict[str, threading.Event] = {}
         self.current: RoundController | None = None
-        self.transport = GrpcServerTransport(
-            tls, host=host, port=port, authorize=self.authorize_site,
-            stall_timeout_s=stall_timeout_s, receive_window_bytes=receive_window_bytes,
-            add_services=lambda server: self._add_services(server, add_services))
+        #: Why the runner cannot run jobs now (None: it can); submit refuses while it is set.
+        self.runner_problem: str | None = None
+        # how each job the store could not record ended: (status, error, summary)
+        self._unrecorded: dict[str, tuple[str, str | None, str | None]] = {}
+        with contextlib.ExitStack() as undo:  # a server that cannot start holds nothing
+            self._lock = WorkspaceLock(workspace)
+            undo.callback(self._lock.release)
+            self.store = Store(workspace / "server.db")
+            undo.callback(self.store.close)
+            self.transport = GrpcServerTransport(
+                tls, host=host, port=port, authorize=self.authorize_site,
+                stall_timeout_s=stall_timeout_s, receive_window_bytes=receive_window_bytes,
+                add_services=lambda server: self._add_services(server, add_services))
+            undo.pop_all()
         self.port = self.transport.port
         self._runner = threading.Thread(target=self._run_jobs, name="job-runner", daemon=True)
 
@@ -216,6 +236,12 @@ class FederationServer:
                 raise ConfigError(f"this server's code policy refuses the job: {problem}")
             job = build_job(JobSource(entry_point, params))  # refuses a bad job before it queues
             what = entry_point
+        problem = self.runner_problem
+        if problem is None and self._runner.ident is not None and (
+                not self._runner.is_alive() and not self._stop.is_set()):
+            problem = "the job runner has stopped; see the server's log"
+        if problem is not None:  # a job queued now would never run
+            raise StorageError(f"the server cannot run jobs now: {problem}")
         job_id = self.store.add_job(entry_point, params, actor, job.num_rounds,
                                     package=pkg.package_id if package else None)
         self.store.audit(actor, "submit", f"{job_id} {what} {json.dumps(params)}")
@@ -236,17 +262,58 @@ class FederationServer:
         return "aborting"
 
     def _run_jobs(self) -> None:
+        """Run jobs until stopped: whatever one job or the store does, the runner goes on."""
+        failures = 0  # consecutive rounds of the loop the store failed
         while not self._stop.is_set():
-            row = self.store.next_job()
+            try:
+                self._record_unrecorded()
+                row = self.store.next_job()
+            except Exception as exc:  # the store (or a bug) fails: say so, start nothing
+                failures += 1
+                self._cannot_run(exc, retry_s=min(MAX_RETRY_S, 2.0 ** failures))
+                continue
+            if failures:
+                log.warning("job runner: the server database works again; running jobs")
+                failures, self.runner_problem = 0, None
             if row is None:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
             try:
                 self._run_job(row)
-            except Exception as exc:  # e.g. an unreadable checkpoint: fail the job, go on
+            except Exception as exc:  # e.g. the store failed before the job started: fail it
                 log.exception("job %s failed", row.job_id)
-                self.store.set_status(row.job_id, "failed", f"{type(exc).__name__}: {exc}")
+                self._end(row.job_id, "failed", _reason(exc))
+
+    def _cannot_run(self, exc: Exception, retry_s: float) -> None:
+        problem = _reason(exc)
+        if problem != self.runner_problem:
+            log.error("job runner: cannot run jobs: %s; new jobs are refused until this is "
+                      "fixed (retrying every %.0f s or less)", problem, MAX_RETRY_S)
+        self.runner_problem = problem
+        self._stop.wait(retry_s)
+
+    def _end(self, job_id: str, status: str, error: str | None = None,
+             summary: str | None = None) -> None:
+        """Record how a job ended; if the store cannot, keep it to record later (never
+        raises: the runner must go on)."""
+        try:
+            self.store.set_status(job_id, status, error, summary)
+            self.store.audit("server", "end", job_id)
+        except Exception as exc:
+            log.error("job %s %s (%s), but the server database cannot record it: %s",
+                      job_id, status, error or summary or "", _reason(exc))
+            self._unrecorded[job_id] = (status, error, summary)
+
+    def _record_unrecorded(self) -> None:
+        """Record the jobs that ended while the store failed; raises while it still fails,
+        so no other job starts (it would pick one of these up again as still running)."""
+        for job_id, (status, error, summary) in list(self._unrecorded.items()):
+            self.store.set_status(job_id, status, error, summary)
+            self.store.audit("server", "end", job_id)
+            del self._unrecorded[job_id]
+            log.warning("job %s: recorded as %s now that the database works again", job_id,
+                        status)
 
     def _run_job(self, row: JobRow) -> None:
         try:
@@ -258,14 +325,15 @@ class FederationServer:
                     raise ConfigError(f"this server's code policy refuses the job: {problem}")
                 job = build_job(JobSource(row.entry_point, row.params))
         except FedcareError as exc:
-            self.store.set_status(row.job_id, "failed", str(exc))
+            self._end(row.job_id, "failed", str(exc))
             return
         run_dir = self.workspace / "jobs" / row.job_id
-        resume = self._resume_point(row, Checkpointer(run_dir / "checkpoints", keep=2))
+        resume = self._resume_point(row, Checkpointer(
+            run_dir / "checkpoints", keep=KEEP_CHECKPOINTS, job_id=row.job_id))
         stop = self._aborts.setdefault(row.job_id, threading.Event())
         if stop.is_set():  # aborted between being picked up and starting
-            self.store.set_status(row.job_id, "aborted", "aborted before it started")
             self._aborts.pop(row.job_id, None)
+            self._end(row.job_id, "aborted", "aborted before it started")
             return
         self.store.set_status(row.job_id, "running")
         self.store.audit("server", "resume" if resume else "start", row.job_id)
@@ -274,39 +342,54 @@ class FederationServer:
                               streamed_fold=self.streamed_fold), run_dir=run_dir,
             job_id=row.job_id,
             listener=_StoreListener(self.store, row.job_id), resume=resume, stop=stop,
-            connect_timeout_s=self.connect_timeout_s, keep_checkpoints=2,
+            connect_timeout_s=self.connect_timeout_s, keep_checkpoints=KEEP_CHECKPOINTS,
             save_in_background=True)
         self.current = controller
         try:
             result = controller.run()
-            self.store.set_status(row.job_id, "finished", summary=result.summary)
             log.info("job %s %s", row.job_id, result.summary)
+            self._end(row.job_id, "finished", summary=result.summary)
         except JobAborted as exc:
-            if not self._stop.is_set():  # a server shutting down leaves the job to resume
-                self.store.set_status(row.job_id, "aborted", str(exc))
-        except FedcareError as exc:
+            if self._stop.is_set():  # a server shutting down leaves the job to resume
+                return
+            self._end(row.job_id, "aborted", str(exc))
+        except FedcareError as exc:  # a StorageError too: this job's disk or database failed
             log.error("%s", exc)
-            self.store.set_status(row.job_id, "failed", str(exc))
+            self._end(row.job_id, "failed", str(exc))
         except Exception as exc:  # a bug in job code fails its job, not the job runner
             log.exception("job %s failed", row.job_id)
-            self.store.set_status(row.job_id, "failed", f"{type(exc).__name__}: {exc}")
+            self._end(row.job_id, "failed", _reason(exc))
         finally:
             self.current = None
             self._aborts.pop(row.job_id, None)
-        self.store.audit("server", "end", row.job_id)
 
     def _resume_point(self, row: JobRow, checkpoints: Checkpointer) -> Checkpoint | None:
+        """Where a job the server was running when it stopped goes on: the newest good
+        checkpoint of a recorded round. A damaged one falls back to the one before it (the
+        warning names the file and why); the records after the round resumed from are
+        discarded, as are the checkpoints after it, and those rounds run again."""
         if row.status != "running":
             return None
         records = [record_from_dict(r) for r in self.store.rounds(row.job_id)]
         if not records:
             return None
         last = records[-1].round_num
-        weights = checkpoints.load(last)
-        if weights is None:
-            log.warning("job %s: no checkpoint of round %d; starting over", row.job_id, last)
+        saved = checkpoints.latest(max_round=last)
+        resumed = saved.round_num if saved is not None else -1
+        if resumed < last:
+            how = (f"resuming from round {resumed}" if saved is not None
+                   else "starting over")
+            again = (f"round {last} runs again" if resumed + 1 == last
+                     else f"rounds {resumed + 1}-{last} run again")
+            log.warning("job %s: no good checkpoint of its last recorded round %d; %s, and %s",
+                        row.job_id, last, how, again)
+            self.store.discard_rounds_after(row.job_id, resumed)
+            self.store.audit("server", "fallback", f"{row.job_id}: {how} (recorded {last})")
+        checkpoints.discard_after(resumed)
+        if saved is None:
             return None
-        return Checkpoint(last, weights, records, checkpoints.load_strategy_state(last))
+        return Checkpoint(resumed, saved.weights, [r for r in records if r.round_num <= resumed],
+                          saved.strategy_state)
 
     def stop(self) -> None:
         self._stop.set()
@@ -314,5 +397,12 @@ class FederationServer:
         for event in list(self._aborts.values()):
             event.set()
         self.transport.close()
-        self._runner.join(timeout=10)
+        if self._runner.ident is not None:  # started
+            self._runner.join(timeout=10)
         self.store.close()
+        self._lock.release()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the job's error: a fedcare error's own words, else the exception's."""
+    return str(exc) if isinstance(exc, FedcareError) else f"{type(exc).__name__}: {exc}"

@@ -2,18 +2,24 @@
 
 Every state change is one committed transaction, so a server killed at any moment restarts
 with a consistent view: a job marked ``running`` resumes from its last completed round.
+Opening checks the whole database (``PRAGMA integrity_check``) and refuses a damaged one;
+any later SQLite error (a full disk, a bad page) is raised as a :class:`StorageError`
+naming the database, for the caller to fail the one job it concerns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedcare.core.errors import StorageError
 from fedcare.core.text import one_line
 
 SCHEMA = """
@@ -88,25 +94,50 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "summary" not in columns:  # a database written by an earlier version
-            self._db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")
-        if "package" not in columns:  # the signed package a job runs, by id
-            self._db.execute("ALTER TABLE jobs ADD COLUMN package TEXT")
+        try:
+            _check_integrity(self._db, path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "summary" not in columns:  # a database written by an earlier version
+                self._db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")
+            if "package" not in columns:  # the signed package a job runs, by id
+                self._db.execute("ALTER TABLE jobs ADD COLUMN package TEXT")
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StorageError(f"cannot open the server database {path}: {exc}") from exc
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
 
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, to this thread alone; SQLite's errors become StorageErrors."""
         with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StorageError(f"server database {self.path}: {exc}") from exc
+
+    def _write(self, sql: str, args: tuple[object, ...],
+               *more: tuple[str, tuple[object, ...]]) -> None:
+        """Run the statements as one transaction: all of them happen, or none."""
+        with self._locked():
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(sql, args)
+                for statement, values in ((sql, args), *more):
+                    self._db.execute(statement, values)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (an I/O error), or fail again: the
+                # first error is the one to report
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                 raise
 
     def audit(self, actor: str, action: str, detail: str = "") -> None:
@@ -143,7 +174,7 @@ class Store:
 
     def failures(self, job_id: str, after_id: int = 0) -> list[dict[str, object]]:
         """A job's site failures in order, those after the failure ``after_id`` only."""
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(
                 "SELECT id, round_num, site_id, kind, message, time_s FROM failures "
                 "WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after_id)).fetchall()
@@ -152,7 +183,7 @@ class Store:
 
     def failed_sites(self, job_id: str) -> dict[str, dict[str, object]]:
         """Per failing site of a job: how many failures, and the last one."""
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(
                 "SELECT site_id, COUNT(*), MAX(id) FROM failures WHERE job_id = ? "
                 "GROUP BY site_id ORDER BY site_id", (job_id,)).fetchall()
@@ -166,21 +197,20 @@ class Store:
         return out
 
     def add_round(self, job_id: str, round_num: int, record: dict[str, object]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO rounds (job_id, round_num, record_json) "
-                    "VALUES (?, ?, ?)", (job_id, round_num, json.dumps(record)))
-                self._db.execute("UPDATE jobs SET round_num = ?, updated_s = ? WHERE job_id = ?",
-                                 (round_num, time.time(), job_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        self._write("INSERT OR REPLACE INTO rounds (job_id, round_num, record_json) "
+                    "VALUES (?, ?, ?)", (job_id, round_num, json.dumps(record)),
+                    ("UPDATE jobs SET round_num = ?, updated_s = ? WHERE job_id = ?",
+                     (round_num, time.time(), job_id)))
+
+    def discard_rounds_after(self, job_id: str, round_num: int) -> None:
+        """Forget a job's round records after ``round_num`` (-1: all of them): it resumes
+        from that round's checkpoint and runs the later rounds again."""
+        self._write("DELETE FROM rounds WHERE job_id = ? AND round_num > ?", (job_id, round_num),
+                    ("UPDATE jobs SET round_num = ?, updated_s = ? WHERE job_id = ?",
+                     (max(round_num, 0), time.time(), job_id)))
 
     def rounds(self, job_id: str) -> list[dict[str, object]]:
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(
                 "SELECT record_json FROM rounds WHERE job_id = ? ORDER BY round_num",
                 (job_id,)).fetchall()
@@ -200,13 +230,13 @@ class Store:
         return rows[0] if rows else None
 
     def events(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
-        with self._lock:
+        with self._locked():
             return self._db.execute(
                 "SELECT time_s, actor, action, detail FROM events ORDER BY id DESC LIMIT ?",
                 (limit,)).fetchall()
 
     def _jobs(self, clause: str, args: tuple[object, ...]) -> list[JobRow]:
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(
                 "SELECT job_id, entry_point, params_json, status, submitted_by, created_s, "
                 f"round_num, num_rounds, error, summary, package FROM jobs {clause}",
@@ -217,3 +247,25 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged database before anything reads or writes it.
+
+    A bad page would otherwise surface later, in the middle of some job; here the operator
+    learns it at start, with what to do. The checkpoints live apart (``jobs/``), so a
+    database restored from a backup finds them again.
+    """
+    try:
+        problems = [row[0] for row in db.execute("PRAGMA integrity_check(20)")]
+    except sqlite3.DatabaseError as exc:  # e.g. "file is not a database", a mangled header
+        problems = [str(exc)]
+    if problems == ["ok"]:
+        return
+    shown = "; ".join(one_line(p, 200) for p in problems[:5])
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    raise StorageError(
+        f"the server database {path} is damaged: {shown}{more}. The server does not start "
+        f"on it. Restore {path.name} from a backup, or move it aside with its -wal and -shm "
+        f"files (the server then starts with no jobs); the checkpoints in "
+        f"{path.parent / 'jobs'} stay where they are")

@@ -53,6 +53,9 @@ _HELLO_LIMIT = 64 * 1024
 #: its upload into server memory (measured: 6.3x the model above idle for 8 x 100 MB, 4.7x
 #: without). Without it a waiting upload stays at its site, and loopback speed is unchanged.
 FLOW_OPTIONS = [("grpc.http2.bdp_probe", 0)]
+#: gRPC sets SO_REUSEPORT by default: a second server on the same port would bind too, and
+#: the kernel would spread the sites between the two. One port, one server.
+BIND_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
 class _Session:
@@ -121,7 +124,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             maximum_concurrent_rpcs=max_sites + 32,
             options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
                      ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-                     *KEEPALIVE_OPTIONS, *FLOW_OPTIONS, *window],
+                     *KEEPALIVE_OPTIONS, *FLOW_OPTIONS, *BIND_OPTIONS, *window],
         )
         # The model stream carries Chunks serialized by to_wire_chunks and parsed by the
         # Reassembler (no protobuf message in between: two copies fewer per chunk); the wire
@@ -131,9 +134,13 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             {"Connect": grpc.stream_stream_rpc_method_handler(self.Connect)}),))
         if add_services is not None:
             add_services(self._server)
-        self.port = self._server.add_secure_port(f"{host}:{port}", server_credentials(tls))
+        try:
+            self.port = self._server.add_secure_port(f"{host}:{port}", server_credentials(tls))
+        except RuntimeError:  # gRPC's "Failed to bind", whatever the reason
+            self.port = 0
         if self.port == 0:
-            raise TransportError(f"cannot listen on {host}:{port}")
+            raise TransportError(f"cannot listen on {host}:{port}: the address is in use "
+                                 "(another server?) or not this machine's")
         self.address = f"{host}:{self.port}"
         self._closing = threading.Event()
         self._server.start()
