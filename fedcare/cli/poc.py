@@ -29,6 +29,7 @@ from fedcare.core.errors import FedcareError
 from fedcare.provision import provision
 from fedcare.transport.grpc import fedcare_pb2 as pb
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.grpc.chunks import ADMIN_REPLY_LIMIT
 from fedcare.transport.grpc.client import secure_channel
 from fedcare.transport.grpc.tls import TlsFiles
 
@@ -124,7 +125,8 @@ class PocFederation:
         kit = self.kits[name]
         tls = TlsFiles((kit / "ca.crt").read_bytes(), (kit / "cert.crt").read_bytes(),
                        (kit / "key.pem").read_bytes())
-        return pb_grpc.AdminStub(secure_channel(self.address, tls))
+        return pb_grpc.AdminStub(secure_channel(self.address, tls,
+                                                max_receive_bytes=ADMIN_REPLY_LIMIT))
 
     def wait_for_sites(self, count: int, timeout_s: float = 60.0) -> list[str]:
         stub = self.admin()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedcare.core.config import build_job
 from fedcare.core.errors import FedcareError, JobAborted
+from fedcare.core.ids import site_id_problem
 from fedcare.core.job import JobSource
 from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.stream import StreamTarget
@@ -146,7 +147,8 @@ class FederationServer:
             return f"certificate serial {identity.serial:x} is revoked"
         if identity.role != "site":
             return f"certificate is for a {identity.role or 'participant without role'}, not a site"
-        return None
+        # the name becomes a file name (a site's model in cross-site validation)
+        return site_id_problem(identity.name)
 
     # -- jobs -------------------------------------------------------------------------------
     def submit(self, entry_point: str, params: dict[str, object], actor: str) -> str:
