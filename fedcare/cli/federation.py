@@ -250,9 +250,13 @@ def admin_status(ctx: typer.Context, server: ServerOpt = None) -> None:
 
 @admin_app.command("sites")
 def admin_sites(ctx: typer.Context, server: ServerOpt = None) -> None:
-    """Sites connected now."""
-    sites = json.loads(_call(ctx.obj, server, "Sites", pb.Empty()).json)["connected"]
-    console.print(f"{len(sites)} site(s) connected: {', '.join(sites) or '-'}")
+    """Sites connected now (a site admin sees its own site's name only, a viewer none)."""
+    reply = json.loads(_call(ctx.obj, server, "Sites", pb.Empty()).json)
+    sites, count = reply["connected"], reply.get("count", len(reply["connected"]))
+    shown = ", ".join(sites) or "-"
+    console.print(f"{count} site(s) connected: {shown}" if len(sites) == count
+                  else f"{count} site(s) connected; yours: {shown}", highlight=False,
+                  markup=False)
 
 
 @admin_app.command("abort")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -41,13 +41,16 @@ class PocFederation:
 
     ``import_paths`` are put first on the server's and the sites' import path (PYTHONPATH), e.g.
     the folder of a job file, so that the entry point module beside it is importable there
-    wherever this process was started from.
+    wherever this process was started from. ``admins``: more admins than the project admin
+    ``admin``, as a project file lists them (``{"name": .., "role": .., "site": ..}``).
     """
 
     def __init__(self, workdir: Path, site_names: list[str], *, log_dir: Path | None = None,
-                 import_paths: Sequence[Path] = ()) -> None:
+                 import_paths: Sequence[Path] = (),
+                 admins: Sequence[Mapping[str, str]] = ()) -> None:
         self.workdir = workdir
         self.site_names = site_names
+        self.admins = [{"org": "POC", **a} for a in admins]
         self.log_dir = log_dir or workdir / "logs"
         self.import_paths = [Path(p).resolve() for p in import_paths]
         self.kits: dict[str, Path] = {}
@@ -62,7 +65,7 @@ class PocFederation:
         project = {
             "name": "poc", "server": {"host": "127.0.0.1", "port": 8443},
             "sites": [{"name": s, "org": f"{s} (POC)"} for s in self.site_names],
-            "admins": [{"name": "admin", "org": "POC", "role": "project_admin"}],
+            "admins": [{"name": "admin", "org": "POC", "role": "project_admin"}, *self.admins],
         }
         path = self.workdir / "project.yaml"
         path.write_text(yaml.safe_dump(project, sort_keys=False))
