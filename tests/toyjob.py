@@ -34,6 +34,8 @@ TOY_CODE = CodePolicy(entry_points=ENTRY_POINTS)
 MODES = ("ok", "raise", "nan", "inf", "wrong_name", "wrong_shape", "wrong_dtype",
          "zero_samples", "hang", "nan_metric", "not_a_result", "crash")
 RELEASE = threading.Event()  # lets a test end a "hang" early
+#: 1000 metrics of 124-character names: ~130 KB a reply, which the codec carries
+MANY_METRICS = {f"{'m' * 120}{i:04d}": 0.5 for i in range(1000)}
 
 
 def initial() -> Weights:
@@ -87,10 +89,17 @@ class ToyTrainer:
             return {"w": out["w"]}
         elif mode == "crash":  # only ever used with one process per site
             os._exit(3)
+        elif mode == "many_metrics":
+            metrics = MANY_METRICS
+        elif mode == "forged_error":  # a newline that would forge a log line, and 3 MB
+            raise RuntimeError("disk full\n2030-01-01T00:00:00.000Z ERROR forged line "
+                               + "x" * 3_000_000)
         return TrainResult(Weights(out), n, metrics)
 
     def evaluate(self, weights, config):
         mse = float(np.mean((np.asarray(weights["w"], np.float64) - self.target) ** 2))
+        if self.mode == "many_metrics":
+            return EvalResult(self.n // 2, {**MANY_METRICS, "mse": mse})
         return EvalResult(self.n // 2, {"mse": mse})
 
     def statistics(self, config):

@@ -151,11 +151,13 @@ def site_start(
 
 
 def _stub(kit_dir: Path, server: str | None) -> pb_grpc.AdminStub:
+    from fedcare.transport.grpc.chunks import ADMIN_REPLY_LIMIT
     from fedcare.transport.grpc.client import secure_channel
 
     kit = _kit(kit_dir, "admin")
     address = server or f"{kit.config.server_host}:{kit.config.server_port}"
-    return pb_grpc.AdminStub(secure_channel(address, _tls(kit)))
+    return pb_grpc.AdminStub(secure_channel(address, _tls(kit),
+                                            max_receive_bytes=ADMIN_REPLY_LIMIT))
 
 
 def _call(kit_dir: Path, server: str | None, method: str, request: Any) -> Any:
@@ -275,9 +277,13 @@ def admin_status(ctx: typer.Context, server: ServerOpt = None) -> None:
 
 @admin_app.command("sites")
 def admin_sites(ctx: typer.Context, server: ServerOpt = None) -> None:
-    """Sites connected now."""
-    sites = json.loads(_call(ctx.obj, server, "Sites", pb.Empty()).json)["connected"]
-    console.print(f"{len(sites)} site(s) connected: {', '.join(sites) or '-'}")
+    """Sites connected now (a site admin sees its own site's name only, a viewer none)."""
+    reply = json.loads(_call(ctx.obj, server, "Sites", pb.Empty()).json)
+    sites, count = reply["connected"], reply.get("count", len(reply["connected"]))
+    shown = ", ".join(sites) or "-"
+    console.print(f"{count} site(s) connected: {shown}" if len(sites) == count
+                  else f"{count} site(s) connected; yours: {shown}", highlight=False,
+                  markup=False)
 
 
 @admin_app.command("abort")
@@ -300,8 +306,11 @@ def admin_download(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.O
     import numpy as np
 
     from fedcare.core.message import TrainResult
+    from fedcare.server.admin import JOB_ID
     from fedcare.transport.codec import decode
 
+    if not JOB_ID.fullmatch(job_id):  # it names the files written: nothing outside --out
+        raise fail(ValueError(f"{one_line(job_id, 80)!r} is not a job id"))
     try:
         stub = _stub(ctx.obj, server)
     except FedcareError as exc:

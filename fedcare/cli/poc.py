@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ from fedcare.core.errors import FedcareError
 from fedcare.provision import provision
 from fedcare.transport.grpc import fedcare_pb2 as pb
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.grpc.chunks import ADMIN_REPLY_LIMIT
 from fedcare.transport.grpc.client import secure_channel
 from fedcare.transport.grpc.tls import TlsFiles
 
@@ -40,16 +41,19 @@ class PocFederation:
 
     ``import_paths`` are put first on the server's and the sites' import path (PYTHONPATH), e.g.
     the folder of a job file, so that the entry point module beside it is importable there
-    wherever this process was started from.
+    wherever this process was started from. ``admins``: more admins than the project admin
+    ``admin``, as a project file lists them (``{"name": .., "role": .., "site": ..}``).
     """
 
     def __init__(self, workdir: Path, site_names: list[str], *, log_dir: Path | None = None,
-                 import_paths: Sequence[Path] = (), allowed_jobs: Sequence[str] = ()) -> None:
+                 import_paths: Sequence[Path] = (), allowed_jobs: Sequence[str] = (),
+                 admins: Sequence[Mapping[str, str]] = ()) -> None:
         """``allowed_jobs``: entry points (besides the built-in jobs) that every kit's code
         policy lists, as each host's operator would after installing them."""
         self.workdir = workdir
         self.allowed_jobs = list(allowed_jobs)
         self.site_names = site_names
+        self.admins = [{"org": "POC", **a} for a in admins]
         self.log_dir = log_dir or workdir / "logs"
         self.import_paths = [Path(p).resolve() for p in import_paths]
         self.kits: dict[str, Path] = {}
@@ -64,7 +68,7 @@ class PocFederation:
         project = {
             "name": "poc", "server": {"host": "127.0.0.1", "port": 8443},
             "sites": [{"name": s, "org": f"{s} (POC)"} for s in self.site_names],
-            "admins": [{"name": "admin", "org": "POC", "role": "project_admin"}],
+            "admins": [{"name": "admin", "org": "POC", "role": "project_admin"}, *self.admins],
         }
         path = self.workdir / "project.yaml"
         path.write_text(yaml.safe_dump(project, sort_keys=False))
@@ -137,7 +141,8 @@ class PocFederation:
         kit = self.kits[name]
         tls = TlsFiles((kit / "ca.crt").read_bytes(), (kit / "cert.crt").read_bytes(),
                        (kit / "key.pem").read_bytes())
-        return pb_grpc.AdminStub(secure_channel(self.address, tls))
+        return pb_grpc.AdminStub(secure_channel(self.address, tls,
+                                                max_receive_bytes=ADMIN_REPLY_LIMIT))
 
     def wait_for_sites(self, count: int, timeout_s: float = 60.0) -> list[str]:
         stub = self.admin()

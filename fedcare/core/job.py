@@ -14,6 +14,7 @@ from numbers import Integral, Real
 from typing import Any, Protocol
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.ids import site_id_problem
 from fedcare.core.strategy import Strategy
 from fedcare.core.trainer import SiteContext, Trainer
 from fedcare.core.weights import Weights
@@ -175,6 +176,10 @@ class Job:
         except ConfigError as exc:
             raise ConfigError(exc.message, job_id=self.name) from None
         if self.site_ids is not None:
+            for site_id in self.site_ids:
+                problem = site_id_problem(site_id)
+                if problem:
+                    raise ConfigError(problem, job_id=self.name)
             if len(set(self.site_ids)) != len(self.site_ids):
                 raise ConfigError(f"duplicate site ids {list(self.site_ids)}", job_id=self.name)
             if self.min_sites > len(self.site_ids):

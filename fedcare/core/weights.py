@@ -35,6 +35,42 @@ ALLOWED_DTYPES = frozenset(
 )
 
 
+#: The most dimensions a tensor may have (numpy allows 64; no model parameter needs more).
+MAX_TENSOR_DIMS = 32
+#: The most elements one tensor may have, and so the bound on each of its dimensions: 2**40
+#: (4 TiB of float32) is far above any model fedcare moves and far below where numpy's byte
+#: count (int64) could overflow.
+MAX_TENSOR_ELEMENTS = 2**40
+
+
+def shape_problem(shape: object) -> str | None:
+    """Why ``shape`` (from another party) cannot be a tensor's shape, or None.
+
+    Checked before any allocation or reshape, with Python integers (no overflow): at most
+    :data:`MAX_TENSOR_DIMS` dimensions, each an int in 0..:data:`MAX_TENSOR_ELEMENTS`, and the
+    product of the non-zero ones within the same bound. A zero dimension makes a tensor empty,
+    but numpy still multiplies the others (``(0, 2**40, 2**40)`` is "too big" for it), so they
+    are bounded together whatever a zero dimension says.
+    """
+    if not isinstance(shape, list | tuple):
+        return f"shape must be a list of integers, got {type(shape).__name__}"
+    if len(shape) > MAX_TENSOR_DIMS:
+        return f"{len(shape)} dimensions, at most {MAX_TENSOR_DIMS} allowed"
+    extent = 1
+    for axis, size in enumerate(shape):
+        if isinstance(size, bool) or not isinstance(size, int):
+            return f"dimension {axis} is {type(size).__name__}, not an integer"
+        if not 0 <= size <= MAX_TENSOR_ELEMENTS:
+            sign = "-" if size < 0 else ""
+            shown = size if size.bit_length() < 64 else f"{sign}2**{size.bit_length() - 1}+"
+            return f"dimension {axis} is {shown}, must be in 0..2**40"
+        extent *= max(size, 1)
+        if extent > MAX_TENSOR_ELEMENTS:
+            return (f"dimensions {list(shape[:axis + 1])} hold more than 2**40 elements "
+                    "(zero dimensions aside)")
+    return None
+
+
 def _read_only_memory(obj: object) -> bool:
     """True when nothing can write to ``obj``'s memory without re-enabling a flag that only its
     creator holds: read-only down to an array that owns its data, or to a read-only buffer."""

@@ -2,7 +2,9 @@
 
 Every call is authorised from the caller's verified certificate: a project admin may do
 everything, a site admin may read (status, sites, metrics, watch), a viewer may read and
-download results. Each refusal is logged and audited with who asked for what.
+download results. Each refusal is logged and audited with who asked for what. What a read shows
+depends on the role too (:mod:`fedcare.server.visibility`): a site admin sees the aggregates and
+its own site's data only, a viewer the aggregates only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from fedcare.core.errors import FedcareError, StorageError
 from fedcare.core.message import Reply, TrainResult
 from fedcare.core.text import one_line
 from fedcare.server.checkpoint import Checkpointer
+from fedcare.server.visibility import (
+    Scope,
+    failures_view,
+    job_view,
+    round_view,
+    scope_of,
+    site_names,
+)
 from fedcare.transport.codec import encode_parts
 from fedcare.transport.grpc import fedcare_pb2 as pb
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
@@ -81,19 +91,30 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.SubmitReply(job_id=job_id)
 
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JsonReply:
-        self._caller(context, "Status")
+        scope = scope_of(self._caller(context, "Status").role)
         store = self.server.store
-        jobs = [{**row.as_dict(), "failed_sites": store.failed_sites(row.job_id)}
-                for row in store.jobs()]
+        jobs = [self._job_view({**row.as_dict(), "failed_sites": store.failed_sites(row.job_id)},
+                               scope) for row in store.jobs()]
         return pb.JsonReply(json=json.dumps({"jobs": jobs}))
 
+    def _job_view(self, job: dict[str, object], scope: Scope) -> dict[str, object]:
+        """``job`` (a store row as a dict) as the caller of ``scope`` may see it."""
+        if scope.all_sites:
+            return job
+        job_id = str(job["job_id"])
+        store = self.server.store
+        known = list(self.server.transport.site_ids())
+        current = self.server.current
+        if current is not None and current.job_id == job_id:
+            known += current.job.site_ids or ()
+        names = site_names(job, store.rounds(job_id), store.failures(job_id), known)
+        return job_view(job, names, scope)
+
     def Sites(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JsonReply:
-        caller = self._caller(context, "Sites")
-        sites = self.server.transport.site_ids()
-        role = caller.role or ""
-        if role.startswith("site_admin:"):
-            sites = [s for s in sites if s == role.split(":", 1)[1]]
-        return pb.JsonReply(json=json.dumps({"connected": sites}))
+        scope = scope_of(self._caller(context, "Sites").role)
+        connected = self.server.transport.site_ids()
+        sites = [s for s in connected if scope.sees(s)]
+        return pb.JsonReply(json=json.dumps({"connected": sites, "count": len(connected)}))
 
     def _job_id(self, request: pb.JobRef, context: grpc.ServicerContext, caller: PeerIdentity,
                 action: str) -> str:
@@ -117,10 +138,13 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.JsonReply(json=json.dumps({"job_id": request.job_id, "result": outcome}))
 
     def Metrics(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JsonReply:
-        self._job_id(request, context, self._caller(context, "Metrics"), "Metrics")
+        caller = self._caller(context, "Metrics")
+        self._job_id(request, context, caller, "Metrics")
         if self.server.store.job(request.job_id) is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
-        return pb.JsonReply(json=json.dumps(self.server.store.rounds(request.job_id)))
+        scope = scope_of(caller.role)
+        rounds = [round_view(r, scope) for r in self.server.store.rounds(request.job_id)]
+        return pb.JsonReply(json=json.dumps(rounds))
 
     def Download(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         self._job_id(request, context, self._caller(context, "Download"), "Download")
@@ -138,6 +162,7 @@ class AdminService(pb_grpc.AdminServicer):
     def Watch(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.JsonReply]:
         caller = self._caller(context, "Watch")
         self._job_id(request, context, caller, "Watch")
+        scope = scope_of(caller.role)
         store = self.server.store
         last = None
         seen = 0  # id of the last failure sent
@@ -152,14 +177,16 @@ class AdminService(pb_grpc.AdminServicer):
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
             assert row is not None
             failures = store.failures(request.job_id, after_id=seen)
+            visible = failures_view(failures, scope)
             state = (row.status, row.round_num, row.summary)
-            if state != last or failures:
+            if state != last or visible:
                 rounds = store.rounds(request.job_id)
                 latest = rounds[-1]["eval_metrics"] if rounds else {}
-                yield pb.JsonReply(json=json.dumps({**row.as_dict(), "eval_metrics": latest,
-                                                    "new_failures": failures}))
+                yield pb.JsonReply(json=json.dumps({
+                    **self._job_view(row.as_dict(), scope), "eval_metrics": latest,
+                    "new_failures": visible}))
                 last = state
-                seen = int(failures[-1]["id"]) if failures else seen  # type: ignore[call-overload]
+            seen = int(failures[-1]["id"]) if failures else seen  # type: ignore[call-overload]
             if row.status not in ("queued", "running"):
                 return
             time.sleep(0.2)

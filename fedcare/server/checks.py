@@ -17,6 +17,10 @@ MAX_NUM_SAMPLES = 2**53
 _MAX_WEIGHTED_MAGNITUDE = 1e290
 #: The longest metric name a site may report.
 MAX_METRIC_NAME = 128
+#: The most metrics one result may report. With the name bound, one site adds at most ~10 KB
+#: to a round's record per reply, so no site can grow a job's ``Metrics`` (and ``download``)
+#: out of bounds; per-class metrics of a 20-class model still fit.
+MAX_METRICS = 64
 
 
 def finite_number(value: object) -> bool:
@@ -40,6 +44,8 @@ def count_problem(num_samples: object) -> str | None:
 
 def metrics_problem(metrics: Mapping[str, object]) -> str | None:
     """Why reported metrics cannot be used, or None."""
+    if len(metrics) > MAX_METRICS:
+        return f"reported {len(metrics)} metrics, at most {MAX_METRICS} are taken"
     names = [k for k in metrics if not (isinstance(k, str) and 0 < len(k) <= MAX_METRIC_NAME
                                         and k.isprintable())]
     if names:

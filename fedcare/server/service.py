@@ -24,6 +24,7 @@ import grpc
 
 from fedcare.core.config import build_job
 from fedcare.core.errors import ConfigError, FedcareError, JobAborted, StorageError
+from fedcare.core.ids import site_id_problem
 from fedcare.core.job import JobSource
 from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.package import read_package
@@ -202,7 +203,8 @@ class FederationServer:
             return problem
         if identity.role != "site":
             return f"certificate is for a {identity.role or 'participant without role'}, not a site"
-        return None
+        # the name becomes a file name (a site's model in cross-site validation)
+        return site_id_problem(identity.name)
 
     # -- jobs -------------------------------------------------------------------------------
     def submit(self, entry_point: str, params: dict[str, object], actor: str,

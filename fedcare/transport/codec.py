@@ -6,6 +6,13 @@ see :mod:`fedcare.transport.checksum`); decoding checks
 each field against a schema, each dtype against an allow-list, that the shapes account for every
 payload byte, and the checksum. Nothing in a message can make the decoder run code. Arrays are
 decoded as zero-copy read-only views of the received buffer.
+
+Everything a peer sends is bounded before it is used: the header's length, every id, text and
+list in it, the count and names of metrics and settings, and every tensor's shape (each
+dimension and their product, in Python integers, before numpy sees them: see
+:func:`fedcare.core.weights.shape_problem`). A message that breaks a bound is refused with a
+:class:`~fedcare.core.errors.TransportError` that names the tensor or field and the sender;
+``decode`` raises nothing else, whatever the bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ import struct
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from pydantic import ValidationError as _PydanticValidationError
 
 from fedcare.core.errors import TransportError
@@ -34,7 +49,7 @@ from fedcare.core.message import (
     task_kind,
 )
 from fedcare.core.text import one_line
-from fedcare.core.weights import ALLOWED_DTYPES, Weights
+from fedcare.core.weights import ALLOWED_DTYPES, MAX_TENSOR_DIMS, Weights, shape_problem
 from fedcare.transport import checksum
 
 #: Format version 2: the payload checksum is XXH3-128 (version 1 had SHA-256).
@@ -44,9 +59,20 @@ _HEADER_LEN = struct.Struct("<I")
 HEADER_AT = len(MAGIC) + _HEADER_LEN.size
 #: Default refusal size for one decoded message (the gRPC transport streams larger models).
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
+#: The longest JSON header a message may have (a header lists names, not values: a model of a
+#: hundred thousand tensors needs a few MiB).
+MAX_HEADER_BYTES = 64 * 1024**2
+#: The most tensors one message may carry.
+MAX_TENSORS = 100_000
+#: The most metrics one result, and settings one task, may carry on the wire (the server
+#: accepts fewer metrics: ``fedcare.server.checks.MAX_METRICS``).
+MAX_WIRE_METRICS = 1024
+#: The longest text value of a task setting.
+MAX_SETTING_CHARS = 65536
 
 _DTYPES = {d.str: d for d in ALLOWED_DTYPES} | {d.name: d for d in ALLOWED_DTYPES}
-_Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+_Scalar = (StrictBool | StrictInt | StrictFloat
+           | Annotated[StrictStr, Field(max_length=MAX_SETTING_CHARS)])
 _Name = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
@@ -56,8 +82,9 @@ class _Model(BaseModel):
 
 class _TensorHeader(_Model):
     name: _Name
-    dtype: str
-    shape: list[Annotated[int, Field(ge=0, lt=2**48)]] = Field(max_length=32)
+    dtype: Annotated[str, Field(max_length=64)]
+    # each dimension and the product are checked by shape_problem, naming the tensor
+    shape: list[StrictInt] = Field(max_length=2 * MAX_TENSOR_DIMS)
 
 
 class _ResultHeader(_Model):
@@ -65,7 +92,7 @@ class _ResultHeader(_Model):
     # kind answers with one of these three.
     kind: Literal["train", "evaluate", "statistics"]
     num_samples: Annotated[int, Field(ge=0)]
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[_Name, float] = Field(default_factory=dict, max_length=MAX_WIRE_METRICS)
 
 
 class _JobHeader(_Model):
@@ -90,12 +117,12 @@ class _Header(_Model):
     job_id: _Id = ""
     round_num: int = 0
     kind: Annotated[str, Field(pattern=KIND_PATTERN)] | None = None
-    config: dict[str, _Scalar] = Field(default_factory=dict)
+    config: dict[_Name, _Scalar] = Field(default_factory=dict, max_length=MAX_WIRE_METRICS)
     job: _JobHeader | None = None
     local_names: list[_Name] = Field(default_factory=list, max_length=100_000)
     result: _ResultHeader | None = None
     error: Annotated[str, Field(max_length=MAX_ERROR_BYTES)] | None = None
-    tensors: list[_TensorHeader] | None = None
+    tensors: list[_TensorHeader] | None = Field(default=None, max_length=MAX_TENSORS)
     payload_checksum: Annotated[str, Field(max_length=128)]
     instance: Annotated[str, Field(max_length=64)] | None = None
 
@@ -189,28 +216,54 @@ def encode_parts(message: Task | Reply | Hello) -> list[bytes | memoryview]:
     return _frame(header, buffers)
 
 
-def _decode_tensors(specs: list[_TensorHeader], payload: memoryview, adopt: bool) -> Weights:
+def tensor_layout(name: str, dtype_name: str, shape: list[int], origin: str = ""
+                  ) -> tuple[np.dtype, int]:
+    """The dtype and element count a tensor header describes, or a TransportError naming the
+    tensor (after ``origin``, e.g. "reply 't' from site a") if it cannot describe one.
+
+    Nothing is allocated and nothing reaches numpy before this passes.
+    """
+    where = f"{origin}: " if origin else ""
+    # Look the dtype up instead of handing an untrusted string to np.dtype().
+    dtype = _DTYPES.get(dtype_name)
+    if dtype is None:
+        raise TransportError(f"{where}tensor {one_line(name, 200)!r}: dtype "
+                             f"{one_line(dtype_name, 64)!r} is not allowed")
+    problem = shape_problem(shape)
+    if problem is not None:
+        raise TransportError(f"{where}tensor {one_line(name, 200)!r}: bad shape: {problem}")
+    return dtype, math.prod(shape)
+
+
+def _decode_tensors(specs: list[_TensorHeader], payload: memoryview, adopt: bool,
+                    origin: str) -> Weights:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for spec in specs:
-        # Look the dtype up instead of handing an untrusted string to np.dtype().
-        dtype = _DTYPES.get(spec.dtype)
-        if dtype is None:
-            raise TransportError(f"tensor {spec.name!r}: dtype {spec.dtype!r} is not allowed")
+        dtype, count = tensor_layout(spec.name, spec.dtype, spec.shape, origin)
         if spec.name in arrays:
-            raise TransportError(f"tensor {spec.name!r} appears twice")
-        nbytes = math.prod(spec.shape) * dtype.itemsize
+            raise TransportError(f"{origin}: tensor {one_line(spec.name, 200)!r} appears twice")
+        nbytes = count * dtype.itemsize
         if offset + nbytes > len(payload):
             raise TransportError(
-                f"tensor {spec.name!r}: shape {spec.shape} needs {nbytes} bytes, "
-                f"only {len(payload) - offset} left in the message"
+                f"{origin}: tensor {one_line(spec.name, 200)!r}: shape {spec.shape} needs "
+                f"{nbytes} bytes, only {len(payload) - offset} left in the message"
             )
-        flat = np.frombuffer(payload, dtype=dtype, count=math.prod(spec.shape), offset=offset)
+        flat = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
         arrays[spec.name] = flat.reshape(spec.shape)
         offset += nbytes
     if offset != len(payload):
-        raise TransportError(f"{len(payload) - offset} payload bytes not described by the header")
+        raise TransportError(f"{origin}: {len(payload) - offset} payload bytes not described by "
+                             "the header")
     return Weights.adopt(arrays) if adopt else Weights(arrays)
+
+
+def _origin(header: _Header, sender: str | None) -> str:
+    """What a message is and who sent it, for an error about it: "reply 't' from site a"."""
+    claimed = f"site {one_line(header.site_id, 80)}" if header.site_id else ""
+    source = sender or claimed
+    return (f"{header.type} {one_line(header.task_id, 200)!r}" if header.task_id
+            else header.type) + (f" from {source}" if source else "")
 
 
 def header_size(parts: list[bytes | memoryview]) -> int:
@@ -227,10 +280,30 @@ def payload_offset(head: memoryview) -> int | None:
     return start + length
 
 
+def peek_task_id(data: bytes | bytearray | memoryview | mmap.mmap) -> str | None:
+    """The task id a message that could not be decoded says it answers or carries, if it says
+    one at all, so the receiver can still answer that task with an error (never raises)."""
+    try:
+        view = memoryview(data)
+        at = payload_offset(view)
+        if at is None or at > len(view) or at - HEADER_AT > MAX_HEADER_BYTES:
+            return None
+        header = json.loads(bytes(view[HEADER_AT:at]))
+    except (ValueError, TypeError, RecursionError):
+        return None
+    task_id = header.get("task_id") if isinstance(header, dict) else None
+    return task_id if isinstance(task_id, str) and 0 < len(task_id) <= 1024 else None
+
+
 def decode(data: bytes | bytearray | memoryview | mmap.mmap, *,
            max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, adopt: bool = False,
-           payload_checksum: str | None = None) -> Task | Reply | Hello:
+           payload_checksum: str | None = None, sender: str | None = None
+           ) -> Task | Reply | Hello:
     """Parse one message, refusing anything malformed with a TransportError saying what.
+
+    Raises only TransportError, whatever ``data`` holds, and allocates nothing in proportion to
+    what the message *says* (only to its actual length). ``sender``: who the transport knows
+    sent it (a verified site name, "the server"), named in errors; else the claimed site id.
 
     The tensors are views of ``data``. With ``adopt`` the caller hands ``data`` over for good
     (a buffer nobody else will write, like a freshly reassembled message) and the tensors are
@@ -248,6 +321,9 @@ def decode(data: bytes | bytearray | memoryview | mmap.mmap, *,
         raise TransportError("not a fedcare message (bad magic or truncated)")
     (head_len,) = _HEADER_LEN.unpack_from(view, 4)
     start = 4 + _HEADER_LEN.size
+    if head_len > MAX_HEADER_BYTES:
+        raise TransportError(f"header of {head_len} bytes announced, at most "
+                             f"{MAX_HEADER_BYTES} allowed")
     if start + head_len > len(view):
         raise TransportError(f"truncated message: header of {head_len} bytes announced")
     try:
@@ -259,8 +335,8 @@ def decode(data: bytes | bytearray | memoryview | mmap.mmap, *,
     digest = payload_checksum or checksum.of([payload])
     if digest != header.payload_checksum:
         raise TransportError("payload checksum mismatch (corrupted or truncated message)")
-    weights = (_decode_tensors(header.tensors, payload, adopt) if header.tensors is not None
-               else None)
+    weights = (_decode_tensors(header.tensors, payload, adopt, _origin(header, sender))
+               if header.tensors is not None else None)
     if header.type == "hello":
         return Hello(site_id=header.site_id, error=header.error, instance=header.instance)
     if header.type == "task":

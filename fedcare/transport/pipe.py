@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, Task
+from fedcare.core.text import one_line
 from fedcare.transport.base import Transport
 from fedcare.transport.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -28,6 +29,7 @@ from fedcare.transport.codec import (
     decode,
     encode,
     encode_parts,
+    peek_task_id,
 )
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,7 @@ class PipeTransport(Transport):
     def _read_messages(self, site_id: str, stream: BinaryIO) -> None:
         first = True
         while (frame := read_frame(stream, self._max)) is not None:
-            message = decode(frame, max_bytes=self._max)
+            message = decode(frame, max_bytes=self._max, sender=f"site {site_id}")
             if first:
                 if not isinstance(message, Hello) or message.site_id != site_id:
                     raise TransportError(f"expected Hello from {site_id}, got {message!r:.200}")
@@ -157,7 +159,7 @@ class PipeTransport(Transport):
             with self._lock:
                 if message.task_id not in self._outstanding[site_id]:
                     log.warning("site %s: discarding reply to unknown task %s",
-                                site_id, message.task_id)
+                                site_id, one_line(message.task_id, 200))
                     continue
                 self._outstanding[site_id].discard(message.task_id)
             self._replies.put(message)
@@ -210,12 +212,31 @@ def serve_stdio(site_id: str, build_handler: Callable[[], Callable[[Task], Reply
         return 1
     write_frame(out, encode(Hello(site_id=site_id)))
     while (frame := read_frame(stdin)) is not None:
-        task = decode(frame)
-        if not isinstance(task, Task):
-            raise TransportError(f"site {site_id} expected a Task, got {type(task).__name__}")
-        try:
-            reply = handler(task)
-        except Exception as exc:  # a failing handler costs one task, not the site
-            reply = Reply(task.task_id, site_id, error=f"{type(exc).__name__}: {exc}")
-        write_frame(out, encode(reply))
+        reply = _answer(site_id, handler, frame)
+        if reply is not None:
+            write_frame(out, reply)
     return 0
+
+
+def _answer(site_id: str, handler: Callable[[Task], Reply], frame: bytes) -> bytes | None:
+    """The encoded reply to one frame: a task that cannot be decoded, handled or answered costs
+    that task (an error reply), never the site process; None if the frame names no task."""
+    try:
+        task = decode(frame, sender="the controller")
+    except TransportError as exc:
+        task_id = peek_task_id(frame)
+        log.error("site %s: refused a task: %s", site_id, exc)
+        return (encode(Reply(task_id, site_id, error=one_line(f"task refused: {exc}")))
+                if task_id is not None else None)
+    if not isinstance(task, Task):
+        log.error("site %s: got a %s, not a task; ignored", site_id, type(task).__name__)
+        return None
+    try:
+        reply = handler(task)
+    except Exception as exc:  # a failing handler costs one task, not the site
+        reply = Reply(task.task_id, site_id, error=one_line(f"{type(exc).__name__}: {exc}"))
+    try:
+        return encode(reply)
+    except (TransportError, ValueError) as exc:  # e.g. a metric name the codec refuses
+        return encode(Reply(task.task_id, site_id,
+                            error=one_line(f"the site's result cannot be sent: {exc}")))

@@ -32,7 +32,7 @@ from fedcare.core.message import Reply, TrainResult
 from fedcare.core.stream import ResultSink
 from fedcare.core.weights import TensorSpec, Weights
 from fedcare.transport import checksum
-from fedcare.transport.codec import _DTYPES, HEADER_AT, _Header, payload_offset
+from fedcare.transport.codec import HEADER_AT, _Header, payload_offset, tensor_layout
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,12 @@ def peek_train_reply(head: memoryview, total_size: int) -> TrainReplyHead | None
         return None
     specs, nbytes = [], 0
     for tensor in header.tensors:
-        dtype = _DTYPES.get(tensor.dtype)
-        if dtype is None:
+        try:  # each shape bounded before anything is sized by it
+            dtype, count = tensor_layout(tensor.name, tensor.dtype, tensor.shape)
+        except TransportError:
             return None
         specs.append(TensorSpec(tensor.name, dtype.str, tuple(tensor.shape)))
-        nbytes += math.prod(tensor.shape) * dtype.itemsize
+        nbytes += count * dtype.itemsize
     if at + nbytes != total_size or len({s.name for s in specs}) != len(specs):
         return None
     return TrainReplyHead(header.task_id, header.site_id, result.num_samples,

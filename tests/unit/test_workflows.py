@@ -336,6 +336,22 @@ def test_metric_names_must_be_printable_and_short():
         result.failures[0].message)
 
 
+def test_a_result_with_too_many_metrics_is_refused_and_never_stored():
+    class Chatty(toyjob.ToyTrainer):
+        def evaluate(self, weights, config):
+            return EvalResult(5, {f"m{i}": 0.5 for i in range(65)})
+
+    job = dataclasses.replace(toyjob.make_job(num_rounds=1, min_sites=2),
+                              trainer=lambda ctx: Chatty(ctx.site_index, "ok")
+                              if ctx.site_id == "site-1" else toyjob.ToyTrainer(ctx.site_index,
+                                                                                "ok"))
+    result = simulate(job)
+    assert {(f.site_id, f.kind) for f in result.failures} == {("site-1", "evaluate")}
+    assert {f.message for f in result.failures} == {"reported 65 metrics, at most 64 are taken"}
+    assert all("site-1" not in r.site_eval and "m0" not in r.eval_metrics
+               for r in result.history.rounds)
+
+
 def test_a_site_keeps_exactly_the_parameters_the_server_names_local():
     from fedcare import TrainResult
     from fedcare.core.message import Task, TaskKind

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from fedcare.core.ids import site_id_problem
 from fedcare.core.message import Config, EvalResult, TaskKind, TrainResult
 from fedcare.core.validation import incompatibilities
 from fedcare.core.weights import Weights
@@ -93,9 +94,11 @@ class CrossSiteValidation(Workflow):
                 submitted = {k: v for k, v in result.weights.items() if k in weights}
                 model = Weights({**weights, **submitted})
                 problems = incompatibilities(weights, model)
-                if problems:
+                problem = ("model does not match: " + "; ".join(problems) if problems
+                           else site_id_problem(arrival.site_id))  # it names the file below
+                if problem:
                     ctx.fail(failures, SiteFailure(arrival.site_id, round_num, "submit_model",
-                                                   "model does not match: " + "; ".join(problems)))
+                                                   problem))
                     continue
                 saved[arrival.site_id] = save_weights(folder / f"{arrival.site_id}.npz", model)
         return dict(sorted(saved.items()))

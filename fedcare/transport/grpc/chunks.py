@@ -17,6 +17,9 @@ from fedcare.transport.grpc import fedcare_pb2 as pb
 CHUNK_BYTES = 2 * 1024 * 1024
 #: gRPC's own per-message cap; a Chunk is never bigger than CHUNK_BYTES plus a few bytes.
 GRPC_MESSAGE_LIMIT = CHUNK_BYTES + 64 * 1024
+#: The largest reply the server sends an admin (a long job's ``Metrics``): what the server
+#: *receives* stays capped at GRPC_MESSAGE_LIMIT, and only admin channels accept this much.
+ADMIN_REPLY_LIMIT = 64 * 1024 * 1024
 
 
 def _slices(parts: Sequence[bytes | memoryview], chunk_bytes: int, first_bytes: int = 0

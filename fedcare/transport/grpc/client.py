@@ -2,16 +2,22 @@
 
 Hospitals open no inbound port: the site connects to the server and keeps one stream. Whenever
 that stream ends for any reason but the site operator's own stop (the network drops, the server
-restarts or is stopped for maintenance, the server closes a stalled stream), the site logs why
-and retries with capped exponential backoff, rejoining with the same identity; the server treats
-the new stream as the same site. Only a fatal refusal ends the loop, with a TransportError saying
-why: a certificate the server does not accept (revoked, wrong role), or another process
-connected with the same site kit for longer than ``duplicate_grace_s``.
+restarts or is stopped for maintenance, the server closes a stalled stream, the stream breaks
+the chunk framing), the site logs why and retries with capped exponential backoff, rejoining
+with the same identity; the server treats the new stream as the same site. Only a fatal refusal
+ends the loop, with a TransportError saying why: a certificate the server does not accept
+(revoked, wrong role), or another process connected with the same site kit for longer than
+``duplicate_grace_s``.
+
+Nothing the server sends can end the site process: a task that cannot be decoded (a bad shape,
+a forbidden dtype, a checksum mismatch) is answered with an error reply naming the problem, a
+handler that raises or a result that cannot be encoded costs that task only.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import queue
 import secrets
 import threading
@@ -22,12 +28,14 @@ import grpc
 
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, Task
+from fedcare.core.text import one_line
 from fedcare.transport.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Hello,
     decode,
     encode_parts,
     header_size,
+    peek_task_id,
 )
 from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_wire_chunks
 from fedcare.transport.grpc.tls import (
@@ -42,11 +50,15 @@ Handler = Callable[[Task], Reply]
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
+def secure_channel(address: str, tls: TlsFiles, *,
+                   max_receive_bytes: int = GRPC_MESSAGE_LIMIT) -> grpc.Channel:
+    """A mutually authenticated channel to the server, with fedcare's chunk and keepalive set-up.
 
-def secure_channel(address: str, tls: TlsFiles) -> grpc.Channel:
-    """A mutually authenticated channel to the server, with fedcare's chunk and keepalive set-up."""
+    ``max_receive_bytes``: the largest message taken from the server; an admin's channel
+    takes ``ADMIN_REPLY_LIMIT`` (a long job's metrics), a site's stays at one chunk.
+    """
     return grpc.secure_channel(address, channel_credentials(tls), options=[
-        ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+        ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT), *KEEPALIVE_OPTIONS,
         # No BDP probing, and a fixed 8 MiB receive window instead: the model being
         # downloaded waits at the server instead of piling up in this site's memory (with
@@ -104,6 +116,8 @@ class SiteConnection:
                             f"{now - duplicate_since:.0f} s: {details}",
                             site_id=self.site_id) from None
                 why = f"{code.name}: {details}"
+            except TransportError as exc:  # the stream itself broke the protocol: dial again
+                why = f"the server broke the protocol: {exc}"
             finally:
                 was_connected = self.connected.is_set()
                 if was_connected:  # it was serving: start over with short waits
@@ -151,24 +165,49 @@ class SiteConnection:
                 data = reassembler.feed(chunk)
                 if data is None:
                     continue
-                task = decode(data, max_bytes=self.max_message_bytes, adopt=True,
-                              payload_checksum=reassembler.payload_checksum)
-                if not isinstance(task, Task):
-                    raise TransportError(f"expected a Task, got {type(task).__name__}",
-                                         site_id=self.site_id)
-                try:
-                    reply = self.handler(task)
-                except Exception as exc:  # a failing handler costs one task, not the site
-                    reply = Reply(task.task_id, self.site_id,
-                                  error=f"{type(exc).__name__}: {exc}")
-                outbox.put(encode_parts(reply))
+                parts = self._answer(data, reassembler.payload_checksum)
+                if parts is not None:
+                    outbox.put(parts)
                 # Hold nothing of this task while waiting for the next: its buffer can then
                 # be filled again with the next model instead of fresh memory.
-                del data, task, reply
+                del data, parts
         finally:
             outbox.put(None)
             channel.close()
 
+    def _answer(self, data: bytearray | mmap.mmap,
+                payload_checksum: str | None) -> list[bytes | memoryview] | None:
+        """The encoded reply to one received message: the handler's, or an error reply if
+        the task cannot be decoded, handled or its result encoded; None if the message names
+        no task to answer (it is logged)."""
+        sender = f"server {self.address}"
+        try:
+            task = decode(data, max_bytes=self.max_message_bytes, adopt=True,
+                          payload_checksum=payload_checksum, sender=sender)
+        except TransportError as exc:
+            task_id = peek_task_id(data)
+            log.error("site %s: refused a task%s: %s", self.site_id,
+                      f" {one_line(task_id, 200)}" if task_id else "", exc)
+            if task_id is None:
+                return None
+            return encode_parts(Reply(task_id, self.site_id,
+                                      error=one_line(f"task refused: {exc}")))
+        if not isinstance(task, Task):
+            log.error("site %s: %s sent a %s, not a task; ignored", self.site_id, sender,
+                      type(task).__name__)
+            return None
+        try:
+            reply = self.handler(task)
+        except Exception as exc:  # a failing handler costs one task, not the site
+            reply = Reply(task.task_id, self.site_id,
+                          error=one_line(f"{type(exc).__name__}: {exc}"))
+        try:
+            return encode_parts(reply)
+        except (TransportError, ValueError) as exc:  # e.g. a metric name the codec refuses
+            log.error("site %s: the reply to task %s cannot be sent: %s", self.site_id,
+                      one_line(task.task_id, 200), exc)
+            return encode_parts(Reply(task.task_id, self.site_id, error=one_line(
+                f"the site's result cannot be sent: {exc}")))
 
 def fetch_package(address: str, tls: TlsFiles, package_id: str, *,
                   timeout_s: float = 120.0) -> bytes:

@@ -30,6 +30,7 @@ from fedcare.transport.base import Transport
 from fedcare.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Hello, decode, encode_parts
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.grpc.chunks import (
+    ADMIN_REPLY_LIMIT,
     GRPC_MESSAGE_LIMIT,
     Reassembler,
     WireChunk,
@@ -123,7 +124,9 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             ThreadPoolExecutor(max_workers=max_sites + 32, thread_name_prefix="grpc"),
             maximum_concurrent_rpcs=max_sites + 32,
             options=[("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-                     ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+                     # what this server sends: task chunks are smaller anyway; an admin's
+                     # Metrics of a long job may not be
+                     ("grpc.max_send_message_length", ADMIN_REPLY_LIMIT),
                      *KEEPALIVE_OPTIONS, *FLOW_OPTIONS, *BIND_OPTIONS, *window],
         )
         # The model stream carries Chunks serialized by to_wire_chunks and parsed by the
@@ -258,7 +261,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     if data is None:
                         continue
                     message = decode(data, max_bytes=self._max, adopt=True,
-                                     payload_checksum=reassembler.payload_checksum)
+                                     payload_checksum=reassembler.payload_checksum,
+                                     sender=f"site {session.site_id}")
                     del data
                     reply = message if isinstance(message, Reply) else None
                 session.upload_progress_at = None

@@ -207,6 +207,8 @@ def test_header_of_the_wrong_shape_is_refused():
     _refused(_join({**header, "config": {"nested": {"a": 1}}}, payload),
              "malformed message header")
     header["tensors"][0]["shape"] = [-3, -4]
+    _refused(_join(header, payload), r"task 'r3-site-a': tensor 'w': bad shape: dimension 0 is -3")
+    header["tensors"][0]["shape"] = [3, "4"]
     _refused(_join(header, payload), "malformed message header")
     header["tensors"][0].update(shape=[3, 4], dtype="float31")
     _refused(_join(header, payload), "dtype 'float31' is not allowed")
@@ -227,7 +229,8 @@ def test_shape_needing_more_bytes_than_present_is_refused():
     _refused(_join(header, payload, fix_checksum=False),
              r"tensor 'b': shape \[3\] needs 12 bytes, only 8 left")
     header["tensors"][1]["shape"] = [2**40, 2**40]  # no overflow, just refused
-    _refused(_join(header, payload), "tensor 'b': shape")
+    _refused(_join(header, payload), r"tensor 'b': bad shape: dimensions \[1099511627776, "
+             r"1099511627776\] hold more than 2\*\*40 elements")
 
 
 def test_extra_undescribed_payload_bytes_are_refused():
@@ -325,3 +328,57 @@ def test_ids_and_error_texts_are_bounded_before_they_reach_a_log_or_a_row():
         assert len(message) <= 1100 and "\n" not in message  # one bounded line
     ok = decode(_join({**header, "task_id": "t" * 1024}, payload))
     assert ok.task_id == "t" * 1024
+
+
+@pytest.mark.parametrize(("shape", "problem"), [
+    ([0, 2**62], r"dimension 1 is 4611686018427387904, must be in 0..2\*\*40"),
+    ([0, 2**40, 2**40], r"dimensions \[0, 1099511627776, 1099511627776\] hold more than"),
+    ([0, *[2**20] * 3], r"dimensions \[0, 1048576, 1048576, 1048576\] hold more than"),
+    ([2, -1], "dimension 1 is -1"),
+    ([0, -(2**70)], r"dimension 1 is -2\*\*70\+"),
+    ([0] * 33, "33 dimensions, at most 32"),
+    ([0, 10**30], r"dimension 1 is 2\*\*99\+"),
+])
+def test_a_shape_from_the_wire_is_checked_before_numpy_sees_it(shape, problem):
+    """Each dimension and the product of the non-zero ones are bounded: a zero dimension makes
+    the tensor empty (0 bytes), but numpy would still refuse (0, 2**40, 2**40) with a
+    ValueError ("array is too big"), which once became an internal error at the server."""
+    weights = Weights({"e": np.zeros((0, 3), np.float32)})
+    header, payload = _split(encode(Reply("t-1", "site-b", result=TrainResult(weights, 2))))
+    header["tensors"][0]["shape"] = shape
+    err = _refused(_join(header, payload), r"^reply 't-1' from site site-b: tensor 'e': bad "
+                   r"shape: " + problem)
+    assert len(str(err)) < 400
+    # the transport names the sender it verified, not the one the header claims
+    with pytest.raises(TransportError, match=r"^reply 't-1' from site verified-b: tensor 'e'"):
+        decode(_join(header, payload), sender="site verified-b")
+
+
+def test_the_largest_allowed_empty_shape_decodes_to_an_empty_array():
+    weights = Weights({"e": np.zeros((0, 3), np.float32)})
+    header, payload = _split(encode(_task(weights)))
+    header["tensors"][0]["shape"] = [0, 2**20, 2**20]
+    got = decode(_join(header, payload))
+    assert got.weights["e"].shape == (0, 2**20, 2**20) and got.weights["e"].nbytes == 0
+
+
+def test_counts_of_metrics_settings_tensors_and_the_header_length_are_bounded():
+    reply = Reply("t", "s", result=EvalResult(3, {f"m{i}": 0.5 for i in range(1024)}))
+    assert len(decode(encode(reply)).result.metrics) == 1024
+    header, payload = _split(encode(reply))
+    header["result"]["metrics"]["one-more"] = 1.0
+    _refused(_join(header, payload), "malformed message header")
+    header, payload = _split(encode(_task()))
+    for config in ({f"k{i}": 1 for i in range(1025)}, {"k": "x" * 65537}, {"k" * 1025: 1}):
+        _refused(_join({**header, "config": config}, payload), "malformed message header")
+    data = MAGIC + _PREFIX.pack(codec.MAX_HEADER_BYTES + 1) + b"{}"
+    _refused(data, "header of 67108865 bytes announced, at most 67108864")
+
+
+def test_the_task_id_of_a_message_that_cannot_be_decoded_can_still_be_read():
+    header, payload = _split(encode(_task()))
+    header["tensors"][0]["shape"] = [0, 2**40, 2**40]
+    assert codec.peek_task_id(_join(header, payload)) == "r3-site-a"
+    for data in (b"", b"FCM2", MAGIC + _PREFIX.pack(5) + b"[1,2]", MAGIC + _PREFIX.pack(99),
+                 _join({**header, "task_id": 7}, payload)):
+        assert codec.peek_task_id(data) is None

@@ -260,3 +260,36 @@ def test_a_frame_written_from_buffers_reads_back_whole():
     stream.seek(0)
     task = decode(read_frame(stream))
     np.testing.assert_array_equal(task.weights["w"], weights["w"])
+
+
+def test_a_task_that_cannot_be_decoded_costs_that_task_not_the_site_process():
+    """A tensor shape with a zero dimension and huge others (numpy: "array is too big") once
+    ended the site process; now the task gets an error reply naming the tensor, and the site
+    goes on serving."""
+    import json
+
+    from fedcare.transport.codec import HEADER_AT, encode
+
+    bad = encode(Task("t-bad", "job", 1, TaskKind.EVALUATE,
+                      weights=Weights({"w": np.zeros((0, 2), np.float32)})))
+    head = json.loads(bad[HEADER_AT:])
+    head["tensors"][0]["shape"] = [0, 2**40, 2**40]
+    header = json.dumps(head).encode()
+    bad = bad[:4] + struct.pack("<I", len(header)) + header
+    transport = _transport(a="ok")
+    try:
+        assert transport.wait_for_sites(1, timeout_s=WAIT_S) == ["a"]
+        with transport._lock:  # what a faulty controller would send: bytes, not a Task
+            transport._outstanding["a"].add("t-bad")
+        transport._outboxes["a"].put([bad])
+        transport.send("a", _task("t-good", round_num=3))
+        refused, served = _receive(transport), _receive(transport)
+        assert transport.site_ids() == ["a"]
+    finally:
+        transport.close(timeout_s=WAIT_S)
+    assert refused.task_id == "t-bad" and refused.result is None
+    assert refused.error == ("task refused: task 't-bad' from the controller: tensor 'w': bad "
+                             "shape: dimensions [0, 1099511627776, 1099511627776] hold more "
+                             "than 2**40 elements (zero dimensions aside)")
+    assert (served.task_id, served.error, served.result.num_samples) == ("t-good", None, 3)
+    assert _assert_all_exited(transport) == {"a": 0}

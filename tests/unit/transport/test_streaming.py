@@ -94,6 +94,24 @@ def test_only_training_replies_with_their_whole_header_are_streamed():
     assert peek_train_reply(memoryview(b"NOPE" + train[4:]), len(train)) is None
 
 
+def test_a_training_reply_with_a_bad_shape_is_left_to_the_decoder_to_refuse():
+    """(0, 2**40, 2**40) needs no payload byte: without the shape check it would be streamed,
+    sized by its shape, into the round."""
+    import json
+
+    from fedcare.transport.codec import HEADER_AT, decode
+
+    train = encode(Reply("t", "s", result=TrainResult(MIXED, 3)))
+    at = peek_train_reply(memoryview(train), len(train)).payload_at
+    head = json.loads(train[HEADER_AT:at])
+    head["tensors"][2]["shape"] = [0, 2**40, 2**40]  # "empty": 0 bytes either way
+    header = json.dumps(head).encode()
+    bad = train[:4] + len(header).to_bytes(4, "little") + header + train[at:]
+    assert peek_train_reply(memoryview(bad), len(bad)) is None
+    with pytest.raises(TransportError, match="reply 't' from site s: tensor 'empty': bad shape"):
+        decode(bad)
+
+
 def model(seed, scale=1.0):
     rng = np.random.default_rng(seed)
     return Weights({"w": (rng.standard_normal((300, 7)) * scale).astype(np.float32),
