@@ -21,6 +21,7 @@ from fedcare.core.job import JobSource
 from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.stream import StreamTarget
 from fedcare.core.workflow import SiteFailure
+from fedcare.server.audit import AuditLog, HeadSigner
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
 from fedcare.server.events import RunListener
@@ -122,7 +123,8 @@ class FederationServer:
                  add_services: Callable[[FederationServer, object], None] | None = None
                  ) -> None:
         self.workspace = workspace
-        self.store = Store(workspace / "server.db")
+        self.store = Store(workspace / "server.db",
+                           AuditLog(workspace / "audit.db", HeadSigner(tls.key, tls.cert)))
         self.revoked = revoked
         self.connect_timeout_s = connect_timeout_s
         self.streamed_fold = streamed_fold
@@ -132,6 +134,7 @@ class FederationServer:
         self.current: RoundController | None = None
         self.transport = GrpcServerTransport(
             tls, host=host, port=port, authorize=self.authorize_site,
+            on_connection=self._audit_connection,
             stall_timeout_s=stall_timeout_s, receive_window_bytes=receive_window_bytes,
             add_services=(lambda server: add_services(self, server)) if add_services else None)
         self.port = self.transport.port
@@ -139,7 +142,13 @@ class FederationServer:
 
     def start(self) -> None:
         self.store.audit("server", "start", f"listening on {self.transport.address}")
+        self.store.audit_log.start()
         self._runner.start()
+
+    def _audit_connection(self, event: str, identity: PeerIdentity | None, detail: str) -> None:
+        """A site connected, disconnected or was refused (``event``), as the transport saw it."""
+        self.store.audit(identity.name if identity else "(no certificate)",
+                         f"site_{event}", detail, role=(identity.role or "") if identity else "")
 
     def authorize_site(self, identity: PeerIdentity) -> str | None:
         if identity.serial in self.revoked():
@@ -221,7 +230,6 @@ class FederationServer:
         finally:
             self.current = None
             self._aborts.pop(row.job_id, None)
-        self.store.audit("server", "end", row.job_id)
 
     def _resume_point(self, row: JobRow, checkpoints: Checkpointer) -> Checkpoint | None:
         if row.status != "running":
@@ -243,4 +251,5 @@ class FederationServer:
             event.set()
         self.transport.close()
         self._runner.join(timeout=10)
+        self.store.audit("server", "stop", "clean stop")
         self.store.close()

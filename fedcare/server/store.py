@@ -1,7 +1,9 @@
 """The server's durable state in SQLite: jobs, round records, and an audit trail.
 
 Every state change is one committed transaction, so a server killed at any moment restarts
-with a consistent view: a job marked ``running`` resumes from its last completed round.
+with a consistent view: a job marked ``running`` resumes from its last completed round. The
+audit trail is a signed hash chain of its own (:mod:`fedcare.server.audit`, ``audit.db``
+beside the store); the unchained ``events`` table of earlier versions is moved into it once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcare.core.text import one_line
+from fedcare.server.audit import AuditLog, Entry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -45,13 +48,6 @@ CREATE TABLE IF NOT EXISTS failures (
     time_s REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job_id, id);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_s REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
 """
 
 ACTIVE = ("queued", "running")
@@ -83,7 +79,8 @@ class JobRow:
 class Store:
     """Thread-safe access to the server's SQLite database."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, audit_log: AuditLog | None = None) -> None:
+        """``audit_log``: where :meth:`audit` appends (default: an unsigned one beside)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -93,6 +90,19 @@ class Store:
         if "summary" not in columns:  # a database written by an earlier version
             self._db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")
         self._lock = threading.Lock()
+        self.audit_log = audit_log or AuditLog(path.with_name("audit.db"))
+        self._move_events()
+
+    def _move_events(self) -> None:
+        """Chain the rows of an earlier version's ``events`` table, then drop it."""
+        if not self._db.execute("SELECT name FROM sqlite_master WHERE name = 'events'"
+                                ).fetchone():
+            return
+        rows = self._db.execute("SELECT time_s, actor, action, detail FROM events ORDER BY id"
+                                ).fetchall()
+        if rows and self.audit_log.empty:
+            self.audit_log.import_rows(rows)
+        self._db.execute("DROP TABLE events")
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         with self._lock:
@@ -104,9 +114,10 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def audit(self, actor: str, action: str, detail: str = "") -> None:
-        self._write("INSERT INTO events (time_s, actor, action, detail) VALUES (?, ?, ?, ?)",
-                    (time.time(), actor, action, detail))
+    def audit(self, actor: str, action: str, detail: str = "", role: str | None = None) -> None:
+        """Append to the audit chain; ``role`` defaults to ``server`` for the server itself."""
+        self.audit_log.append(actor, role if role is not None else
+                              ("server" if actor == "server" else ""), action, detail)
 
     def add_job(self, entry_point: str, params: dict[str, object], submitted_by: str,
                 num_rounds: int) -> str:
@@ -122,6 +133,8 @@ class Store:
                    summary: str | None = None) -> None:
         self._write("UPDATE jobs SET status = ?, error = ?, summary = ?, updated_s = ? "
                     "WHERE job_id = ?", (status, error, summary, time.time(), job_id))
+        if status != "running":  # a job's start is audited as start or resume
+            self.audit("server", status, f"{job_id}: {error or summary or status}")
 
     def set_summary(self, job_id: str, summary: str | None) -> None:
         self._write("UPDATE jobs SET summary = ?, updated_s = ? WHERE job_id = ?",
@@ -193,11 +206,9 @@ class Store:
                           "status = 'queued', created_s LIMIT 1", ())
         return rows[0] if rows else None
 
-    def events(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
-        with self._lock:
-            return self._db.execute(
-                "SELECT time_s, actor, action, detail FROM events ORDER BY id DESC LIMIT ?",
-                (limit,)).fetchall()
+    def events(self, limit: int = 100) -> list[Entry]:
+        """The last ``limit`` audit entries, newest first."""
+        return self.audit_log.recent(limit)
 
     def _jobs(self, clause: str, args: tuple[object, ...]) -> list[JobRow]:
         with self._lock:
@@ -210,3 +221,4 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self.audit_log.close()

@@ -435,8 +435,10 @@ def test_a_job_id_that_is_a_path_reads_nothing_outside_the_workspace(federation,
                 call(pb.JobRef(job_id=job_id))
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert "is not a job id" in info.value.details()
-    refused = [e for e in server.store.events(500) if e[2] == "refused:Download"]
-    assert refused and all(e[1] == "vera" for e in refused)
+    refused = [e for e in server.store.events(500) if e.action == "refused:Download"]
+    assert refused and all((e.actor, e.role) == ("vera", "viewer") for e in refused)
+    assert all("INVALID_ARGUMENT" in e.detail and "is not a job id" in e.detail
+               for e in refused)
     with pytest.raises(grpc.RpcError) as info:  # a well-formed id that does not exist
         list(stub.Download(pb.JobRef(job_id="job-0123456789")))
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
