@@ -114,6 +114,7 @@ def site_start(
     server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
 ) -> None:
     """Connect this site to the server and serve its tasks until stopped."""
+    from fedcare.site.ledger import LEDGER_FILE, UploadLedger
     from fedcare.site.runtime import SiteRuntime
     from fedcare.transport.grpc.client import SiteConnection
 
@@ -127,7 +128,9 @@ def site_start(
         runtime = SiteRuntime(cfg.name, data_dir=data_dir,
                               allowed_trainers=cfg.allowed_trainers or (), policy=cfg.policy)
         address = server or f"{cfg.server_host}:{cfg.server_port}"
-        connection = SiteConnection(cfg.name, address, _tls(kit), runtime.handle)
+        ledger = UploadLedger(kit.dir / LEDGER_FILE)  # what left the site: site uploads KIT
+        connection = SiteConnection(cfg.name, address, _tls(kit), runtime.handle,
+                                    on_upload=ledger.record)
     except FedcareError as exc:
         raise fail(exc) from None
     stop = _until_signalled()
@@ -136,6 +139,8 @@ def site_start(
         connection.run(stop)
     except TransportError as exc:
         raise fail(exc) from None
+    finally:
+        ledger.close()
 
 
 def _stub(kit_dir: Path, server: str | None) -> pb_grpc.AdminStub:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -29,6 +29,9 @@ from fedcare.transport.grpc.tls import KEEPALIVE_OPTIONS, TlsFiles, channel_cred
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Task], Reply]
+#: Told of every reply just before its bytes are handed to the stream: (task, reply, the
+#: message's buffers). It must not change or keep the buffers past hashing them.
+UploadHook = Callable[[Task, Reply, Sequence[bytes | memoryview]], None]
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -51,13 +54,14 @@ class SiteConnection:
 
     def __init__(self, site_id: str, address: str, tls: TlsFiles, handler: Handler, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 reconnect_max_s: float = 10.0) -> None:
+                 reconnect_max_s: float = 10.0, on_upload: UploadHook | None = None) -> None:
         self.site_id = site_id
         self.address = address
         self.tls = tls
         self.handler = handler
         self.max_message_bytes = max_message_bytes
         self.reconnect_max_s = reconnect_max_s
+        self.on_upload = on_upload
         self.connected = threading.Event()
         self._responses: grpc.CallIterator[bytes] | None = None
 
@@ -124,10 +128,13 @@ class SiteConnection:
                 except Exception as exc:  # a failing handler costs one task, not the site
                     reply = Reply(task.task_id, self.site_id,
                                   error=f"{type(exc).__name__}: {exc}")
-                outbox.put(encode_parts(reply))
+                parts = encode_parts(reply)
+                if self.on_upload is not None:
+                    self.on_upload(task, reply, parts)
+                outbox.put(parts)
                 # Hold nothing of this task while waiting for the next: its buffer can then
                 # be filled again with the next model instead of fresh memory.
-                del data, task, reply
+                del data, task, reply, parts
             log.warning("site %s: server %s closed the stream", self.site_id, self.address)
         finally:
             outbox.put(None)
