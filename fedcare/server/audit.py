@@ -114,10 +114,13 @@ class AuditLog:
             raise ValueError("sign_every must be >= 1 and sign_interval_s > 0")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the audit log {path}: {exc}") from None
         self._signer = signer
         self._sign_every = sign_every
         self._sign_interval_s = sign_interval_s

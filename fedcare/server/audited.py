@@ -5,7 +5,8 @@ its method's name (``Download``, ``Status``) before its answer leaves: a unary c
 its reply, a streamed one (``Download``, ``Watch``) when its first message is ready. A call
 that fails is recorded as ``refused:<Method>`` with the status code and the reason the caller
 was given: a role that may not, a revoked certificate, a malformed job id, a job refused at
-submission, no such job.
+submission, no such job. An entry that cannot be written fails the call: nothing is served
+unaudited.
 """
 
 from __future__ import annotations

@@ -120,6 +120,11 @@ def test_bad_identities_are_refused(federation, caplog):
     assert server.transport.site_ids() == ["site-5"]
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "refused site site-2" in logged and "revoked" in logged
+    refused = {(e.actor, e.role): e.detail for e in server.store.events(500)
+               if e.action == "site_refused"}
+    assert "revoked" in refused[("site-2", "site")]
+    assert "certificate is for 'site-4'" in refused[("site-4", "site")]
+    assert "not a site" in refused[("alice", "project_admin")]
     # a foreign or expired certificate fails the TLS handshake: the site says so and retries
     for name in ("site-0", "site-1"):
         assert f"site {name}: connection to 127.0.0.1:{server.port} failed" in logged

@@ -221,3 +221,16 @@ def test_find_breaks_on_a_hand_made_chain():
     assert find_breaks(links[1:]) == ["entry 1 deleted"]
     assert find_breaks([links[0], Link(2, ("b", 2), links[1].prev_hash, links[1].hash),
                         *links[2:]]) == ["entry 2 edited: its content no longer matches its hash"]
+
+
+def test_the_head_is_signed_every_interval_while_entries_come(tmp_path, ca):
+    log = AuditLog(tmp_path / "audit.db", signer(ca), sign_every=1000, sign_interval_s=0.05)
+    log.start()
+    log.append("server", "server", "start")
+    for _ in range(200):  # the periodic signer, not close(), signs entry 1
+        if read_chain(tmp_path / "audit.db")[1]:
+            break
+        threading.Event().wait(0.02)
+    _, heads = read_chain(tmp_path / "audit.db")
+    log.close()
+    assert [h.seq for h in heads] == [1]
