@@ -116,6 +116,7 @@ def site_start(
     server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
 ) -> None:
     """Connect this site to the server and serve its tasks until stopped."""
+    from fedcare.site.ledger import LEDGER_FILE, UploadLedger
     from fedcare.site.runtime import SiteRuntime
     from fedcare.transport.grpc.client import SiteConnection, fetch_package
 
@@ -136,7 +137,9 @@ def site_start(
         runtime = SiteRuntime(cfg.name, data_dir=data_dir, code=cfg.code, policy=cfg.policy,
                               fetch_package=lambda package: fetch_package(address, tls, package),
                               ca_pem=tls.ca, packages_dir=kit.dir / "packages")
-        connection = SiteConnection(cfg.name, address, tls, runtime.handle)
+        ledger = UploadLedger(kit.dir / LEDGER_FILE)  # what left the site: site uploads KIT
+        connection = SiteConnection(cfg.name, address, tls, runtime.handle,
+                                    on_upload=ledger.record)
     except FedcareError as exc:
         raise fail(exc) from None
     stop = _until_signalled()
@@ -146,6 +149,7 @@ def site_start(
     except TransportError as exc:
         raise fail(exc) from None
     finally:
+        ledger.close()
         lock.release()
     log.info("site %s stopped by its operator", cfg.name)
 

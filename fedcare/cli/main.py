@@ -192,6 +192,7 @@ def bench_flamby(
 
 
 def _register() -> None:
+    from fedcare.cli.audit import audit_app, site_uploads
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.job import job_app
     from fedcare.cli.poc import poc_command
@@ -202,6 +203,8 @@ def _register() -> None:
     app.add_typer(site_app, name="site")
     app.add_typer(admin_app, name="admin")
     app.add_typer(job_app, name="job")
+    app.add_typer(audit_app, name="audit")
+    site_app.command("uploads")(site_uploads)
     app.command("poc")(poc_command)
     app.add_typer(bench_app, name="bench")
 

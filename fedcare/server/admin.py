@@ -2,9 +2,10 @@
 
 Every call is authorised from the caller's verified certificate: a project admin may do
 everything, a site admin may read (status, sites, metrics, watch), a viewer may read and
-download results. Each refusal is logged and audited with who asked for what. What a read shows
-depends on the role too (:mod:`fedcare.server.visibility`): a site admin sees the aggregates and
-its own site's data only, a viewer the aggregates only.
+download results. Every call, allowed or refused, is audited with who asked for what
+(:mod:`fedcare.server.audited`); each refusal is logged too. What a read shows depends on the
+role too (:mod:`fedcare.server.visibility`): a site admin sees the aggregates and its own site's
+data only, a viewer the aggregates only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import grpc
 from fedcare.core.errors import FedcareError, StorageError
 from fedcare.core.message import Reply, TrainResult
 from fedcare.core.text import one_line
+from fedcare.server.audited import audited
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.visibility import (
     Scope,
@@ -69,10 +71,10 @@ class AdminService(pb_grpc.AdminServicer):
         else:
             return identity
         log.warning("refused admin %s (%s): %s", identity.name, action, reason)
-        self.server.store.audit(identity.name, f"refused:{action}", reason)
         context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{identity.name}: {reason}")
         raise AssertionError  # abort raises
 
+    @audited
     def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
         caller = self._caller(context, "Submit")
         try:
@@ -86,10 +88,10 @@ class AdminService(pb_grpc.AdminServicer):
         except (FedcareError, ValueError) as exc:
             what = "a package" if request.package else one_line(request.entry_point, 200)
             log.warning("refused a job from %s (%s): %s", caller.name, what, one_line(exc, 500))
-            self.server.store.audit(caller.name, "refused:Submit", f"{what}: {one_line(exc, 500)}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"job refused: {exc}")
         return pb.SubmitReply(job_id=job_id)
 
+    @audited
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JsonReply:
         scope = scope_of(self._caller(context, "Status").role)
         store = self.server.store
@@ -110,6 +112,7 @@ class AdminService(pb_grpc.AdminServicer):
         names = site_names(job, store.rounds(job_id), store.failures(job_id), known)
         return job_view(job, names, scope)
 
+    @audited
     def Sites(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.JsonReply:
         scope = scope_of(self._caller(context, "Sites").role)
         connected = self.server.transport.site_ids()
@@ -125,10 +128,10 @@ class AdminService(pb_grpc.AdminServicer):
             return job_id
         shown = one_line(job_id, 80)
         log.warning("refused admin %s (%s): %r is not a job id", caller.name, action, shown)
-        self.server.store.audit(caller.name, f"refused:{action}", f"not a job id: {shown!r}")
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{shown!r} is not a job id")
         raise AssertionError  # abort raises
 
+    @audited
     def Abort(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JsonReply:
         caller = self._caller(context, "Abort")
         self._job_id(request, context, caller, "Abort")
@@ -137,6 +140,7 @@ class AdminService(pb_grpc.AdminServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
         return pb.JsonReply(json=json.dumps({"job_id": request.job_id, "result": outcome}))
 
+    @audited
     def Metrics(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JsonReply:
         caller = self._caller(context, "Metrics")
         self._job_id(request, context, caller, "Metrics")
@@ -146,6 +150,7 @@ class AdminService(pb_grpc.AdminServicer):
         rounds = [round_view(r, scope) for r in self.server.store.rounds(request.job_id)]
         return pb.JsonReply(json=json.dumps(rounds))
 
+    @audited
     def Download(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         self._job_id(request, context, self._caller(context, "Download"), "Download")
         checkpoints = self.server.workspace / "jobs" / request.job_id / "checkpoints"
@@ -159,6 +164,7 @@ class AdminService(pb_grpc.AdminServicer):
                       result=TrainResult(weights, max(round_num, 1), {"round_num": round_num}))
         yield from to_chunks(encode_parts(reply))
 
+    @audited
     def Watch(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.JsonReply]:
         caller = self._caller(context, "Watch")
         self._job_id(request, context, caller, "Watch")
@@ -170,7 +176,8 @@ class AdminService(pb_grpc.AdminServicer):
             revocation = self.server.revocation_problem(caller)
             if revocation:  # revoked while watching: the stream ends now
                 log.warning("ending admin %s's watch: %s", caller.name, revocation)
-                self.server.store.audit(caller.name, "refused:Watch", revocation)
+                self.server.store.audit(caller.name, "refused:Watch", revocation,
+                                        role=caller.role or "")
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller.name}: {revocation}")
             row = store.job(request.job_id)
             if row is None:

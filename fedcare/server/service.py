@@ -31,6 +31,7 @@ from fedcare.core.package import read_package
 from fedcare.core.policy import CodePolicy
 from fedcare.core.stream import StreamTarget
 from fedcare.core.workflow import SiteFailure
+from fedcare.server.audit import AUDIT_FILE, AuditLog, HeadSigner
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
 from fedcare.server.events import RunListener
@@ -162,10 +163,12 @@ class FederationServer:
         with contextlib.ExitStack() as undo:  # a server that cannot start holds nothing
             self._lock = WorkspaceLock(workspace)
             undo.callback(self._lock.release)
-            self.store = Store(workspace / "server.db")
+            self.store = Store(workspace / "server.db",
+                               AuditLog(workspace / AUDIT_FILE, HeadSigner(tls.key, tls.cert)))
             undo.callback(self.store.close)
             self.transport = GrpcServerTransport(
                 tls, host=host, port=port, authorize=self.authorize_site,
+                on_connection=self._audit_connection,
                 stall_timeout_s=stall_timeout_s, receive_window_bytes=receive_window_bytes,
                 add_services=lambda server: self._add_services(server, add_services))
             undo.pop_all()
@@ -181,7 +184,13 @@ class FederationServer:
 
     def start(self) -> None:
         self.store.audit("server", "start", f"listening on {self.transport.address}")
+        self.store.audit_log.start()
         self._runner.start()
+
+    def _audit_connection(self, event: str, identity: PeerIdentity | None, detail: str) -> None:
+        """A site connected, disconnected or was refused (``event``), as the transport saw it."""
+        self.store.audit(identity.name if identity else "(no certificate)",
+                         f"site_{event}", detail, role=(identity.role or "") if identity else "")
 
     def revocation_problem(self, identity: PeerIdentity) -> str | None:
         """Why ``identity`` must be refused on revocation grounds, or None.
@@ -246,7 +255,8 @@ class FederationServer:
             raise StorageError(f"the server cannot run jobs now: {problem}")
         job_id = self.store.add_job(entry_point, params, actor, job.num_rounds,
                                     package=pkg.package_id if package else None)
-        self.store.audit(actor, "submit", f"{job_id} {what} {json.dumps(params)}")
+        # what was queued, beside the audited admin call: e.g. which package, by whom signed
+        self.store.audit(actor, "queued", f"{job_id} {what} {json.dumps(params)}")
         self._wake.set()
         return job_id
 
@@ -254,7 +264,6 @@ class FederationServer:
         row = self.store.job(job_id)
         if row is None:
             return "unknown"
-        self.store.audit(actor, "abort", job_id)
         # Set the job's stop event whatever its state: the runner may have picked a queued job
         # up a moment ago and not yet marked it running; it checks the event before starting.
         if row.status in ("queued", "running"):
@@ -401,6 +410,7 @@ class FederationServer:
         self.transport.close()
         if self._runner.ident is not None:  # started
             self._runner.join(timeout=10)
+        self.store.audit("server", "stop", "clean stop")
         self.store.close()
         self._lock.release()
 

@@ -4,7 +4,9 @@ Every state change is one committed transaction, so a server killed at any momen
 with a consistent view: a job marked ``running`` resumes from its last completed round.
 Opening checks the whole database (``PRAGMA integrity_check``) and refuses a damaged one;
 any later SQLite error (a full disk, a bad page) is raised as a :class:`StorageError`
-naming the database, for the caller to fail the one job it concerns.
+naming the database, for the caller to fail the one job it concerns. The audit trail is a
+signed hash chain of its own (:mod:`fedcare.server.audit`, ``audit.db`` beside the store);
+the unchained ``events`` table of earlier versions is moved into it once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from fedcare.core.errors import StorageError
 from fedcare.core.text import one_line
+from fedcare.server.audit import AUDIT_FILE, AuditLog, Entry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,13 +54,6 @@ CREATE TABLE IF NOT EXISTS failures (
     time_s REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS failures_by_job ON failures (job_id, id);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_s REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
 """
 
 ACTIVE = ("queued", "running")
@@ -92,7 +88,8 @@ class JobRow:
 class Store:
     """Thread-safe access to the server's SQLite database."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, audit_log: AuditLog | None = None) -> None:
+        """``audit_log``: where :meth:`audit` appends (default: an unsigned one beside)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -113,6 +110,19 @@ class Store:
             self._db.close()
             raise
         self._lock = threading.Lock()
+        self.audit_log = audit_log or AuditLog(path.with_name(AUDIT_FILE))
+        self._move_events()
+
+    def _move_events(self) -> None:
+        """Chain the rows of an earlier version's ``events`` table, then drop it."""
+        if not self._db.execute("SELECT name FROM sqlite_master WHERE name = 'events'"
+                                ).fetchone():
+            return
+        rows = self._db.execute("SELECT time_s, actor, action, detail FROM events ORDER BY id"
+                                ).fetchall()
+        if rows and self.audit_log.empty:
+            self.audit_log.import_rows(rows)
+        self._db.execute("DROP TABLE events")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -140,9 +150,10 @@ class Store:
                         self._db.execute("ROLLBACK")
                 raise
 
-    def audit(self, actor: str, action: str, detail: str = "") -> None:
-        self._write("INSERT INTO events (time_s, actor, action, detail) VALUES (?, ?, ?, ?)",
-                    (time.time(), actor, action, detail))
+    def audit(self, actor: str, action: str, detail: str = "", role: str | None = None) -> None:
+        """Append to the audit chain; ``role`` defaults to ``server`` for the server itself."""
+        self.audit_log.append(actor, role if role is not None else
+                              ("server" if actor == "server" else ""), action, detail)
 
     def add_job(self, entry_point: str, params: dict[str, object], submitted_by: str,
                 num_rounds: int, package: str | None = None) -> str:
@@ -159,6 +170,8 @@ class Store:
                    summary: str | None = None) -> None:
         self._write("UPDATE jobs SET status = ?, error = ?, summary = ?, updated_s = ? "
                     "WHERE job_id = ?", (status, error, summary, time.time(), job_id))
+        if status != "running":  # a job's start is audited as start or resume
+            self.audit("server", status, f"{job_id}: {error or summary or status}")
 
     def set_summary(self, job_id: str, summary: str | None) -> None:
         self._write("UPDATE jobs SET summary = ?, updated_s = ? WHERE job_id = ?",
@@ -229,11 +242,9 @@ class Store:
                           "status = 'queued', created_s LIMIT 1", ())
         return rows[0] if rows else None
 
-    def events(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
-        with self._locked():
-            return self._db.execute(
-                "SELECT time_s, actor, action, detail FROM events ORDER BY id DESC LIMIT ?",
-                (limit,)).fetchall()
+    def events(self, limit: int = 100) -> list[Entry]:
+        """The last ``limit`` audit entries, newest first."""
+        return self.audit_log.recent(limit)
 
     def _jobs(self, clause: str, args: tuple[object, ...]) -> list[JobRow]:
         with self._locked():
@@ -247,6 +258,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self.audit_log.close()
 
 
 def _check_integrity(db: sqlite3.Connection, path: Path) -> None:

@@ -12,7 +12,6 @@
 import io
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from toyjob import ENTRY_POINTS
 
 from fedcare.cli.poc import PocFederation
+from fedcare.server.audit import read_chain
 from fedcare.transport.codec import decode
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
@@ -102,11 +102,8 @@ def finished(fed, job_id, timeout_s=90):
 
 
 def audit(fed):
-    db = sqlite3.connect(fed.kits["server"] / "workspace" / "server.db")
-    try:
-        return [row for row in db.execute("SELECT actor, action, detail FROM events")]
-    finally:
-        db.close()
+    entries, _ = read_chain(fed.kits["server"] / "workspace" / "audit.db")
+    return [(e.actor, e.action, e.detail) for e in entries]
 
 
 def test_the_server_runs_no_job_code_its_policy_does_not_allow(fed, tmp_path):
@@ -117,7 +114,8 @@ def test_the_server_runs_no_job_code_its_policy_does_not_allow(fed, tmp_path):
     assert ("this server's code policy refuses the job: entry point os:system is neither a "
             "built-in job nor in this policy's code.entry_points") in " ".join(out.split())
     assert not marker.exists()
-    assert ("admin", "refused:Submit") in [(a, b) for a, b, _ in audit(fed)]
+    refused = [d for a, b, d in audit(fed) if (a, b) == ("admin", "refused:Submit")]
+    assert len(refused) == 1 and "os:system" in refused[0], refused
     assert json.loads(fed.admin().Status(pb.Empty(), timeout=10).json)["jobs"] == []
 
 

@@ -122,6 +122,11 @@ def test_bad_identities_are_refused(federation, caplog):
     assert server.transport.site_ids() == ["site-5"]
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "refused site site-2" in logged and "revoked" in logged
+    refused = {(e.actor, e.role): e.detail for e in server.store.events(500)
+               if e.action == "site_refused"}
+    assert "revoked" in refused[("site-2", "site")]
+    assert "certificate is for 'site-4'" in refused[("site-4", "site")]
+    assert "not a site" in refused[("alice", "project_admin")]
     # a foreign or expired certificate fails the TLS handshake: the site says so and retries
     for name in ("site-0", "site-1"):
         assert f"site {name}: connection to 127.0.0.1:{server.port} failed" in logged
@@ -437,8 +442,10 @@ def test_a_job_id_that_is_a_path_reads_nothing_outside_the_workspace(federation,
                 call(pb.JobRef(job_id=job_id))
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert "is not a job id" in info.value.details()
-    refused = [e for e in server.store.events(500) if e[2] == "refused:Download"]
-    assert refused and all(e[1] == "vera" for e in refused)
+    refused = [e for e in server.store.events(500) if e.action == "refused:Download"]
+    assert refused and all((e.actor, e.role) == ("vera", "viewer") for e in refused)
+    assert all("INVALID_ARGUMENT" in e.detail and "is not a job id" in e.detail
+               for e in refused)
     with pytest.raises(grpc.RpcError) as info:  # a well-formed id that does not exist
         list(stub.Download(pb.JobRef(job_id="job-0123456789")))
     assert info.value.code() is grpc.StatusCode.NOT_FOUND

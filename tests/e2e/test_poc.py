@@ -83,8 +83,8 @@ def test_heart_job_across_processes_and_server_crash_resume(heart_federation):
     assert state["status"] == "finished", state
     rounds = json.loads(fed.admin().Metrics(pb.JobRef(job_id=crashed)).json)
     assert [r["round_num"] for r in rounds] == list(range(31))  # no round lost
-    db = sqlite3.connect(fed.kits["server"] / "workspace" / "server.db")
-    actions = [a for (a,) in db.execute("SELECT action FROM events WHERE detail = ?",
+    db = sqlite3.connect(fed.kits["server"] / "workspace" / "audit.db")
+    actions = [a for (a,) in db.execute("SELECT action FROM entries WHERE detail = ?",
                                         (crashed,))]
     db.close()
     assert actions.count("start") == 1 and actions.count("resume") == 1, actions

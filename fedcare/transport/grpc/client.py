@@ -22,7 +22,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -47,6 +47,9 @@ from fedcare.transport.grpc.tls import (
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Task], Reply]
+#: Told of every reply just before its bytes are handed to the stream: (task, reply, the
+#: message's buffers). It must not change or keep the buffers past hashing them.
+UploadHook = Callable[[Task, Reply, Sequence[bytes | memoryview]], None]
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -74,11 +77,13 @@ class SiteConnection:
 
     def __init__(self, site_id: str, address: str, tls: TlsFiles, handler: Handler, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 reconnect_max_s: float = 10.0, duplicate_grace_s: float = 60.0) -> None:
+                 reconnect_max_s: float = 10.0, duplicate_grace_s: float = 60.0,
+                 on_upload: UploadHook | None = None) -> None:
         """``duplicate_grace_s``: how long the server may keep saying that this site is
         already connected (by another process with the same kit, or by this process's own
         previous stream the server has not yet found dead: keepalive takes up to about 30 s)
-        before this site gives up with a fatal error."""
+        before this site gives up with a fatal error. ``on_upload``: called with each task,
+        its reply and the reply's encoded buffers as they are sent (the site's ledger)."""
         self.site_id = site_id
         self.instance = secrets.token_hex(8)
         self.duplicate_grace_s = duplicate_grace_s
@@ -87,6 +92,7 @@ class SiteConnection:
         self.handler = handler
         self.max_message_bytes = max_message_bytes
         self.reconnect_max_s = reconnect_max_s
+        self.on_upload = on_upload
         self.connected = threading.Event()
         self._responses: grpc.CallIterator[bytes] | None = None
 
@@ -202,12 +208,16 @@ class SiteConnection:
             reply = Reply(task.task_id, self.site_id,
                           error=one_line(f"{type(exc).__name__}: {exc}"))
         try:
-            return encode_parts(reply)
+            parts = encode_parts(reply)
         except (TransportError, ValueError) as exc:  # e.g. a metric name the codec refuses
             log.error("site %s: the reply to task %s cannot be sent: %s", self.site_id,
                       one_line(task.task_id, 200), exc)
-            return encode_parts(Reply(task.task_id, self.site_id, error=one_line(
-                f"the site's result cannot be sent: {exc}")))
+            reply = Reply(task.task_id, self.site_id, error=one_line(
+                f"the site's result cannot be sent: {exc}"))
+            parts = encode_parts(reply)
+        if self.on_upload is not None:
+            self.on_upload(task, reply, parts)
+        return parts
 
 def fetch_package(address: str, tls: TlsFiles, package_id: str, *,
                   timeout_s: float = 120.0) -> bytes:

@@ -48,6 +48,10 @@ from fedcare.transport.streaming import StreamedUpload, peek_train_reply
 
 log = logging.getLogger(__name__)
 Authorize = Callable[[PeerIdentity], str | None]
+#: Told of every site stream: ``(event, identity or None, detail)``, event ``connected``,
+#: ``disconnected`` or ``refused`` (refusals of TLS itself, a foreign CA or an expired
+#: certificate, happen before any call and are not seen here).
+ConnectionListener = Callable[[str, PeerIdentity | None, str], None]
 _HELLO_LIMIT = 64 * 1024
 #: No BDP probing: with it gRPC grows each stream's receive window towards the bandwidth-delay
 #: product, so on a fast link every site waiting for the receive permit pushes tens of MB of
@@ -87,6 +91,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         host: str = "127.0.0.1",
         port: int = 0,
         authorize: Authorize | None = None,
+        on_connection: ConnectionListener | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         receive_permits: int = 1,
         send_permits: int = 2,
@@ -106,6 +111,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         window = ([("grpc.http2.lookahead_bytes", receive_window_bytes)]
                   if receive_window_bytes else [])
         self._authorize = authorize
+        self._on_connection = on_connection
         self._max = max_message_bytes
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
@@ -158,11 +164,13 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         if identity is None:
             log.warning("refused a connection from %s: no verified client certificate",
                         context.peer())
+            self._tell("refused", None, f"no verified client certificate, from {context.peer()}")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
         assert identity is not None
         reason = self._authorize(identity) if self._authorize else None
         if reason:
             log.warning("refused site %s from %s: %s", identity.name, identity.address, reason)
+            self._tell("refused", identity, f"{reason}, from {identity.address}")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         # A connection that never introduces itself must not keep a worker thread for good.
         hello_timer = threading.Timer(self._hello_timeout_s, context.cancel)
@@ -177,16 +185,19 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             message = (f"certificate is for {identity.name!r} but the site introduced itself "
                        f"as {claimed!r}")
             log.warning("refused a connection from %s: %s", identity.address, message)
+            self._tell("refused", identity, f"{message}, from {identity.address}")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
         session = self._open(identity, context, hello.instance or "")
         if session is None:
             message = (f"site {identity.name} is already connected from another process using "
                        "the same site kit; stop one of them")
             log.warning("refused site %s from %s: %s", identity.name, identity.address, message)
+            self._tell("refused", identity, f"{message}, from {identity.address}")
             context.abort(grpc.StatusCode.ALREADY_EXISTS, message)
         assert session is not None
         context.send_initial_metadata(((ACCEPTED, "1"),))  # tells the site it is in
         log.info("site %s connected from %s", identity.name, identity.address)
+        self._tell("connected", identity, f"from {identity.address}")
         threading.Thread(target=self._read_replies, args=(session, request_iterator),
                          name=f"grpc-read-{identity.name}", daemon=True).start()
         context.add_callback(lambda: self._close_session(session, "connection closed"))
@@ -213,6 +224,14 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         except TransportError as exc:
             return f"a malformed Hello ({exc})"
         return "nothing"
+
+    def _tell(self, event: str, identity: PeerIdentity | None, detail: str) -> None:
+        if self._on_connection is None:
+            return
+        try:
+            self._on_connection(event, identity, detail)
+        except Exception:  # the listener's failure (a full disk) must not drop the site
+            log.exception("connection listener failed on %s", event)
 
     def _open(self, identity: PeerIdentity, context: grpc.ServicerContext,
               instance: str) -> _Session | None:
@@ -373,6 +392,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             lost, self._outstanding[session.site_id] = self._outstanding[session.site_id], set()
         log.warning("site %s disconnected: %s", session.site_id, reason)
         self._set_connected(session.site_id, False)
+        self._tell("disconnected", session.identity, reason)
         for task_id in sorted(lost):
             self._replies.put((Reply(task_id, session.site_id,
                                      error=f"site disconnected: {reason}",

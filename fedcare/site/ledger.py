@@ -1,0 +1,160 @@
+"""A site's own record of what left it: one hash-chained entry per reply it uploads.
+
+For every reply the site sends, the ledger keeps the job, the task, its kind, whether it
+carried a result or an error, the size and the SHA-256 of the exact message bytes handed to the
+connection (the bytes the server reassembles: ``sha256(MAGIC | header | payload)``), chained
+as :mod:`fedcare.core.chain` describes, in SQLite in the site's kit. A hospital can then show
+what it sent, and a changed, deleted or reordered entry is found by ``fedcare site uploads
+KIT --verify``. The chain is not signed: it guards against accidents and against others
+altering the file, not against whoever runs the site.
+
+Hashing streams over the message's buffers (no copy of the model) on a thread of its own, while
+the bytes go out, so an upload does not wait for it; the entry is written once the hash is
+done, as the bytes leave. A site killed meanwhile may leave its last upload unrecorded; an
+upload whose connection broke is recorded though it may not have reached the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedcare.core.chain import GENESIS, Link, find_breaks, link_hash, utc_now
+from fedcare.core.errors import ConfigError
+from fedcare.core.message import Reply, Task
+from fedcare.core.text import one_line
+
+log = logging.getLogger(__name__)
+
+#: The ledger's file in the site's kit.
+LEDGER_FILE = "uploads.db"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,            -- ISO 8601 UTC, when the reply was handed to the connection
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,         -- result | error
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,          -- of the message bytes exactly as sent
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+"""
+_COLUMNS = "seq, time, job_id, task_id, kind, outcome, size_bytes, sha256, prev_hash, hash"
+
+
+@dataclass(frozen=True)
+class Upload:
+    seq: int
+    time: str
+    job_id: str
+    task_id: str
+    kind: str
+    outcome: str
+    size_bytes: int
+    sha256: str
+    prev_hash: str
+    hash: str
+
+    def link(self) -> Link:
+        return Link(self.seq, (self.time, self.job_id, self.task_id, self.kind, self.outcome,
+                               self.size_bytes, self.sha256), self.prev_hash, self.hash)
+
+
+def message_digest(parts: Sequence[bytes | memoryview]) -> tuple[str, int]:
+    """SHA-256 (hex) and size of the message made of ``parts``, without joining them."""
+    digest = hashlib.sha256()
+    size = 0
+    for part in parts:
+        digest.update(part)  # hashlib releases the GIL for large buffers
+        size += len(part)
+    return digest.hexdigest(), size
+
+
+_Pending = tuple[str, str, str, str, str, Sequence[bytes | memoryview]]
+
+
+class UploadLedger:
+    """Appends to the upload chain in ``path``; :meth:`record` is the connection's hook."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the upload ledger {path}: {exc}") from None
+        last = self._db.execute("SELECT seq, hash FROM uploads ORDER BY seq DESC LIMIT 1"
+                                ).fetchone()
+        self._seq, self._hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_all, name="upload-ledger",
+                                        daemon=True)
+        self._writer.start()
+
+    def record(self, task: Task, reply: Reply, parts: Sequence[bytes | memoryview]) -> None:
+        """Record ``reply`` (the answer to ``task``), about to leave as ``parts``. Returns at
+        once; the entry is written by the ledger's thread once the bytes are hashed."""
+        outcome = "error" if reply.error is not None else "result"
+        self._queue.put((utc_now(), task.job_id, task.task_id, str(task.kind), outcome, parts))
+
+    def _write_all(self) -> None:
+        while (pending := self._queue.get()) is not None:
+            stamp, job_id, task_id, kind, outcome, parts = pending
+            del pending
+            try:
+                sha, size = message_digest(parts)
+                del parts  # hold no model once it is hashed
+                self._append((stamp, one_line(job_id, 1024), one_line(task_id, 1024), kind,
+                              outcome, size, sha))
+            except Exception:  # a full disk must not stop the site; its log says what is lost
+                log.exception("upload ledger %s: cannot record %s", self.path, task_id)
+
+    def _append(self, fields: tuple[str, str, str, str, str, int, str]) -> None:
+        seq = self._seq + 1
+        digest = link_hash(seq, fields, self._hash)
+        self._db.execute(f"INSERT INTO uploads ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (seq, *fields, self._hash, digest))
+        self._seq, self._hash = seq, digest
+
+    def close(self) -> None:
+        """Write what is pending, then close the database."""
+        if not self._writer.is_alive():
+            return
+        self._queue.put(None)
+        self._writer.join()
+        self._db.close()
+
+
+def read_uploads(path: Path) -> list[Upload]:
+    """Every entry of the ledger at ``path`` in ``seq`` order, opened read-only.
+
+    Raises:
+        ConfigError: no ledger there.
+    """
+    if not path.is_file():
+        raise ConfigError(f"no upload ledger at {path} (the site has sent nothing yet?)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return [Upload(*row) for row in db.execute(
+                f"SELECT {_COLUMNS} FROM uploads ORDER BY seq")]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path} is not a fedcare upload ledger: {exc}") from None
+
+
+def verify_uploads(uploads: Sequence[Upload]) -> list[str]:
+    """Problems in the ledger (an entry edited, deleted or reordered); empty if intact."""
+    return find_breaks([u.link() for u in uploads])
