@@ -13,8 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from fedcare.core.errors import ConfigError
 
 #: What the first record links to.
 GENESIS = "0" * 64
@@ -102,3 +106,21 @@ def find_breaks(links: Sequence[Link]) -> list[str]:
 
 def _entry_number(problem: str) -> int:
     return int(problem.split()[1])
+
+
+def open_chain(path: Path, schema: str, table: str, what: str
+               ) -> tuple[sqlite3.Connection, int, str]:
+    """Open (or create) the SQLite file of a chain: ``(connection, last seq, last hash)``.
+
+    ``table`` holds the records (``seq`` and ``hash`` columns); ``what`` names the file in the
+    ConfigError raised when it cannot be opened.
+    """
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(schema)
+        last = db.execute(f"SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open the {what} {path}: {exc}") from None
+    return db, *((int(last[0]), str(last[1])) if last else (0, GENESIS))

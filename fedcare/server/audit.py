@@ -28,8 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedcare.core.chain import GENESIS, Link, link_hash, utc_now
-from fedcare.core.errors import ConfigError
+from fedcare.core.chain import Link, link_hash, open_chain, utc_now
+from fedcare.core.errors import ConfigError, StorageError
 from fedcare.core.text import one_line
 
 log = logging.getLogger(__name__)
@@ -114,20 +114,11 @@ class AuditLog:
             raise ValueError("sign_every must be >= 1 and sign_interval_s > 0")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the audit log {path}: {exc}") from None
+        self._db, self._seq, self._hash = open_chain(path, SCHEMA, "entries", "audit log")
         self._signer = signer
         self._sign_every = sign_every
         self._sign_interval_s = sign_interval_s
         self._lock = threading.Lock()
-        last = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
-                                ).fetchone()
-        self._seq, self._hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
         signed = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
         self._signed = int(signed or 0)
         self._closed = threading.Event()
@@ -143,12 +134,15 @@ class AuditLog:
                 return 0
             seq = self._seq + 1
             digest = link_hash(seq, fields, self._hash)
-            self._db.execute("INSERT INTO entries (seq, time, actor, role, action, detail, "
-                             "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (seq, *fields, self._hash, digest))
-            self._seq, self._hash = seq, digest
-            if seq - self._signed >= self._sign_every:
-                self._sign_locked()
+            try:
+                self._db.execute("INSERT INTO entries (seq, time, actor, role, action, "
+                                 "detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (seq, *fields, self._hash, digest))
+                self._seq, self._hash = seq, digest
+                if seq - self._signed >= self._sign_every:
+                    self._sign_locked()
+            except sqlite3.Error as exc:  # a full disk, a damaged file: name it
+                raise StorageError(f"audit log {self.path}: {exc}") from exc
         return seq
 
     def sign_head(self) -> None:

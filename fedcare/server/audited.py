@@ -6,21 +6,27 @@ its reply, a streamed one (``Download``, ``Watch``) when its first message is re
 that fails is recorded as ``refused:<Method>`` with the status code and the reason the caller
 was given: a role that may not, a revoked certificate, a malformed job id, a job refused at
 submission, no such job. An entry that cannot be written fails the call: nothing is served
-unaudited.
+unaudited, except a submit or an abort that has already acted (its audit failure is logged).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar, cast
 
 import grpc
 
+from fedcare.core.errors import FedcareError
 from fedcare.core.text import one_line
 from fedcare.transport.grpc.tls import peer_identity
 
+log = logging.getLogger(__name__)
+#: Calls that change something: done when their audit entry fails, they are answered anyway
+#: (the failure is logged); any other call is refused when it cannot be audited.
+ACTED = {"Submit", "Abort"}
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 
@@ -70,8 +76,19 @@ def audited(method: Method[Service, Request, Response]) -> Method[Service, Reque
             action = f"refused:{name}"
             detail = f"{status}: {reason or type(error).__name__}" + (
                 f" ({target})" if target else "")
-        service.server.store.audit(identity.name if identity else "(no certificate)", action,
-                                   detail, role=(identity.role or "") if identity else "")
+        try:
+            service.server.store.audit(identity.name if identity else "(no certificate)",
+                                       action, detail,
+                                       role=(identity.role or "") if identity else "")
+        except FedcareError as exc:  # e.g. a full disk
+            log.error("audit log: cannot record %s by %s: %s", action,
+                      identity.name if identity else "(no certificate)", exc)
+            if error is not None:
+                return  # the call failed already: its own error is the one to report
+            if name in ACTED:  # done already; the admin must not think it was not
+                return
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"{name} not served: the audit log cannot be written ({exc})")
 
     if inspect.isgeneratorfunction(method):
         @functools.wraps(method)

@@ -256,7 +256,10 @@ class FederationServer:
         job_id = self.store.add_job(entry_point, params, actor, job.num_rounds,
                                     package=pkg.package_id if package else None)
         # what was queued, beside the audited admin call: e.g. which package, by whom signed
-        self.store.audit(actor, "queued", f"{job_id} {what} {json.dumps(params)}")
+        try:
+            self.store.audit(actor, "queued", f"{job_id} {what} {json.dumps(params)}")
+        except FedcareError as exc:  # queued already: the admin must learn its id
+            log.error("job %s queued, but its audit entry cannot be written: %s", job_id, exc)
         self._wake.set()
         return job_id
 
@@ -309,8 +312,7 @@ class FederationServer:
         """Record how a job ended; if the store cannot, keep it to record later (never
         raises: the runner must go on)."""
         try:
-            self.store.set_status(job_id, status, error, summary)
-            self.store.audit("server", "end", job_id)
+            self.store.set_status(job_id, status, error, summary)  # audited by the store
         except Exception as exc:
             log.error("job %s %s (%s), but the server database cannot record it: %s",
                       job_id, status, error or summary or "", _reason(exc))
@@ -321,7 +323,6 @@ class FederationServer:
         so no other job starts (it would pick one of these up again as still running)."""
         for job_id, (status, error, summary) in list(self._unrecorded.items()):
             self.store.set_status(job_id, status, error, summary)
-            self.store.audit("server", "end", job_id)
             del self._unrecorded[job_id]
             log.warning("job %s: recorded as %s now that the database works again", job_id,
                         status)
@@ -410,9 +411,13 @@ class FederationServer:
         self.transport.close()
         if self._runner.ident is not None:  # started
             self._runner.join(timeout=10)
-        self.store.audit("server", "stop", "clean stop")
-        self.store.close()
-        self._lock.release()
+        try:
+            self.store.audit("server", "stop", "clean stop")
+        except FedcareError as exc:
+            log.error("cannot record the server's stop in the audit log: %s", exc)
+        finally:
+            self.store.close()
+            self._lock.release()
 
 
 def _reason(exc: BaseException) -> str:

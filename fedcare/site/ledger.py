@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcare.core.chain import GENESIS, Link, find_breaks, link_hash, utc_now
+from fedcare.core.chain import Link, find_breaks, link_hash, open_chain, utc_now
 from fedcare.core.errors import ConfigError
 from fedcare.core.message import Reply, Task
 from fedcare.core.text import one_line
@@ -87,16 +87,7 @@ class UploadLedger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the upload ledger {path}: {exc}") from None
-        last = self._db.execute("SELECT seq, hash FROM uploads ORDER BY seq DESC LIMIT 1"
-                                ).fetchone()
-        self._seq, self._hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+        self._db, self._seq, self._hash = open_chain(path, SCHEMA, "uploads", "upload ledger")
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_all, name="upload-ledger",
                                         daemon=True)

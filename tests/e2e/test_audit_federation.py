@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from pocfed import toy_federation
 
-from fedcare.cli.poc import PocFederation
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, TrainResult
 from fedcare.core.weights import Weights
@@ -37,15 +37,8 @@ TESTS = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def fed(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # toyjob, for everyone
-    federation = PocFederation(tmp_path / "poc", ["site-0", "site-1"])
-    federation.provision()
-    federation.start_server()
-    federation.start_sites()
-    federation.wait_for_sites(2)
-    yield federation
-    federation.stop()
+    with toy_federation(tmp_path, monkeypatch, ["site-0", "site-1"]) as federation:
+        yield federation
 
 
 def fedcare(*args):

@@ -14,22 +14,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-from toyjob import ENTRY_POINTS
+from pocfed import ended, toy_federation
 
-from fedcare.cli.poc import PocFederation
 from fedcare.server.audit import read_chain
 from fedcare.transport.codec import decode
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
 pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
 
-TESTS = Path(__file__).resolve().parents[1]
 SITES = ["site-0", "site-1", "site-2"]
 FEDCARE = [sys.executable, "-m", "fedcare.cli"]
 PKG_JOB = '''
@@ -62,43 +58,24 @@ def make_job(num_rounds=2, scale=1.0):
 '''
 
 
-@pytest.fixture()
-def fed(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # toyjob is installed
-    fed = PocFederation(tmp_path / "poc", SITES)
-    fed.provision()
+def _trust_the_admin(fed):
     # The server's operator installed the toy jobs and trusts the admin's packages; so do
     # site-0 and site-1. site-2's operator allows nothing beyond fedcare's built-in jobs.
-    fed.edit_kit("server", lambda c: c["code"].update(entry_points=ENTRY_POINTS,
-                                                      signers=["admin"]))
-    for site in ("site-0", "site-1"):
-        fed.edit_kit(site, lambda c: c["code"].update(entry_points=ENTRY_POINTS,
-                                                      signers=["admin"]))
-    fed.start_server()
-    fed.start_sites()
-    fed.wait_for_sites(3)
-    yield fed
-    fed.stop()
-    for proc in [fed.server, *fed.sites.values()]:
-        assert proc.poll() is not None, f"pid {proc.pid} still running"
+    for name in ("server", "site-0", "site-1"):
+        fed.edit_kit(name, lambda c: c["code"].update(signers=["admin"]))
+    fed.edit_kit("site-2", lambda c: c["code"].update(entry_points=[]))
+
+
+@pytest.fixture()
+def fed(tmp_path, monkeypatch):
+    with toy_federation(tmp_path, monkeypatch, SITES, edit=_trust_the_admin) as fed:
+        yield fed
 
 
 def cli(*args, timeout=60):
     done = subprocess.run([*FEDCARE, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
     return done.returncode, done.stdout + done.stderr
-
-
-def finished(fed, job_id, timeout_s=90):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = json.loads(fed.admin().Status(pb.Empty(), timeout=10).json)["jobs"]
-        state = next(j for j in jobs if j["job_id"] == job_id)
-        if state["status"] not in ("queued", "running"):
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {state['status']}")
 
 
 def audit(fed):
@@ -123,7 +100,7 @@ def test_a_site_refuses_job_code_its_policy_does_not_allow(fed):
     code, out = cli("admin", fed.kits["admin"], "submit", "toyjob:make_job", "--param",
                     "num_rounds=2", "--param", "min_sites=2", "--server", fed.address)
     assert code == 0, out
-    state = finished(fed, out.strip().splitlines()[-1])
+    state = ended(fed, out.strip().splitlines()[-1])
     assert state["status"] == "finished", state
     reason = state["failed_sites"]["site-2"]["message"]
     assert "site policy refuses job" in reason
@@ -155,7 +132,7 @@ def test_a_signed_package_runs_where_its_signer_is_trusted(fed, tmp_path):
                     "--server", fed.address)
     assert code == 0, out
     job_id = out.strip().splitlines()[-1]
-    state = finished(fed, job_id)
+    state = ended(fed, job_id)
     assert state["status"] == "finished" and state["package"] == package_id, state
     # site-0 and site-1 ran the package (targets 1 * 1.5 * 2 and 2 * 1.5 * 2, equal weights).
     chunks = fed.admin().Download(pb.JobRef(job_id=job_id), timeout=30)

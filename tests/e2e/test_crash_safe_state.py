@@ -15,34 +15,25 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from toyjob import ENTRY_POINTS
+from pocfed import job_state, submit_toy, toy_federation, until
 
-from fedcare.cli.poc import PocFederation
+from fedcare.server.audit import read_chain
 from fedcare.transport.codec import decode
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
 pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
 
-TESTS = Path(__file__).resolve().parents[1]
 SITES = ["site-0", "site-1", "site-2"]
 
 
 @pytest.fixture()
 def fed(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # toyjob, for everyone
-    fed = PocFederation(tmp_path / "poc", SITES, allowed_jobs=ENTRY_POINTS)
-    fed.provision()
-    fed.start_server()
-    yield fed
-    fed.stop()
-    for proc in [fed.server, *fed.sites.values()]:
-        assert proc.poll() is not None, f"pid {proc.pid} still running"
+    with toy_federation(tmp_path, monkeypatch, SITES, start_sites=False) as fed:
+        yield fed
 
 
 def with_sites(fed):
@@ -51,25 +42,12 @@ def with_sites(fed):
     return fed
 
 
-def submit(fed, params):
-    return fed.admin().Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
-                                               params_json=json.dumps(params)),
-                              timeout=30).job_id
-
-
-def state(fed, job_id):
-    jobs = json.loads(fed.admin().Status(pb.Empty(), timeout=10).json)["jobs"]
-    return next(j for j in jobs if j["job_id"] == job_id)
-
-
 def wait_for(fed, job_id, predicate, timeout_s=120):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        last = state(fed, job_id)
-        if predicate(last):
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out; last state {last}")
+    def met():
+        state = job_state(fed, job_id)
+        return state if predicate(state) else None
+
+    return until(met, timeout_s, f"job {job_id}", every_s=0.02)
 
 
 def workspace(fed):
@@ -106,14 +84,14 @@ def test_one_server_per_workspace_and_per_port(fed):
     assert f"error: cannot listen on 127.0.0.1:{port}: the address is in use" in out
     assert "Traceback" not in out
     with_sites(fed)  # the first server is untouched and works
-    job_id = submit(fed, {"num_rounds": 2})
+    job_id = submit_toy(fed, {"num_rounds": 2})
     assert wait_for(fed, job_id, lambda s: s["status"] != "running"
                     and s["status"] != "queued")["status"] == "finished"
 
 
 def test_a_full_disk_fails_the_running_job_and_the_server_goes_on_once_there_is_room(fed):
     with_sites(fed)
-    job_id = submit(fed, {"num_rounds": 100000})
+    job_id = submit_toy(fed, {"num_rounds": 100000})
     wait_for(fed, job_id, lambda s: s["round_num"] >= 3)
     pid = fed.server.pid
     soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
@@ -123,7 +101,7 @@ def test_a_full_disk_fails_the_running_job_and_the_server_goes_on_once_there_is_
         deadline = time.monotonic() + 60
         while True:  # new jobs are refused, with the reason, once the runner knows it
             with pytest.raises(grpc.RpcError) as info:
-                submit(fed, {"num_rounds": 1})
+                submit_toy(fed, {"num_rounds": 1})
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
             assert info.value.details().startswith("job refused: ")
             if "the server cannot run jobs now" in info.value.details():
@@ -131,7 +109,11 @@ def test_a_full_disk_fails_the_running_job_and_the_server_goes_on_once_there_is_
             assert time.monotonic() < deadline, info.value.details()
             time.sleep(0.1)
         refusal = info.value.details()
-        assert state(fed, job_id)["status"] == "running"  # its end is not recorded yet
+        # Reads are refused too: nothing is served that cannot be audited.
+        with pytest.raises(grpc.RpcError) as read:
+            job_state(fed, job_id)
+        assert read.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "the audit log cannot be written" in read.value.details()
     finally:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))  # room again
     assert "server database" in refusal or "cannot write checkpoint" in refusal, refusal
@@ -140,7 +122,7 @@ def test_a_full_disk_fails_the_running_job_and_the_server_goes_on_once_there_is_
     # whichever of its files the job wrote first: its checkpoint, metrics or records
     assert re.fullmatch(f"job {job_id} round \\d+: cannot write .*: File too large|"
                         "server database .*: disk I/O error", failed["error"]), failed
-    after = submit(fed, {"num_rounds": 2})
+    after = submit_toy(fed, {"num_rounds": 2})
     done = wait_for(fed, after, lambda s: s["status"] not in ("queued", "running"))
     assert done["status"] == "finished", done
     assert fed.server.poll() is None
@@ -152,16 +134,16 @@ def test_a_full_disk_fails_the_running_job_and_the_server_goes_on_once_there_is_
 def test_a_damaged_database_stops_the_server_at_start_saying_what_to_do(fed):
     with_sites(fed)
     for _ in range(3):
-        job_id = submit(fed, {"num_rounds": 1})
+        job_id = submit_toy(fed, {"num_rounds": 1})
         wait_for(fed, job_id, lambda s: s["status"] == "finished")
     fed.stop()
     path = workspace(fed) / "server.db"
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
     page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'rounds'").fetchone()[0]
     db.close()
-    with open(path, "r+b") as fh:  # one page gone bad (the audit trail's)
+    with open(path, "r+b") as fh:  # one page gone bad (the round records')
         fh.seek((root - 1) * page_size)
         fh.write(os.urandom(page_size))
     code, out = refused_start(fed.kits["server"], fed.address.rsplit(":", 1)[1])
@@ -199,11 +181,11 @@ def test_a_bad_or_foreign_checkpoint_falls_back_to_the_last_good_one(fed):
     with_sites(fed)
     rounds = 60
     params = {"num_rounds": rounds, "evaluate_every": 1}
-    reference = submit(fed, params)
+    reference = submit_toy(fed, params)
     wait_for(fed, reference, lambda s: s["status"] == "finished")
     expected = model(fed, reference)
 
-    job_id = submit(fed, params)
+    job_id = submit_toy(fed, params)
     # 1. the newest recorded checkpoint cut short (a disk that lost its tail)
     last, folder = crash(fed, job_id, after_round=5)
     newest = folder / f"global-round{last:04d}.npz"
@@ -239,8 +221,6 @@ def test_a_bad_or_foreign_checkpoint_falls_back_to_the_last_good_one(fed):
     assert resumed["count"] == rounds  # each round trained exactly once on the way
     for name in expected:
         np.testing.assert_array_equal(resumed[name], expected[name])
-    db = sqlite3.connect(workspace(fed) / "server.db")
-    actions = [a for (a,) in db.execute("SELECT action FROM events WHERE detail LIKE ?",
-                                        (f"{job_id}%",))]
-    db.close()
+    entries, _ = read_chain(workspace(fed) / "audit.db")
+    actions = [e.action for e in entries if e.detail.startswith(job_id)]
     assert actions.count("fallback") == 2 and actions.count("resume") == 2, actions

@@ -10,63 +10,29 @@
 """
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from toyjob import ENTRY_POINTS
+from pocfed import ended, job_state, submit_toy, toy_federation, until
 
-from fedcare.cli.poc import PocFederation
 from fedcare.provision import pki
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
 pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
 
-TESTS = Path(__file__).resolve().parents[1]
 SITES = ["site-0", "site-1", "site-2"]
 FEDCARE = [sys.executable, "-m", "fedcare.cli"]
 
 
 @pytest.fixture()
 def fed(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # toyjob, for everyone
-    fed = PocFederation(tmp_path / "poc", SITES, allowed_jobs=ENTRY_POINTS)
-    fed.provision()
-    fed.start_server()
-    fed.start_sites()
-    fed.wait_for_sites(3)
-    yield fed
-    fed.stop()
-    for proc in [fed.server, *fed.sites.values()]:
-        assert proc.poll() is not None, f"pid {proc.pid} still running"
-
-
-def submit(fed, params):
-    return fed.admin().Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
-                                               params_json=json.dumps(params)),
-                              timeout=30).job_id
-
-
-def state_of(fed, job_id):
-    jobs = json.loads(fed.admin().Status(pb.Empty(), timeout=10).json)["jobs"]
-    return next(j for j in jobs if j["job_id"] == job_id)
-
-
-def until(predicate, timeout_s=60.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    with toy_federation(tmp_path, monkeypatch, SITES) as fed:
+        yield fed
 
 
 def log_of(fed, name):
@@ -74,8 +40,8 @@ def log_of(fed, name):
 
 
 def test_revoking_a_connected_site_drops_it_from_the_running_job(fed):
-    job_id = submit(fed, {"num_rounds": 400, "min_sites": 2, "train_delay_s": 0.02})
-    until(lambda: state_of(fed, job_id)["round_num"] >= 3, what="round 3")
+    job_id = submit_toy(fed, {"num_rounds": 400, "min_sites": 2, "train_delay_s": 0.02})
+    until(lambda: job_state(fed, job_id)["round_num"] >= 3, what="round 3")
     revoke = subprocess.run([*FEDCARE, "provision", "revoke", str(fed.kits["server"].parent),
                              "site-2"], capture_output=True, text=True, timeout=60)
     assert revoke.returncode == 0, revoke.stdout + revoke.stderr
@@ -86,8 +52,8 @@ def test_revoking_a_connected_site_drops_it_from_the_running_job(fed):
     assert "site-2 is no longer authorised" in log_of(fed, "server")
     assert until(lambda: sorted(json.loads(fed.admin().Sites(pb.Empty(), timeout=10).json)[
         "connected"]) == ["site-0", "site-1"], what="site-2 gone")
-    gone_at = state_of(fed, job_id)["round_num"]
-    until(lambda: state_of(fed, job_id)["round_num"] >= gone_at + 10, what="10 more rounds")
+    gone_at = job_state(fed, job_id)["round_num"]
+    until(lambda: job_state(fed, job_id)["round_num"] >= gone_at + 10, what="10 more rounds")
     fed.admin().Abort(pb.JobRef(job_id=job_id), timeout=10)
     rounds = json.loads(fed.admin().Metrics(pb.JobRef(job_id=job_id), timeout=30).json)
     trained = [sorted(r["trained_sites"]) for r in rounds[1:]]
@@ -149,9 +115,8 @@ def test_sites_ride_out_a_planned_server_restart(fed):
     assert all(proc.poll() is None for proc in fed.sites.values())
     fed.start_server()  # same port
     fed.wait_for_sites(3)
-    job_id = submit(fed, {"num_rounds": 2})
-    state = until(lambda: (s := state_of(fed, job_id))["status"] not in ("queued", "running")
-                  and s, what="job end")
+    job_id = submit_toy(fed, {"num_rounds": 2})
+    state = ended(fed, job_id)
     assert state["status"] == "finished" and state["round_num"] == 2, state
 
 
@@ -174,9 +139,8 @@ def test_a_second_process_with_one_site_kit_is_refused(fed, tmp_path):
     try:
         until(lambda: "already connected from another process" in (
             tmp_path / "copy.log").read_text(), what="the copy refused")
-        job_id = submit(fed, {"num_rounds": 2})
-        state = until(lambda: (s := state_of(fed, job_id))["status"] not in (
-            "queued", "running") and s, what="job end")
+        job_id = submit_toy(fed, {"num_rounds": 2})
+        state = ended(fed, job_id)
         assert state["status"] == "finished" and not state["failed_sites"], state
         assert "site-1 reconnected" not in log_of(fed, "server")
     finally:

@@ -1,58 +1,34 @@
 """A real federation of processes on 127.0.0.1: a hospital's filter policy from its kit, and
 site failures that reach the admin (status, watch, exit code) and the site's own log."""
 
-import json
 import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from toyjob import ENTRY_POINTS
+from pocfed import job_state, submit_toy, toy_federation
 
-from fedcare.cli.poc import PocFederation
 from fedcare.transport.codec import decode
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
 pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
 
-TESTS = Path(__file__).resolve().parents[1]
 SITES = ["site-0", "site-1", "site-2"]
+
+
+def _clip_at_site_1(fed):
+    # site-1's IT officer writes its policy into the kit: updates leave clipped to norm 0.5
+    fed.edit_kit("site-1", lambda config: config.update(
+        policy={"outbound": [{"clip_update_norm": {"max_norm": 0.5}}]}))
 
 
 @pytest.fixture()
 def federation(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # toyjob, for everyone
-    fed = PocFederation(tmp_path / "poc", SITES, allowed_jobs=ENTRY_POINTS)
-    fed.provision()
-    # site-1's IT officer writes its policy into the kit: updates leave clipped to norm 0.5
-    config_path = fed.kits["site-1"] / "config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["policy"] = {"outbound": [{"clip_update_norm": {"max_norm": 0.5}}]}
-    config_path.write_text(yaml.safe_dump(config))
-    fed.start_server()
-    fed.start_sites()
-    fed.wait_for_sites(3)
-    yield fed
-    fed.stop()
-    for proc in [fed.server, *fed.sites.values()]:
-        assert proc.poll() is not None, f"pid {proc.pid} still running"
-
-
-def submit(fed, params):
-    return fed.admin().Submit(pb.SubmitRequest(entry_point="toyjob:make_job",
-                                               params_json=json.dumps(params)),
-                              timeout=30).job_id
-
-
-def status(fed, job_id):
-    jobs = json.loads(fed.admin().Status(pb.Empty(), timeout=10).json)["jobs"]
-    return next(j for j in jobs if j["job_id"] == job_id)
+    with toy_federation(tmp_path, monkeypatch, SITES, edit=_clip_at_site_1) as fed:
+        yield fed
 
 
 def watch(fed, job_id):
@@ -66,13 +42,13 @@ def watch(fed, job_id):
 
 def test_the_kit_policy_clips_what_leaves_and_failures_reach_the_admin(federation):
     fed = federation
-    job_id = submit(fed, {"num_rounds": 1, "min_sites": 2, "modes": {"site-2": "raise"}})
+    job_id = submit_toy(fed, {"num_rounds": 1, "min_sites": 2, "modes": {"site-2": "raise"}})
     code, output = watch(fed, job_id)
     assert code == 0, output
     assert "site site-2 failed round 1 train: train raised RuntimeError: disk full" in output
     assert f"{job_id}: finished with 2 of 3 sites; site-2: round 1 train" in output
 
-    state = status(fed, job_id)
+    state = job_state(fed, job_id)
     assert state["status"] == "finished"
     assert state["summary"].startswith("finished with 2 of 3 sites")
     assert state["failed_sites"]["site-2"]["count"] == 1
@@ -94,7 +70,7 @@ def test_the_kit_policy_clips_what_leaves_and_failures_reach_the_admin(federatio
     assert re.search(stamp + r"ERROR fedcare\.server\.controller: job .* site site-2:",
                      server_log, re.MULTILINE), server_log
 
-    failing = submit(fed, {"num_rounds": 2, "min_sites": 3, "modes": {"site-2": "raise"}})
+    failing = submit_toy(fed, {"num_rounds": 2, "min_sites": 3, "modes": {"site-2": "raise"}})
     code, output = watch(fed, failing)
     assert code == 1, output
     assert f"{failing}: failed" in output
@@ -104,11 +80,11 @@ def test_the_kit_policy_clips_what_leaves_and_failures_reach_the_admin(federatio
 def test_a_declared_site_that_never_connects_is_reported_while_the_job_waits(federation):
     fed = federation
     # site-3 is one of the job's sites but has no process: reported while the job waits
-    job_id = submit(fed, {"num_rounds": 1, "num_sites": 4, "site_wait_s": 6.0})
+    job_id = submit_toy(fed, {"num_rounds": 1, "num_sites": 4, "site_wait_s": 6.0})
     deadline = time.monotonic() + 30
     seen = None
     while time.monotonic() < deadline:
-        state = status(fed, job_id)
+        state = job_state(fed, job_id)
         if state["summary"] and "waiting" in state["summary"]:
             seen = state["summary"]
             break
@@ -116,7 +92,7 @@ def test_a_declared_site_that_never_connects_is_reported_while_the_job_waits(fed
     assert seen is not None and "missing site-3" in seen and "site_wait_s=6" in seen
     code, output = watch(fed, job_id)
     assert code == 0, output
-    state = status(fed, job_id)
+    state = job_state(fed, job_id)
     assert state["summary"].startswith("finished with 3 of 4 sites; site-3: round 0 absent: "
                                        "not connected after waiting site_wait_s=6")
     assert state["failed_sites"]["site-3"]["kind"] == "absent"
