@@ -92,10 +92,12 @@ def server_start(
         if kit.crl is None:
             raise ConfigError(f"kit {kit_dir}: config.yaml names no crl; a server without a "
                               "revocation list could not refuse a revoked participant")
-        revoked = RevocationList(kit.crl, kit.read_ca())
+        workspace = kit.dir / (kit.config.workspace or "workspace")
+        workspace.mkdir(parents=True, exist_ok=True)
+        revoked = RevocationList(kit.crl, kit.read_ca(), number_file=workspace / "crl-number")
         revoked.revoked()  # a missing or forged CRL stops the start, named
         server = FederationServer(
-            _tls(kit), kit.dir / (kit.config.workspace or "workspace"),
+            _tls(kit), workspace,
             host=kit.config.server_host, port=kit.config.server_port if port is None else port,
             revoked=revoked, streamed_fold=streamed_fold, code=kit.config.code,
             receive_window_bytes=receive_window_mib * 1024 * 1024,

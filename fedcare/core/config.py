@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def build_job(source: JobSource) -> Job:
 
 
 _PACKAGE_FOLDERS: set[str] = set()
+#: One package job built at a time: building changes the import path and the module table.
+_PACKAGE_LOCK = threading.Lock()
 
 
 def _use_package_folder(folder: str) -> None:
@@ -159,8 +162,9 @@ def build_package_job(folder: Path, entry_point: str, params: dict[str, Any]) ->
     package's code. One package's modules at a time: those of the previous one are forgotten.
     """
     path = str(Path(folder).resolve())
-    _use_package_folder(path)
-    return build_job(JobSource(entry_point, dict(params), path))
+    with _PACKAGE_LOCK:
+        _use_package_folder(path)
+        return build_job(JobSource(entry_point, dict(params), path))
 
 
 def load_job(target: str, params: dict[str, Any] | None = None) -> Job:

@@ -67,6 +67,11 @@ class JobAborted(FedcareError):
     """The job was stopped on request; its last checkpoint stays valid."""
 
 
+class Unavailable(FedcareError):
+    """A check that cannot be made now (e.g. the revocation list is being replaced): refuse
+    what needs it for now, as something to retry, and keep what was admitted before."""
+
+
 class StorageError(FedcareError):
     """The server's own state could not be written or read: a full disk, a corrupt database or
     checkpoint, a workspace another server holds. The message says which file and what to do."""

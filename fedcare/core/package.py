@@ -43,14 +43,20 @@ from fedcare.core.errors import ConfigError
 FORMAT = "fedcare-job/1"
 MANIFEST = "fedcare-job.json"
 SIGNATURE = "signature.json"
-#: Largest package accepted, packed or unpacked; a job's code, not its data.
-MAX_PACKAGE_BYTES = 16 * 1024 * 1024
+#: Largest package file (it travels as one gRPC message at submission); a job's code, not
+#: its data.
+MAX_PACKAGE_BYTES = 2 * 1024 * 1024
+#: Largest package once unpacked.
+MAX_UNPACKED_BYTES = 16 * 1024 * 1024
 MAX_FILES = 2000
 #: Who may sign a package: what the CA certified the signer to be.
 SIGNER_ROLE = "project_admin"
 PACKAGE_ID = re.compile(r"[0-9a-f]{64}")
 _PATH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 _SKIPPED = {"__pycache__", ".git", ".hg", ".svn", ".venv", ".mypy_cache", ".pytest_cache"}
+#: Files Python would run without their source: compiled bytecode and native extensions. A
+#: package holds source only, so what a reviewer reads is what runs.
+_COMPILED = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll")
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,12 @@ class JobPackage:
         return target
 
     def _matches(self, folder: Path) -> bool:
+        """Whether ``folder`` holds exactly the package's files (bytecode caches removed:
+        Python writes them, and one planted there would run instead of its source)."""
+        for cache in [p for p in folder.rglob("__pycache__") if p.is_dir()]:
+            shutil.rmtree(cache)
         found = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts}
+                 if not p.is_dir()}
         if found != set(self.files):
             return False
         return all(hashlib.sha256((folder / n).read_bytes()).digest()
@@ -109,6 +119,9 @@ def _check_path(name: str, where: str) -> str:
             or not all(_PATH_PART.fullmatch(part) for part in path.parts)):
         raise ConfigError(f"{where}: file name {name[:200]!r} is not allowed (relative paths "
                           "of letters, digits, '_', '-' and '.', no '..', at most 16 deep)")
+    if "__pycache__" in path.parts or name.lower().endswith(_COMPILED):
+        raise ConfigError(f"{where}: {name[:200]!r} is compiled code; a package holds source "
+                          "only, so that what is reviewed is what runs")
     return name
 
 
@@ -126,12 +139,12 @@ def collect_files(folder: Path) -> dict[str, bytes]:
             raise ConfigError(f"job folder {folder}: {relative} is a symbolic link; a package "
                               "holds plain files only")
         if not path.is_file() or path.suffix in (".pyc", ".pyo"):
-            continue
+            continue  # bytecode Python made from the sources beside it
         name = _check_path(relative.as_posix(), f"job folder {folder}")
         content = path.read_bytes()
         total += len(content)
-        if total > MAX_PACKAGE_BYTES or len(files) >= MAX_FILES:
-            raise ConfigError(f"job folder {folder} holds more than {MAX_PACKAGE_BYTES} bytes "
+        if total > MAX_UNPACKED_BYTES or len(files) >= MAX_FILES:
+            raise ConfigError(f"job folder {folder} holds more than {MAX_UNPACKED_BYTES} bytes "
                               f"or {MAX_FILES} files; a package carries code, not data")
         files[name] = content
     return files
@@ -186,8 +199,8 @@ def _read_entries(data: bytes) -> dict[str, bytes]:
         infos = archive.infolist()
         if len(infos) > MAX_FILES + 2:
             raise ConfigError(f"package holds {len(infos)} entries, more than {MAX_FILES + 2}")
-        if sum(i.file_size for i in infos) > MAX_PACKAGE_BYTES:
-            raise ConfigError(f"package unpacks to more than {MAX_PACKAGE_BYTES} bytes")
+        if sum(i.file_size for i in infos) > MAX_UNPACKED_BYTES:
+            raise ConfigError(f"package unpacks to more than {MAX_UNPACKED_BYTES} bytes")
         entries: dict[str, bytes] = {}
         for info in infos:
             if info.is_dir() or info.filename in entries:
@@ -201,7 +214,7 @@ def _read_entries(data: bytes) -> dict[str, bytes]:
             entries[info.filename] = content
         return entries
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-            NotImplementedError) as exc:
+            NotImplementedError, RuntimeError) as exc:  # RuntimeError: an encrypted entry
         raise ConfigError(f"not a fedcare job package: {exc}") from None
 
 

@@ -172,11 +172,23 @@ def load_crl(path: Path | str, *, ca_pem: bytes | None = None) -> set[int]:
     """
     path = Path(path)
     try:
-        crl = x509.load_pem_x509_crl(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"revocation list {path}: cannot read: {exc.strerror}") from None
+    return read_crl(data, str(path), ca_pem=ca_pem)[1]
+
+
+def read_crl(data: bytes, where: str, *, ca_pem: bytes | None = None) -> tuple[int, set[int]]:
+    """The CRL number (0 if it has none) and the revoked serials of a PEM CRL's bytes.
+
+    Raises:
+        ConfigError: Not a PEM CRL, or (with ``ca_pem``) not signed by that CA; ``where``
+            names it.
+    """
+    try:
+        crl = x509.load_pem_x509_crl(data)
     except ValueError as exc:
-        raise ConfigError(f"revocation list {path}: not a PEM CRL: {exc}") from None
+        raise ConfigError(f"revocation list {where}: not a PEM CRL: {exc}") from None
     if ca_pem is not None:
         ca_key = x509.load_pem_x509_certificate(ca_pem).public_key()
         try:
@@ -184,8 +196,12 @@ def load_crl(path: Path | str, *, ca_pem: bytes | None = None) -> set[int]:
         except (InvalidSignature, TypeError):
             valid = False
         if not valid:
-            raise ConfigError(f"revocation list {path} is not signed by the federation's CA")
-    return {revoked.serial_number for revoked in crl}
+            raise ConfigError(f"revocation list {where} is not signed by the federation's CA")
+    try:
+        number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        number = 0
+    return number, {revoked.serial_number for revoked in crl}
 
 
 def certificate_identity(pem: bytes) -> tuple[str, int]:

@@ -161,12 +161,15 @@ class KitConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _allowed_trainers(cls, data: object) -> object:
-        """Read a kit written before ``code``: its ``allowed_trainers`` are entry points."""
+        """Read a kit written before ``code``: its ``allowed_trainers`` are entry points, and
+        a list that named some allowed nothing else, built-in jobs included."""
         if isinstance(data, dict) and "allowed_trainers" in data:
             data = dict(data)
             listed = data.pop("allowed_trainers") or []
             code = dict(data.get("code") or {})
             code["entry_points"] = [*code.get("entry_points", []), *listed]
+            if listed:
+                code.setdefault("builtin_jobs", False)
             data["code"] = code
         return data
 

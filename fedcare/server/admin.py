@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fedcare.core.errors import FedcareError, StorageError
+from fedcare.core.errors import FedcareError, StorageError, Unavailable
 from fedcare.core.message import Reply, TrainResult
 from fedcare.core.text import one_line
 from fedcare.server.audited import audited
@@ -63,7 +63,10 @@ class AdminService(pb_grpc.AdminServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
         assert identity is not None
         role = (identity.role or "").split(":")[0]
-        revocation = self.server.revocation_problem(identity)
+        try:
+            revocation = self.server.revocation_problem(identity)
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if revocation:
             reason = revocation
         elif action not in PERMISSIONS.get(role, set()):
@@ -173,7 +176,10 @@ class AdminService(pb_grpc.AdminServicer):
         last = None
         seen = 0  # id of the last failure sent
         while context.is_active():
-            revocation = self.server.revocation_problem(caller)
+            try:
+                revocation = self.server.revocation_problem(caller)
+            except Unavailable:  # cannot check now: a watch admitted before goes on
+                revocation = None
             if revocation:  # revoked while watching: the stream ends now
                 log.warning("ending admin %s's watch: %s", caller.name, revocation)
                 self.server.store.audit(caller.name, "refused:Watch", revocation,

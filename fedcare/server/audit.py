@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS heads (
 AUDIT_FILE = "audit.db"
 #: Longest detail kept, in characters (a job's parameters, a refusal's reason).
 MAX_DETAIL_CHARS = 1000
+#: The server signs its head at least every this many entries.
+SIGN_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,8 @@ class HeadSigner:
 class AuditLog:
     """Appends to the chain in ``path``; signs its head if given a ``signer``."""
 
-    def __init__(self, path: Path, signer: HeadSigner | None = None, *, sign_every: int = 100,
-                 sign_interval_s: float = 30.0) -> None:
+    def __init__(self, path: Path, signer: HeadSigner | None = None, *,
+                 sign_every: int = SIGN_EVERY, sign_interval_s: float = 30.0) -> None:
         if sign_every < 1 or sign_interval_s <= 0:
             raise ValueError("sign_every must be >= 1 and sign_interval_s > 0")
         path.parent.mkdir(parents=True, exist_ok=True)

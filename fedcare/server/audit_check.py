@@ -5,9 +5,11 @@ an entry edited, deleted or reordered), every signed head's signature (made with
 the federation's CA issued to the server), and every signed head against the entries (an entry
 it covers is missing, or the chain up to it was rewritten with fresh hashes).
 
-Entries after the last signed head are reported but not failed: a server killed without a clean
-stop leaves up to a signing interval of them, and whoever can write the database could also
-have removed them; nothing in the log can tell.
+Entries after the last signed head are reported but not failed while they are fewer than the
+server ever leaves unsigned (it signs every ``SIGN_EVERY`` entries): a server killed without a
+clean stop leaves some. More than that means signed heads were removed (a log rewritten with
+fresh hashes and its heads deleted): that fails. Entries removed from the end after the last
+signed head, and a small log rewritten whole, cannot be told from the log alone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fedcare.core.chain import find_breaks
-from fedcare.server.audit import Entry, SignedHead, head_message
+from fedcare.server.audit import SIGN_EVERY, Entry, SignedHead, head_message
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Verdict:
 
 
 def verify_chain(entries: Sequence[Entry], heads: Sequence[SignedHead],
-                 ca_pem: bytes) -> Verdict:
+                 ca_pem: bytes, *, max_unsigned: int = SIGN_EVERY) -> Verdict:
     """Check ``entries`` (in ``seq`` order) and their signed ``heads`` against the CA."""
     problems = find_breaks([e.link() for e in entries])
     by_seq = {e.seq: e for e in entries}
@@ -69,6 +71,11 @@ def verify_chain(entries: Sequence[Entry], heads: Sequence[SignedHead],
         else:
             signed_through = max(signed_through, head.seq)
         previous = head.seq
+    unsigned = len(entries) - signed_through
+    if unsigned > max_unsigned:
+        problems.append(f"entries {signed_through + 1} to {len(entries)} ({unsigned}) are "
+                        f"covered by no signature, more than the server ever leaves unsigned "
+                        f"({max_unsigned}): signed heads were removed, or the log rewritten")
     return Verdict(len(entries), len(heads), signed_through, problems)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 
 from fedcare.core.config import build_package_job
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, Unavailable
 from fedcare.core.job import Job
 from fedcare.core.package import PACKAGE_ID, JobPackage, read_package
 from fedcare.transport.grpc import fedcare_pb2 as pb
@@ -43,12 +44,16 @@ class PackageStore:
         if target.exists():
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        with open(partial, "wb") as out:
-            out.write(package.data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, target)
+        fd, partial = tempfile.mkstemp(prefix=f".{package.package_id[:12]}-", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(package.data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, target)  # two submits of one package: the same bytes
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
 
     def data(self, package_id: str) -> bytes | None:
         path = self.path(package_id)
@@ -83,7 +88,10 @@ class PackageService(pb_grpc.PackagesServicer):
         if identity is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
         assert identity is not None
-        reason = self.authorize(identity)
+        try:
+            reason = self.authorize(identity)
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if reason:
             log.warning("refused package fetch by %s: %s", identity.name, reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)

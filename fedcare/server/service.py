@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict
@@ -23,11 +24,17 @@ from pathlib import Path
 import grpc
 
 from fedcare.core.config import build_job
-from fedcare.core.errors import ConfigError, FedcareError, JobAborted, StorageError
+from fedcare.core.errors import (
+    ConfigError,
+    FedcareError,
+    JobAborted,
+    StorageError,
+    Unavailable,
+)
 from fedcare.core.ids import site_id_problem
 from fedcare.core.job import JobSource
 from fedcare.core.message import JobRef, Reply, Task
-from fedcare.core.package import read_package
+from fedcare.core.package import JobPackage, read_package
 from fedcare.core.policy import CodePolicy
 from fedcare.core.stream import StreamTarget
 from fedcare.core.workflow import SiteFailure
@@ -150,6 +157,7 @@ class FederationServer:
         self.code = code or CodePolicy()
         self.packages = PackageStore(workspace / "packages", tls.ca)
         self.revoked = revoked
+        self._crl_complaint = (0.0, "")
         self.connect_timeout_s = connect_timeout_s
         self.streamed_fold = streamed_fold
         self._stop = threading.Event()
@@ -195,13 +203,20 @@ class FederationServer:
     def revocation_problem(self, identity: PeerIdentity) -> str | None:
         """Why ``identity`` must be refused on revocation grounds, or None.
 
-        A revocation list that cannot be read or verified refuses everyone: it must never
-        un-revoke anybody.
+        Raises:
+            Unavailable: The revocation list cannot be read or verified now (missing, half
+                copied, forged). It must never un-revoke anybody, so nobody new is admitted
+                meanwhile; the detail is logged here, not told to the peer.
         """
         try:
             revoked = self.revoked()
         except FedcareError as exc:
-            return str(exc)
+            now, said = time.monotonic(), str(exc)
+            if said != self._crl_complaint[1] or now - self._crl_complaint[0] > 10:
+                self._crl_complaint = (now, said)  # each new problem, then every 10 s
+                log.error("%s", said)
+            raise Unavailable("the server cannot check certificates against its revocation "
+                              "list now; retry later") from None
         if identity.serial in revoked:
             return f"certificate serial {identity.serial:x} is revoked"
         return None
@@ -225,18 +240,11 @@ class FederationServer:
         revoked. Raises ConfigError, naming why, for anything refused.
         """
         if package:
-            if params:
-                raise ConfigError("a package's params are part of what its signer signed; "
-                                  "pack it again to change them")
+            if params or entry_point:
+                raise ConfigError("a package names its entry point and params, signed with "
+                                  "its code; pack it again to change them")
             pkg = read_package(package, self.tls.ca)
-            revocation = self.revocation_problem(
-                PeerIdentity(pkg.signer, pkg.signer_serial, "", "project_admin"))
-            if revocation:
-                raise ConfigError(f"package {pkg.package_id[:12]} signed by {pkg.signer}: "
-                                  f"{revocation}")
-            problem = self.code.refuses_package(pkg.package_id, pkg.signer)
-            if problem:
-                raise ConfigError(f"this server's code policy refuses the job: {problem}")
+            self._check_package(pkg)
             self.packages.add(pkg)
             job = self.packages.build(pkg)  # refuses a bad job before it queues
             entry_point, params = pkg.entry_point, pkg.params
@@ -327,10 +335,23 @@ class FederationServer:
             log.warning("job %s: recorded as %s now that the database works again", job_id,
                         status)
 
+    def _check_package(self, pkg: JobPackage) -> None:
+        """Refuse (ConfigError) a package whose signer is revoked or not allowed here."""
+        revocation = self.revocation_problem(
+            PeerIdentity(pkg.signer, pkg.signer_serial, "", "project_admin"))
+        if revocation:
+            raise ConfigError(f"package {pkg.package_id[:12]} signed by {pkg.signer}: "
+                              f"{revocation}")
+        problem = self.code.refuses_package(pkg.package_id, pkg.signer)
+        if problem:
+            raise ConfigError(f"this server's code policy refuses the job: {problem}")
+
     def _run_job(self, row: JobRow) -> None:
         try:
-            if row.package:  # verified again: the stored file may have been altered since
-                job = self.packages.build(self.packages.load(row.package))
+            if row.package:  # verified again: the stored file may have been altered since,
+                pkg = self.packages.load(row.package)  # its signer revoked, the policy changed
+                self._check_package(pkg)
+                job = self.packages.build(pkg)
             else:
                 problem = self.code.refuses_entry_point(row.entry_point)
                 if problem:  # the policy may have changed since the job was queued

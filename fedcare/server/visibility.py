@@ -83,11 +83,27 @@ def job_view(job: Mapping[str, object], names: Iterable[str], scope: Scope
     failed = out.get("failed_sites")
     if isinstance(failed, Mapping):
         out["failed_sites"] = {s: info for s, info in failed.items() if scope.sees(s)}
+    names = set(names)
+    summary = out.get("summary")
+    if isinstance(summary, str):  # "finished with 2 of 3 sites; site-2: round 1 train: why"
+        out["summary"] = _own_parts(summary, names, scope)
     for key in ("summary", "error"):
         text = out.get(key)
         if isinstance(text, str):
             out[key] = redact(text, names, scope)
     return out
+
+
+def _own_parts(summary: str, names: set[str], scope: Scope) -> str:
+    """A summary without the parts about sites the caller may not see: their failure
+    reasons (paths, exception texts) are theirs, not just their names."""
+    parts = summary.split("; ")
+    kept = [p for p in parts
+            if not any(p.startswith(f"{n}: ") and not scope.sees(n) for n in names)]
+    hidden = len(parts) - len(kept)
+    if hidden:
+        kept.append(f"{hidden} other {'site' if hidden == 1 else 'sites'} failed")
+    return "; ".join(kept)
 
 
 def failures_view(failures: Iterable[object], scope: Scope) -> list[object]:

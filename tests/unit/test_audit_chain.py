@@ -234,3 +234,17 @@ def test_the_head_is_signed_every_interval_while_entries_come(tmp_path, ca):
     _, heads = read_chain(tmp_path / "audit.db")
     log.close()
     assert [h.seq for h in heads] == [1]
+
+
+def test_a_log_stripped_of_its_signed_heads_fails_once_longer_than_a_signing_interval(
+        tmp_path, ca):
+    path = written(tmp_path / "audit.db", ca, count=12, sign_every=4)
+    sql(path, "DELETE FROM heads")  # e.g. after rewriting every entry with fresh hashes
+    verdict = verify_chain(*read_chain(path), ca.pem, max_unsigned=4)
+    assert not verdict.ok
+    assert "entries 1 to 12 (12) are covered by no signature" in verdict.problems[0]
+    # a short unsigned tail (a server killed before its next signature) is only reported
+    short = written(tmp_path / "short.db", ca, count=3, sign_every=4)
+    sql(short, "DELETE FROM heads")
+    verdict = verify_chain(*read_chain(short), ca.pem, max_unsigned=4)
+    assert verdict.ok and verdict.unsigned == 3

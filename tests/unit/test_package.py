@@ -9,7 +9,7 @@ from certs import ThrowawayCA
 
 from fedcare.core.config import build_package_job
 from fedcare.core.errors import ConfigError
-from fedcare.core.package import MAX_PACKAGE_BYTES, pack, read_package
+from fedcare.core.package import MAX_PACKAGE_BYTES, MAX_UNPACKED_BYTES, pack, read_package
 from fedcare.core.policy import CodePolicy
 
 JOB = b'''
@@ -125,6 +125,33 @@ def test_paths_that_could_leave_the_package_folder_are_refused(ca, name):
         make(ca, {**FILES, name: b"x"})
 
 
+@pytest.mark.parametrize("name", ["__pycache__/pkgjob.cpython-311.pyc", "pkgjob.pyc",
+                                  "native.so", "lib/helper.PYD"])
+def test_compiled_code_is_refused_so_that_what_is_reviewed_is_what_runs(ca, name):
+    with pytest.raises(ConfigError, match="is compiled code"):
+        make(ca, {**FILES, name: b"\x00"})
+    # nor can it be slipped into a signed package's archive afterwards
+    _, data = make(ca)
+    out = io.BytesIO(data)
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.writestr(f"files/{name}", b"\x00")
+    with pytest.raises(ConfigError):
+        read_package(out.getvalue(), ca.pem)
+
+
+def test_a_reused_copy_loses_bytecode_planted_in_it(ca, tmp_path):
+    pkg = read_package(make(ca)[1], ca.pem)
+    folder = pkg.extract(tmp_path)
+    planted = folder / "__pycache__" / "helper.cpython-311.pyc"
+    planted.parent.mkdir()
+    planted.write_bytes(b"not python")
+    (folder / "extra.py").write_text("x = 1\n")  # and a file the package does not list
+    assert pkg.extract(tmp_path) == folder
+    assert not planted.exists() and not (folder / "extra.py").exists()
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file()) == sorted(FILES)
+
+
 def test_oversized_and_garbage_input_is_refused(ca):
     with pytest.raises(ConfigError, match="not a fedcare job package"):
         read_package(b"PK\x03\x04 garbage", ca.pem)
@@ -132,7 +159,7 @@ def test_oversized_and_garbage_input_is_refused(ca):
         read_package(b"\0" * (MAX_PACKAGE_BYTES + 1), ca.pem)
     bomb = io.BytesIO()  # small packed, huge unpacked
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("files/zeros.py", b"\0" * (MAX_PACKAGE_BYTES + 1))
+        archive.writestr("files/zeros.py", b"\0" * (MAX_UNPACKED_BYTES + 1))
     assert len(bomb.getvalue()) < 100_000
     with pytest.raises(ConfigError, match="unpacks to more than"):
         read_package(bomb.getvalue(), ca.pem)

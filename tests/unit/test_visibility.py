@@ -1,5 +1,7 @@
 """What each admin role sees of a job (the admin API's filters, on plain JSON documents)."""
 
+import json
+
 from fedcare.server.history import record_from_dict
 from fedcare.server.visibility import (
     job_view,
@@ -61,8 +63,9 @@ def test_a_viewer_sees_aggregates_and_no_site_name():
     assert view["eval_metrics"] == {"mse": 0.25}
     job = job_view(JOB, site_names(JOB, [RECORD], []), scope)
     assert job["failed_sites"] == {}
-    assert job["summary"] == ("finished with 2 of 3 sites; a site: round 1 train: disk full; "
-                              "recovered after failing: a site (1 failure)")
+    # not even what went wrong at a site: its reasons (paths, exceptions) are the site's own
+    assert job["summary"] == ("finished with 2 of 3 sites; recovered after failing: a site "
+                              "(1 failure); 1 other site failed")
 
 
 def test_redaction_replaces_whole_names_only():
@@ -71,3 +74,12 @@ def test_redaction_replaces_whole_names_only():
                   scope) == "site-1 and another site, site-100 and xsite-10"
     assert redact(None, ["a"], scope) is None
     assert redact("a.b (a) a.", ["a"], scope) == "a.b (another site) another site."
+
+
+def test_a_site_admin_does_not_read_another_sites_failure_reason():
+    job = {**JOB, "summary": "finished with 1 of 3 sites; site-0: round 2 train: FileNotFoundError:"
+                             " /data/hospital-b/x.csv; site-1: round 2 train: disk full"}
+    view = job_view(job, {"site-0", "site-1", "site-10"}, scope_of("site_admin:site-1"))
+    assert view["summary"] == ("finished with 1 of 3 sites; site-1: round 2 train: disk full; "
+                               "1 other site failed")
+    assert "hospital-b" not in json.dumps(view)

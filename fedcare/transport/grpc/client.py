@@ -47,6 +47,9 @@ from fedcare.transport.grpc.tls import (
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Task], Reply]
+#: A stream that lasted this long was serving: the next reconnect starts with a short wait
+#: again; one a server accepts and drops at once keeps backing off.
+STEADY_S = 5.0
 #: Told of every reply just before its bytes are handed to the stream: (task, reply, the
 #: message's buffers). It must not change or keep the buffers past hashing them.
 UploadHook = Callable[[Task, Reply, Sequence[bytes | memoryview]], None]
@@ -80,10 +83,11 @@ class SiteConnection:
                  reconnect_max_s: float = 10.0, duplicate_grace_s: float = 60.0,
                  on_upload: UploadHook | None = None) -> None:
         """``duplicate_grace_s``: how long the server may keep saying that this site is
-        already connected (by another process with the same kit, or by this process's own
-        previous stream the server has not yet found dead: keepalive takes up to about 30 s)
-        before this site gives up with a fatal error. ``on_upload``: called with each task,
-        its reply and the reply's encoded buffers as they are sent (the site's ledger)."""
+        already connected by another process with the same kit before this site gives up
+        with a fatal error (that process may be this machine's previous one, killed, whose
+        stream the server has not yet found dead: keepalive takes up to about 30 s).
+        ``on_upload``: called with each task, its reply and the reply's encoded buffers as
+        they are sent (the site's ledger)."""
         self.site_id = site_id
         self.instance = secrets.token_hex(8)
         self.duplicate_grace_s = duplicate_grace_s
@@ -94,10 +98,13 @@ class SiteConnection:
         self.reconnect_max_s = reconnect_max_s
         self.on_upload = on_upload
         self.connected = threading.Event()
+        self._connected_at = 0.0
+        self._stop: threading.Event | None = None
         self._responses: grpc.CallIterator[bytes] | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set; raises TransportError if the server refuses this site."""
+        self._stop = stop
         watcher = threading.Thread(target=self._cancel_on, args=(stop,), daemon=True)
         watcher.start()
         backoff = 0.2
@@ -126,8 +133,8 @@ class SiteConnection:
                 why = f"the server broke the protocol: {exc}"
             finally:
                 was_connected = self.connected.is_set()
-                if was_connected:  # it was serving: start over with short waits
-                    backoff, duplicate_since = 0.2, None
+                if was_connected and time.monotonic() - self._connected_at >= STEADY_S:
+                    backoff, duplicate_since = 0.2, None  # it was serving: short waits again
                 self.connected.clear()
             if stop.is_set():
                 break
@@ -161,9 +168,12 @@ class SiteConnection:
                                             request_serializer=None, response_deserializer=None)
             responses = connect(requests())
             self._responses = responses
+            if self._stop is not None and self._stop.is_set():  # stopped while dialling
+                responses.cancel()  # type: ignore[no-untyped-call]
             # The server sends this mark once it has accepted this site; a refused call ends
             # without it (and the loop below raises the refusal).
             if (ACCEPTED, "1") in tuple(responses.initial_metadata() or ()):
+                self._connected_at = time.monotonic()
                 self.connected.set()
                 log.info("site %s: connected to %s", self.site_id, self.address)
             reassembler = Reassembler(self.max_message_bytes, reuse=True)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from fedcare.core.errors import TransportError
+from fedcare.core.errors import TransportError, Unavailable
 from fedcare.core.message import Reply, Task
 from fedcare.core.stream import StreamTarget
 from fedcare.core.text import one_line
@@ -167,7 +167,11 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             self._tell("refused", None, f"no verified client certificate, from {context.peer()}")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
         assert identity is not None
-        reason = self._authorize(identity) if self._authorize else None
+        try:
+            reason = self._authorize(identity) if self._authorize else None
+        except Unavailable as exc:  # e.g. the revocation list is being replaced: retry
+            self._tell("refused", identity, f"{exc}, from {identity.address}")
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if reason:
             log.warning("refused site %s from %s: %s", identity.name, identity.address, reason)
             self._tell("refused", identity, f"{reason}, from {identity.address}")
@@ -360,13 +364,17 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                         session.context.cancel()  # type: ignore[no-untyped-call]
 
     def _reauthorize(self, sessions: list[_Session]) -> None:
-        """Close the streams of sites the ``authorize`` callback now refuses."""
+        """Close the streams of sites the ``authorize`` callback now refuses (it raises
+        Unavailable when it cannot tell now: then they stay)."""
         if self._authorize is None:
             return
         for session in sessions:
             if session.identity is None or session.closed.is_set():
                 continue
-            reason = self._authorize(session.identity)
+            try:
+                reason = self._authorize(session.identity)
+            except Unavailable:  # cannot check now: who was admitted stays (the server logs)
+                return
             if reason:
                 log.warning("site %s is no longer authorised (%s); closing its connection",
                             session.site_id, reason)

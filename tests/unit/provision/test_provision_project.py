@@ -142,5 +142,5 @@ def test_kit_config_yaml_has_only_the_keys_of_its_kind():
 def test_a_kit_written_before_code_policies_keeps_its_allowed_trainers():
     site = KitConfig.model_validate({**BASE, "kind": "site",
                                      "allowed_trainers": ["lab.jobs:make_job"]})
-    assert site.code.entry_points == ["lab.jobs:make_job"] and site.code.builtin_jobs
+    assert site.code.entry_points == ["lab.jobs:make_job"] and not site.code.builtin_jobs
     assert KitConfig.model_validate(yaml.safe_load(site.to_yaml())) == site  # round trip
