@@ -97,7 +97,7 @@ def site_uploads(
     job: Annotated[str | None, typer.Option(help="only this job's uploads")] = None,
     limit: Annotated[int, typer.Option(min=1, help="the last N uploads")] = 50,
 ) -> None:
-    """What left this site: every reply it uploaded, with the SHA-256 of the bytes sent."""
+    """What left this site: every reply it uploaded, with the BLAKE3 digest of the bytes sent."""
     try:
         kit = load_kit(kit_dir)
         if kit.config.kind != "site":
@@ -107,11 +107,11 @@ def site_uploads(
         raise fail(exc) from None
     shown = [u for u in uploads if job is None or u.job_id == job][-limit:]
     table = Table(title=f"uploads of {kit.config.name}: last {len(shown)} of {len(uploads)}")
-    for header in ("#", "time (UTC)", "job", "task", "kind", "outcome", "bytes", "sha256"):
+    for header in ("#", "time (UTC)", "job", "task", "kind", "outcome", "bytes", "blake3"):
         table.add_column(header, overflow="fold")
     for u in shown:
         table.add_row(*(Text(str(v)) for v in (u.seq, u.time, u.job_id, u.task_id, u.kind,
-                                               u.outcome, u.size_bytes, u.sha256)))
+                                               u.outcome, u.size_bytes, u.blake3)))
     console.print(table)
     if not verify:
         return

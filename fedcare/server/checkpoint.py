@@ -2,7 +2,7 @@
 
 A round's checkpoint is its model (``global-roundNNNN.npz``), the strategy's server state if
 it has any (``strategy-roundNNNN.npz``), and a manifest (``checkpoint-roundNNNN.json``) that
-names the job and the round and holds the SHA-256 and size of each file. Each file is written
+names the job and the round and holds the BLAKE3 digest and size of each file. Each file is written
 to a temporary name, fsynced and renamed, the manifest last, and the directory is fsynced
 after each rename: a crash at any moment leaves every earlier checkpoint whole, and a round
 whose manifest is missing is not a checkpoint. The digests are taken while the bytes are
@@ -16,7 +16,6 @@ to the newest good one. Loading uses ``allow_pickle=False``: a checkpoint cannot
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
+import blake3
 import numpy as np
 
 from fedcare.core.errors import StorageError
@@ -49,11 +49,11 @@ class _HashingWriter:
 
     def __init__(self, fh: BinaryIO) -> None:
         self._fh = fh
-        self.sha256 = hashlib.sha256()
+        self.digest = blake3.blake3()
         self.size_bytes = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        self.sha256.update(data)
+        self.digest.update(data)
         written = self._fh.write(data)
         self.size_bytes += written
         return written
@@ -81,7 +81,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> dict[str, object]:
-    """Write ``path`` whole or not at all; its ``{"sha256", "size_bytes"}``."""
+    """Write ``path`` whole or not at all; its ``{"blake3", "size_bytes"}``."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -94,7 +94,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> dict[str, 
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk gets its space back
         raise
-    return {"sha256": hashing.sha256.hexdigest(), "size_bytes": hashing.size_bytes}
+    return {"blake3": hashing.digest.hexdigest(), "size_bytes": hashing.size_bytes}
 
 
 def _write_npz(fh: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
@@ -124,11 +124,11 @@ def _by_round(directory: Path, prefix: str, suffix: str = ".npz") -> list[tuple[
 
 
 def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
+    digest = blake3.blake3()
     with open(path, "rb") as fh:
         while chunk := fh.read(_READ_BYTES):
-            sha.update(chunk)
-    return sha.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -310,8 +310,8 @@ def _file_problem(path: Path, expected: dict[str, object]) -> str | None:
     want = expected.get("size_bytes")
     if size != want:
         return f"{size} bytes, the manifest says {want} (truncated or replaced)"
-    if _digest(path) != expected.get("sha256"):
-        return "its SHA-256 differs from the manifest's (the file was changed or replaced)"
+    if _digest(path) != expected.get("blake3"):
+        return "its BLAKE3 digest differs from the manifest's (the file was changed or replaced)"
     return None
 
 

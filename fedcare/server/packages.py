@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class PackageStore:
     def __init__(self, root: Path, ca_pem: bytes) -> None:
         self.root = root
         self._ca_pem = ca_pem
+        self._lock = threading.Lock()  # one extraction at a time: two submits of one package
 
     def path(self, package_id: str) -> Path:
         if not PACKAGE_ID.fullmatch(package_id):
@@ -71,8 +73,9 @@ class PackageStore:
 
     def build(self, package: JobPackage) -> Job:
         """The package's job, built from the server's own extracted copy of its code."""
-        return build_package_job(package.extract(self.root / "code"), package.entry_point,
-                                 package.params)
+        with self._lock:
+            return build_package_job(package.extract(self.root / "code"), package.entry_point,
+                                     package.params)
 
 
 class PackageService(pb_grpc.PackagesServicer):

@@ -3,10 +3,9 @@
 The server's audit log holds every admin call (reads and downloads too), refusals, a failed
 submit, job events and site connections with the verified identity; ``fedcare audit verify``
 passes on it and names the entry once one row is edited. Each site's ledger lists what it
-uploaded, with the SHA-256 of the exact bytes sent.
+uploaded, with the BLAKE3 digest of the exact bytes sent.
 """
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -15,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import blake3
 import grpc
 import numpy as np
 import pytest
@@ -133,7 +133,7 @@ def test_every_call_is_in_a_signed_chain_and_an_edit_is_named(fed):
             "w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32),
             "count": np.asarray(np.int64(round_num))}), 10, {"loss": 1.0}))
         message = encode(sent)
-        assert upload.sha256 == hashlib.sha256(message).hexdigest(), upload
+        assert upload.blake3 == blake3.blake3(message).hexdigest(), upload
         assert upload.size_bytes == len(message)
 
 

@@ -1,12 +1,12 @@
 """Checkpoints carry their job, round and digests; a bad one is refused, the last good one used."""
 
 import errno
-import hashlib
 import json
 import logging
 import re
 import shutil
 
+import blake3
 import numpy as np
 import pytest
 
@@ -34,7 +34,7 @@ def test_a_checkpoint_names_its_job_and_round_and_the_digest_of_each_file(tmp_pa
         "job-a", 3, ["w", "n"])
     for name in ("global-round0003.npz", "strategy-round0003.npz"):
         data = (tmp_path / name).read_bytes()  # hashed while written: the same digest
-        assert manifest["files"][name] == {"sha256": hashlib.sha256(data).hexdigest(),
+        assert manifest["files"][name] == {"blake3": blake3.blake3(data).hexdigest(),
                                            "size_bytes": len(data)}
     assert not list(tmp_path.glob("*.tmp"))
     back = Checkpointer(tmp_path, job_id="job-a").read(3)
@@ -49,7 +49,7 @@ def test_a_checkpoint_names_its_job_and_round_and_the_digest_of_each_file(tmp_pa
      r"truncated or replaced"),
     # another valid model of the same size: only the digest tells
     (lambda p: p.write_bytes(p.with_name("global-round0002.npz").read_bytes()),
-     r"SHA-256 differs from the manifest's \(the file was changed or replaced\)"),
+     r"BLAKE3 digest differs from the manifest's \(the file was changed or replaced\)"),
     (lambda p: p.unlink(), "missing"),
 ])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog, damage,
@@ -136,7 +136,7 @@ def test_a_checkpoint_is_never_unpickled_even_with_a_matching_manifest(tmp_path)
     manifest_path = tmp_path / "checkpoint-round0001.json"
     manifest = json.loads(manifest_path.read_text())
     data = path.read_bytes()
-    manifest["files"][path.name] = {"sha256": hashlib.sha256(data).hexdigest(),
+    manifest["files"][path.name] = {"blake3": blake3.blake3(data).hexdigest(),
                                     "size_bytes": len(data)}
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(StorageError, match="allow_pickle"):
@@ -147,7 +147,7 @@ def test_a_manifest_naming_other_files_is_refused_before_any_is_read(tmp_path):
     checkpoints = saved(tmp_path, rounds=(1,))
     path = tmp_path / "checkpoint-round0001.json"
     manifest = json.loads(path.read_text())
-    manifest["files"]["../../etc/passwd"] = {"sha256": "0", "size_bytes": 1}
+    manifest["files"]["../../etc/passwd"] = {"blake3": "0", "size_bytes": 1}
     path.write_text(json.dumps(manifest))
     with pytest.raises(StorageError, match=re.escape(
             "the manifest lists '../../etc/passwd', not a file of round 1")):

@@ -1,8 +1,8 @@
 """A site's upload ledger: the hash of the exact message bytes, chained; tampering is named."""
 
-import hashlib
 import sqlite3
 
+import blake3
 import numpy as np
 
 from fedcare.core.message import Reply, Task, TrainResult
@@ -28,7 +28,7 @@ def test_each_upload_is_recorded_with_the_hash_of_its_exact_bytes(tmp_path):
         sent.append(encode(answer))
     ledger.close()
     uploads = read_uploads(tmp_path / "uploads.db")
-    assert [u.sha256 for u in uploads] == [hashlib.sha256(b).hexdigest() for b in sent]
+    assert [u.blake3 for u in uploads] == [blake3.blake3(b).hexdigest() for b in sent]
     assert [u.size_bytes for u in uploads] == [len(b) for b in sent]
     assert [u.outcome for u in uploads] == ["result", "error", "result"]
     assert uploads[0].task_id == "job-0123456789/r1/train/site-0"
@@ -47,7 +47,7 @@ def test_an_edited_or_deleted_upload_is_named(tmp_path):
         ledger.record(task, answer, encode_parts(answer))
     ledger.close()
     db = sqlite3.connect(tmp_path / "uploads.db")
-    db.execute("UPDATE uploads SET sha256 = ? WHERE seq = 2", ("0" * 64,))
+    db.execute("UPDATE uploads SET blake3 = ? WHERE seq = 2", ("0" * 64,))
     db.execute("DELETE FROM uploads WHERE seq = 4")
     db.commit()
     db.close()
