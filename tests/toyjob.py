@@ -122,7 +122,7 @@ def make_job(num_rounds: int = 3, modes: dict[str, str] | None = None, num_sites
              min_sites: int = 1, round_timeout_s: float = 20.0, statistics: bool = False,
              fail_from_round: int = 1, fraction: float = 1.0,
              site_wait_s: float | None = None, evaluate_every: int = 1,
-             train_delay_s: float = 0.0) -> Job:
+             train_delay_s: float = 0.0, outbound_filters: list | None = None) -> Job:
     modes = modes or {}
 
     def trainer(ctx: SiteContext) -> ToyTrainer:
@@ -134,7 +134,7 @@ def make_job(num_rounds: int = 3, modes: dict[str, str] | None = None, num_sites
                min_sites=min_sites, round_timeout_s=round_timeout_s,
                site_ids=tuple(f"site-{i}" for i in range(num_sites)),
                statistics=MeanTarget() if statistics else None, site_wait_s=site_wait_s,
-               evaluate_every=evaluate_every)
+               evaluate_every=evaluate_every, outbound_filters=tuple(outbound_filters or ()))
 
 
 class LargeTrainer:

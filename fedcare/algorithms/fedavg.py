@@ -189,7 +189,8 @@ class WeightedMeanAggregator(Aggregator):
         if self._undo_busy:  # another stream in flight: it gets memory of its own
             return _MeanStream(self, targets, [np.empty(s.shape, s.dtype).reshape(-1)
                                                for s in specs], num_samples, shared=False)
-        if list(self._undo) != [s.name for s in specs]:  # the pool's: an old model's memory
+        if [(n, a.dtype) for n, a in self._undo.items()] != [
+                (s.name, np.dtype(s.dtype)) for s in specs]:  # the pool's: an old model's memory
             self._undo = dict(zip([s.name for s in specs], self._pool.arrays(specs), strict=True))
         self._undo_busy = True
         return _MeanStream(self, targets, [self._undo[s.name].reshape(-1) for s in specs],

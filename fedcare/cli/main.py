@@ -67,7 +67,7 @@ def _read_site_policy(path: Path) -> SitePolicy | dict[str, SitePolicy]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         raw = None  # read_yaml_model says what is wrong with the file
-    from fedcare.site.filters import build_filters
+    from fedcare.site.chain import build_filters
 
     policies: SitePolicy | dict[str, SitePolicy]
     if isinstance(raw, dict) and "sites" in raw:
@@ -196,6 +196,7 @@ def _register() -> None:
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.job import job_app
     from fedcare.cli.poc import poc_command
+    from fedcare.cli.privacy import site_policy, site_privacy
     from fedcare.cli.provision import provision_app
 
     app.add_typer(provision_app, name="provision")
@@ -205,6 +206,8 @@ def _register() -> None:
     app.add_typer(job_app, name="job")
     app.add_typer(audit_app, name="audit")
     site_app.command("uploads")(site_uploads)
+    site_app.command("policy")(site_policy)
+    site_app.command("privacy")(site_privacy)
     app.command("poc")(poc_command)
     app.add_typer(bench_app, name="bench")
 

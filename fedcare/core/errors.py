@@ -6,6 +6,7 @@
     ├── ConfigError        a job, strategy or CLI setting is invalid (raised before anything runs)
     ├── TransportError     a site could not be reached or answered out of protocol
     ├── SiteError          a site's trainer raised, or its result failed validation
+    ├── PrivacyError       a site's privacy policy or budget refuses a job or a task
     ├── AggregationError   a round could not produce a new global model (e.g. too few sites)
     ├── JobAborted         an admin aborted the job
     └── StorageError       the server's own disk or database failed (full, corrupt, in use)
@@ -57,6 +58,10 @@ class TransportError(FedcareError):
 
 class SiteError(FedcareError):
     """A site's trainer failed or returned a result that cannot be aggregated."""
+
+
+class PrivacyError(FedcareError):
+    """A site's privacy policy or privacy budget refuses a job or a task: nothing leaves."""
 
 
 class AggregationError(FedcareError):

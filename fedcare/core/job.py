@@ -15,7 +15,10 @@ from typing import Any, Protocol
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.ids import site_id_problem
+from fedcare.core.message import TaskKind
+from fedcare.core.policy import FilterSpec
 from fedcare.core.strategy import Strategy
+from fedcare.core.text import one_line
 from fedcare.core.trainer import SiteContext, Trainer
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import Workflow
@@ -91,6 +94,10 @@ class Job:
             0 never evaluates.
         source: Set when the job was loaded from an entry point; needed to rebuild it in a
             separate site process.
+        outbound_filters: Filters the job asks every site to add to its own outbound chain
+            (e.g. ``{svt: {epsilon: 0.5, fraction: 0.1}}``): built by each site from its own
+            filter registry, run before the site's own filters, and checked against the
+            site's privacy policy before the job starts there. Never a way to remove one.
     """
 
     name: str
@@ -109,6 +116,7 @@ class Job:
     workflows: tuple[Workflow, ...] | None = None
     site_wait_s: float | None = None
     trainer_params: Mapping[str, Any] = field(default_factory=dict)
+    outbound_filters: tuple[FilterSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if (not isinstance(self.name, str) or not self.name
@@ -140,6 +148,14 @@ class Job:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"trainer_params must be JSON values: {exc}",
                               job_id=self.name) from None
+        specs = []
+        for i, spec in enumerate(self.outbound_filters):
+            try:
+                specs.append(FilterSpec.model_validate(spec))
+            except ValueError as exc:  # pydantic's ValidationError is one
+                raise ConfigError(f"outbound_filters[{i}]: {one_line(str(exc), 300)}",
+                                  job_id=self.name) from None
+        object.__setattr__(self, "outbound_filters", tuple(specs))
         if self.workflows is not None:
             if not all(isinstance(w, Workflow) for w in self.workflows) or not self.workflows:
                 raise ConfigError(f"workflows must be a non-empty sequence of Workflow, got "
@@ -192,3 +208,24 @@ class Job:
     def needs_local_models(self) -> bool:
         """Whether a workflow of this job asks sites for their last outgoing update."""
         return any(w.needs_local_models for w in self.workflows or ())
+
+    @property
+    def task_kinds(self) -> frozenset[str] | None:
+        """The task kinds this job's server sends a site, or None when a workflow of its own
+        does not say (then a site checks each task as it comes)."""
+        kinds = {TaskKind.PREPARE.value}
+        if self.initial_weights is None:
+            kinds.add(TaskKind.INITIAL_MODEL.value)
+        if self.workflows is None:
+            kinds.add(TaskKind.TRAIN.value)
+            if self.statistics is not None:
+                kinds.add(TaskKind.STATISTICS.value)
+        else:
+            for workflow in self.workflows:
+                if workflow.task_kinds is None:
+                    return None
+                kinds.update(workflow.task_kinds)
+        if self.evaluate_every > 0 and (self.workflows is None
+                                        or any(w.trains for w in self.workflows)):
+            kinds.add(TaskKind.EVALUATE.value)
+        return frozenset(kinds)

@@ -38,9 +38,15 @@ def incompatibilities(reference: Weights, candidate: Mapping[str, np.ndarray]) -
             got = np.asarray(got)
         if got.shape != want.shape:
             problems.append(f"{name}: shape {list(got.shape)}, expected {list(want.shape)}")
-        if got.dtype != want.dtype:
+        if got.dtype != want.dtype and not _widened(want.dtype, got.dtype):
             problems.append(f"{name}: dtype {got.dtype}, expected {want.dtype}")
     return problems
+
+
+def _widened(want: np.dtype, got: np.dtype) -> bool:
+    """A float32 or float64 parameter a site sent in half precision (its ``half_precision``
+    filter, to halve what leaves it): aggregation widens it again, in float64 sums."""
+    return got == np.float16 and want in (np.float32, np.float64)
 
 
 def non_finite(weights: Mapping[str, np.ndarray]) -> list[str]:

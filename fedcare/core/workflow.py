@@ -176,6 +176,10 @@ class Workflow(ABC):
     trains: bool = False
     #: True if sites must keep their last outgoing update for this workflow to ask for it.
     needs_local_models: bool = False
+    #: The task kinds this workflow sends sites (a training workflow's evaluation is the
+    #: job's: ``evaluate_every``), so a site can refuse a job before it starts; None: not
+    #: declared, and a site checks each task as it comes.
+    task_kinds: tuple[str, ...] | None = None
 
     @abstractmethod
     def run(self, ctx: WorkflowContext, weights: Weights) -> Weights:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.policy import CodePolicy, SitePolicy
+from fedcare.core.privacy_policy import PrivacyPolicy
 
 #: A participant name: also a folder name and a certificate common name.
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -141,6 +142,11 @@ class KitConfig(_Model):
             task passes before the trainer sees it (``inbound``) and what every result passes
             before it leaves the site (``outbound``), e.g. ``clip_update_norm``. Built afresh
             for each job at the site; the server can neither see nor change it.
+        privacy: Sites only. The site's privacy policy (:class:`PrivacyPolicy`): the filters
+            and bounds every job must satisfy, the task kinds it may send, the fewest rows a
+            statistic or evaluation may cover, and the site's privacy budget (total epsilon
+            across all jobs, kept in ``privacy.db`` in the kit). Written by the hospital, in
+            this file beside the filter chains it constrains; never sent to the server.
         workspace: Server only. Folder for jobs, checkpoints and results, relative to the kit.
         crl: Server only. Revocation list, relative to the kit; re-read on every connection.
     """
@@ -155,6 +161,7 @@ class KitConfig(_Model):
     data_dir: str | None = None
     code: CodePolicy = Field(default_factory=CodePolicy)
     policy: SitePolicy = Field(default_factory=SitePolicy)
+    privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
     workspace: str | None = None
     crl: str | None = None
 
@@ -183,13 +190,15 @@ class KitConfig(_Model):
             raise ValueError("site: a site_admin kit names its site, and only a site_admin's")
         if self.kind != "site" and (self.policy.inbound or self.policy.outbound):
             raise ValueError("policy: only a site kit has a filter policy")
+        if self.kind != "site" and not self.privacy.is_empty:
+            raise ValueError("privacy: only a site kit has a privacy policy")
         return self
 
     def to_yaml(self) -> str:
         """The kit's ``config.yaml``: only the keys that mean something for its kind."""
         keys = ["federation", "name", "kind", "server_host", "server_port"]
         keys += {"server": ["workspace", "crl", "code"],
-                 "site": ["data_dir", "code", "policy"],
+                 "site": ["data_dir", "code", "policy", "privacy"],
                  "admin": ["role", "site"] if self.site else ["role"]}[self.kind]
         header = ""
         if self.kind == "server":
@@ -205,7 +214,12 @@ class KitConfig(_Model):
                       "#   (signers) or with these ids (packages; see fedcare job inspect).\n"
                       "# policy: this site's filters, applied to every job, e.g.\n"
                       "#   policy: {outbound: [{clip_update_norm: {max_norm: 5.0}},\n"
-                      "#                       {exclude_variables: {patterns: ['^head\\.']}}]}\n")
+                      "#                       {exclude_variables: {patterns: ['^head\\.']}}]}\n"
+                      "# privacy: what every job must satisfy here, and the privacy budget, e.g.\n"
+                      "#   privacy: {budget_epsilon: 8.0, max_job_epsilon: 3.0, min_rows: 20,\n"
+                      "#             task_kinds: [train, evaluate],\n"
+                      "#             require: {svt: {epsilon: {max: 1.0}}}}\n"
+                      "#   (fedcare site policy KIT shows it; fedcare site privacy KIT, spends)\n")
         data = self.model_dump()
         return header + yaml.safe_dump({k: data[k] for k in keys}, sort_keys=False)
 

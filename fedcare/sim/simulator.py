@@ -16,15 +16,17 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedcare.core.config import site_trainer
 from fedcare.core.errors import ConfigError, SiteError
 from fedcare.core.job import Job
 from fedcare.core.policy import SitePolicy
+from fedcare.core.privacy_policy import PrivacyPolicy
 from fedcare.core.trainer import SiteContext
 from fedcare.server.controller import RoundController, RunResult
 from fedcare.server.events import RunListener
-from fedcare.site.agent import SiteAgent, refusing, start_failure
-from fedcare.site.filters import build_filters
+from fedcare.site.chain import build_filters
+from fedcare.site.privacy_guard import PrivacyGuard
+from fedcare.site.privacy_ledger import PRIVACY_LEDGER_FILE
+from fedcare.site.start import start_job
 from fedcare.transport.base import Transport
 from fedcare.transport.memory import MemoryTransport
 from fedcare.transport.pipe import PipeTransport
@@ -49,6 +51,7 @@ def simulation_sites(job: Job, num_sites: int | None) -> list[str]:
 
 
 PolicyArg = SitePolicy | Mapping[str, SitePolicy] | None
+PrivacyArg = PrivacyPolicy | Mapping[str, PrivacyPolicy] | None
 
 
 def _site_policy(policy: PolicyArg, site_id: str) -> SitePolicy | None:
@@ -56,6 +59,21 @@ def _site_policy(policy: PolicyArg, site_id: str) -> SitePolicy | None:
     if policy is None or isinstance(policy, SitePolicy):
         return policy
     return policy.get(site_id)
+
+
+def _site_privacy(privacy: PrivacyArg, site_id: str) -> PrivacyPolicy | None:
+    if privacy is None or isinstance(privacy, PrivacyPolicy):
+        return privacy
+    return privacy.get(site_id)
+
+
+def ledger_path(privacy_dir: Path | None, site_id: str) -> Path | None:
+    """Where a simulated site keeps its privacy ledger: ``privacy_dir/SITE/privacy.db``."""
+    if privacy_dir is None:
+        return None
+    folder = Path(privacy_dir) / site_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / PRIVACY_LEDGER_FILE
 
 
 def _check_sites(site_ids: list[str], what: str, given: Mapping[str, object] | None,
@@ -66,37 +84,35 @@ def _check_sites(site_ids: list[str], what: str, given: Mapping[str, object] | N
                           f"(sites: {site_ids})", job_id=job.name)
 
 
-def _check_policies(site_ids: list[str], policy: PolicyArg, job: Job) -> None:
-    """Build every site's filter chains once up front: a bad policy fails here, naming the
-    site, rather than inside a thread or a site process."""
+def _check_policies(site_ids: list[str], policy: PolicyArg, privacy: PrivacyArg,
+                    job: Job) -> None:
+    """Build every site's filter chains (with the job's) and privacy guard once up front: a
+    bad policy fails here, naming the site, rather than inside a thread or a site process."""
     for site_id in site_ids:
         try:
-            build_filters(_site_policy(policy, site_id))
+            build_filters(_site_policy(policy, site_id), job.outbound_filters)
+            PrivacyGuard.of_site(_site_privacy(privacy, site_id), None)
         except ConfigError as exc:
             raise ConfigError(f"site {site_id}: {exc.message}", job_id=job.name) from None
 
 
 def _memory_transport(job: Job, site_ids: list[str], policy: PolicyArg,
-                      data_dirs: Mapping[str, Path] | None) -> MemoryTransport:
+                      data_dirs: Mapping[str, Path] | None, privacy: PrivacyArg,
+                      privacy_dir: Path | None) -> MemoryTransport:
     handlers = {}
     for index, site_id in enumerate(site_ids):
         data_dir = (data_dirs or {}).get(site_id)
         context = SiteContext(site_id, index, len(site_ids), seed=job.seed,
                               data_dir=Path(data_dir) if data_dir is not None else None)
-        inbound, outbound = build_filters(_site_policy(policy, site_id))
-        try:
-            trainer = site_trainer(job)(context)
-        except Exception as exc:  # as at a real site: this site fails, the others go on
-            log.error("site %s: cannot start job %s", site_id, job.name, exc_info=True)
-            handlers[site_id] = refusing(site_id, start_failure(exc))
-            continue
-        handlers[site_id] = SiteAgent(site_id, trainer, outbound, inbound=inbound,
-                                      keep_local_model=job.needs_local_models).handle
+        guard = PrivacyGuard.of_site(_site_privacy(privacy, site_id),
+                                     ledger_path(privacy_dir, site_id))
+        handlers[site_id] = start_job(job, context, _site_policy(policy, site_id), guard)
     return MemoryTransport(handlers)
 
 
 def _process_transport(job: Job, site_ids: list[str], policy: PolicyArg,
-                       data_dirs: Mapping[str, Path] | None) -> PipeTransport:
+                       data_dirs: Mapping[str, Path] | None, privacy: PrivacyArg,
+                       privacy_dir: Path | None) -> PipeTransport:
     if job.source is None:
         raise ConfigError("processes mode needs a job loaded from a config file or "
                           "module:function, so each site process can rebuild it", job_id=job.name)
@@ -115,6 +131,12 @@ def _process_transport(job: Job, site_ids: list[str], policy: PolicyArg,
         site_policy = _site_policy(policy, site_id)
         if site_policy is not None:
             command += ["--policy", site_policy.to_json()]
+        site_privacy = _site_privacy(privacy, site_id)
+        if site_privacy is not None:
+            command += ["--privacy", site_privacy.to_json()]
+        ledger = ledger_path(privacy_dir, site_id)
+        if ledger is not None:
+            command += ["--privacy-ledger", str(ledger.resolve())]
         data_dir = (data_dirs or {}).get(site_id)
         if data_dir is not None:
             command += ["--data-dir", str(Path(data_dir).resolve())]
@@ -132,6 +154,8 @@ def simulate(
     connect_timeout_s: float = 120.0,
     site_policy: PolicyArg = None,
     data_dirs: Mapping[str, Path] | None = None,
+    site_privacy: PrivacyArg = None,
+    privacy_dir: Path | None = None,
 ) -> RunResult:
     """Run ``job`` over simulated sites and return the final model and history.
 
@@ -140,15 +164,24 @@ def simulate(
             id (a site not named has none), exactly as a real site's kit declares it.
         data_dirs: Each site's own data folder (site id -> folder), handed to its trainer as
             ``SiteContext.data_dir``, as a real site's kit does.
+        site_privacy: The sites' privacy policies (one for all, or one per site id), as a
+            real site's kit's ``privacy:`` section.
+        privacy_dir: Where the sites keep their privacy ledgers (``privacy_dir/SITE/
+            privacy.db``, kept across runs as a real site's are); None: in memory, for this
+            run only.
     """
     site_ids = simulation_sites(job, num_sites)
     if site_policy is not None and not isinstance(site_policy, SitePolicy):
         _check_sites(site_ids, "site_policy", site_policy, job)
+    if site_privacy is not None and not isinstance(site_privacy, PrivacyPolicy):
+        _check_sites(site_ids, "site_privacy", site_privacy, job)
     _check_sites(site_ids, "data_dirs", data_dirs, job)
-    _check_policies(site_ids, site_policy, job)
+    _check_policies(site_ids, site_policy, site_privacy, job)
     transport: Transport
-    transport = (_process_transport(job, site_ids, site_policy, data_dirs) if processes
-                 else _memory_transport(job, site_ids, site_policy, data_dirs))
+    transport = (_process_transport(job, site_ids, site_policy, data_dirs, site_privacy,
+                                    privacy_dir) if processes
+                 else _memory_transport(job, site_ids, site_policy, data_dirs, site_privacy,
+                                        privacy_dir))
     try:
         if processes:
             connected = transport.wait_for_sites(len(site_ids), connect_timeout_s)

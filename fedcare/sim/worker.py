@@ -14,13 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedcare.core import logs
-from fedcare.core.config import build_job, site_trainer
+from fedcare.core.config import build_job
 from fedcare.core.job import JobSource
 from fedcare.core.message import Reply, Task
 from fedcare.core.policy import SitePolicy
+from fedcare.core.privacy_policy import PrivacyPolicy
 from fedcare.core.trainer import SiteContext
-from fedcare.site.agent import SiteAgent, refusing, start_failure
-from fedcare.site.filters import build_filters
+from fedcare.site.agent import refusing, start_failure
+from fedcare.site.chain import build_filters
+from fedcare.site.privacy_guard import PrivacyGuard
+from fedcare.site.start import start_job
 from fedcare.transport.pipe import serve_stdio
 
 
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", help="JSON of the site's SitePolicy (its filter chains)")
     parser.add_argument("--data-dir", help="the site's own data folder")
+    parser.add_argument("--privacy", help="JSON of the site's PrivacyPolicy")
+    parser.add_argument("--privacy-ledger", help="the site's privacy ledger (SQLite file)")
     args = parser.parse_args(argv)
     logs.configure(logging.WARNING, f"%(asctime)s [site {args.site_id}] %(levelname)s "
                                     "%(message)s")
@@ -40,22 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     def build() -> Callable[[Task], Reply]:
         # A bad policy is the site's own fatal error: the process reports it and exits.
         policy = SitePolicy.model_validate_json(args.policy) if args.policy else None
-        inbound, outbound = build_filters(policy)
+        privacy = PrivacyGuard.of_site(
+            PrivacyPolicy.model_validate_json(args.privacy) if args.privacy else None,
+            Path(args.privacy_ledger) if args.privacy_ledger else None)
+        build_filters(policy)
         try:
             job = build_job(JobSource(**json.loads(args.source)))
-            context = SiteContext(args.site_id, args.site_index, args.num_sites,
-                                  seed=args.seed,
-                                  data_dir=Path(args.data_dir) if args.data_dir else None)
-            trainer = site_trainer(job)(context)
         except Exception as exc:
             # As a real site does (and a simulated thread): it stays, answers every task with
             # the reason, and keeps the traceback in its own log (stderr).
             logging.getLogger(__name__).error("site %s: cannot start the job", args.site_id,
                                               exc_info=True)
-            reason = start_failure(exc)
-            return refusing(args.site_id, reason)
-        return SiteAgent(args.site_id, trainer, outbound, inbound=inbound,
-                         keep_local_model=job.needs_local_models).handle
+            return refusing(args.site_id, start_failure(exc))
+        context = SiteContext(args.site_id, args.site_index, args.num_sites, seed=args.seed,
+                              data_dir=Path(args.data_dir) if args.data_dir else None)
+        return start_job(job, context, policy, privacy)
 
     return serve_stdio(args.site_id, build)
 

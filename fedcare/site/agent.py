@@ -5,6 +5,11 @@ the outbound filters, in order, before it leaves. Filters come from the site's o
 per job, not from the job or the server, so a hospital's policy (clipping, sharing only some
 layers, differential privacy) cannot be overridden by the server.
 
+A site with a privacy policy hands every task to its :class:`PrivacyGuard` first (is the kind
+allowed, is the budget spent) and every result, once filtered, again: what the trainer and the
+outbound filters spent (``ReportsPrivacy``) is charged to the site's privacy ledger before the
+reply is built, and a result the policy refuses (too few rows, over budget) never leaves.
+
 Task kinds are dispatched through a table: the built-in kinds call the trainer's methods, and a
 workflow of its own may add handlers. A kind the site has no handler for is answered with an
 error naming it. Every failure becomes an error Reply with a short reason for the server; the
@@ -21,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedcare.core.errors import PrivacyError
 from fedcare.core.message import (
     EvalResult,
     Reply,
@@ -30,10 +36,12 @@ from fedcare.core.message import (
     TaskKind,
     TrainResult,
 )
+from fedcare.core.privacy import ReportsPrivacy
 from fedcare.core.text import one_line
 from fedcare.core.trainer import StatisticsProvider, Trainer
 from fedcare.core.weights import Weights
 from fedcare.site.filters import Filter
+from fedcare.site.privacy_guard import PrivacyGuard
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Task], Result]
@@ -67,17 +75,24 @@ class SiteAgent:
         handlers: Extra task kinds this site serves (kind -> handler), or replacements.
             A trainer may declare its own in a ``task_handlers`` mapping attribute (the site
             half of a job's custom workflow); ``handlers`` given here take precedence.
+        privacy: The site's privacy guard (policy and ledger), shared by its jobs; None: no
+            policy, and nothing is charged.
     """
 
     def __init__(self, site_id: str, trainer: Trainer,
                  filters: Sequence[Filter | ResultFilter] = (), *,
                  inbound: Sequence[Filter] = (), keep_local_model: bool = False,
-                 handlers: Mapping[str, Handler] | None = None) -> None:
+                 handlers: Mapping[str, Handler] | None = None,
+                 privacy: PrivacyGuard | None = None) -> None:
         self.site_id = site_id
         self.trainer = trainer
         self.inbound = list(inbound)
         self.outbound = [f if isinstance(f, Filter) else _Outbound(f) for f in filters]
         self.keep_local_model = keep_local_model
+        self.privacy = privacy
+        # what spends privacy budget, asked after every task
+        self._reporters: list[ReportsPrivacy] = [
+            s for s in (trainer, *self.outbound) if isinstance(s, ReportsPrivacy)]
         self._local_model: Weights | None = None
         # Parameters that never leave the site (FedBN): the values of the last training, put
         # back into every model the site is sent, so a trainer needs no special code for them.
@@ -91,6 +106,8 @@ class SiteAgent:
 
     def handle(self, task: Task) -> Reply:
         try:
+            if self.privacy is not None:
+                self.privacy.before(task)
             for site_filter in self.inbound:
                 task = site_filter.inbound(task)
             task = self._with_kept(task)
@@ -101,6 +118,12 @@ class SiteAgent:
             result = handler(task)
             for site_filter in self.outbound:
                 result = site_filter.outbound(task, result)
+            if self.privacy is not None:  # charged, and committed, before anything leaves
+                self.privacy.after(task, result, self._reporters)
+        except PrivacyError as exc:  # the site's own rule, not a fault: no traceback
+            log.warning("site %s: %s task %s refused: %s", self.site_id, task.kind,
+                        task.task_id, exc)
+            return Reply(task.task_id, self.site_id, error=error_text(task.kind, exc))
         except Exception as exc:
             log.error("site %s: %s task %s failed", self.site_id, task.kind, task.task_id,
                       exc_info=True)

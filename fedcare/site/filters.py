@@ -2,8 +2,8 @@
 
 A filter's ``inbound`` sees every task before the trainer does (e.g. to decrypt it); its
 ``outbound`` sees every result before it leaves the site (e.g. to clip or drop parameters, add
-noise). Chains are built per job from the site's :class:`~fedcare.core.policy.SitePolicy`.
-The privacy work adds filters to :data:`FILTERS`.
+noise). Chains are built per job from the site's :class:`~fedcare.core.policy.SitePolicy`
+by :func:`fedcare.site.chain.build_filters`, which knows every filter by name.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.message import Result, Task, TaskKind, TrainResult
-from fedcare.core.policy import FilterSpec, SitePolicy
 from fedcare.core.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -36,6 +34,64 @@ class Filter:
     def outbound(self, task: Task, result: Result) -> Result:
         """The result as it will leave the site."""
         return result
+
+
+class FlatUpdate:
+    """A training result's update (trained minus global model) over its floating-point
+    parameters, as one float64 vector: what the selective-sharing and quantising filters
+    work on. Parameters the global model lacks and integer ones (counters) are left alone.
+    """
+
+    def __init__(self, task: Task, result: TrainResult) -> None:
+        if task.weights is None:
+            raise ValueError(f"{task.kind} task carried no global model to take an update from")
+        self.start = task.weights
+        self.result = result
+        self.names = [k for k, v in result.weights.items()
+                      if np.issubdtype(v.dtype, np.floating) and k in self.start]
+        self.sizes = [result.weights[k].size for k in self.names]
+        parts = [np.asarray(result.weights[k], np.float64).ravel()
+                 - np.asarray(self.start[k], np.float64).ravel() for k in self.names]
+        self.values = np.concatenate(parts) if parts else np.zeros(0)
+
+    def tensors(self, flat: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """(name, slice of ``flat``) per parameter, in the parameters' shapes."""
+        out, at = [], 0
+        for name, size in zip(self.names, self.sizes, strict=True):
+            out.append((name, flat[at:at + size].reshape(self.result.weights[name].shape)))
+            at += size
+        return out
+
+    def rebuilt(self, flat: np.ndarray) -> TrainResult:
+        """The result with ``flat`` as its update: global model + update, in each
+        parameter's dtype."""
+        out = dict(self.result.weights)
+        for name, update in self.tensors(flat):
+            base = np.asarray(self.start[name], np.float64)
+            out[name] = (base + update).astype(out[name].dtype)
+        return TrainResult(Weights(out), self.result.num_samples, self.result.metrics)
+
+
+def training_update(task: Task, result: Result) -> FlatUpdate | None:
+    """The update of a training task's result, or None for anything else (evaluation,
+    statistics, a model that already left the site and is sent again, an initial model)."""
+    if task.kind != TaskKind.TRAIN or not isinstance(result, TrainResult):
+        return None
+    return FlatUpdate(task, result)
+
+
+def number(value: object, what: str, *, low: float = 0.0, high: float = math.inf,
+           low_open: bool = True, high_open: bool = False) -> float:
+    """``value`` as a finite float within bounds, or a ConfigError naming ``what``."""
+    ok = (not isinstance(value, bool) and isinstance(value, int | float)
+          and math.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
+    if not ok:
+        span = (f"{'>' if low_open else '>='} {low:g}" if high == math.inf else
+                f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        raise ConfigError(f"{what} must be a finite number {span}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 class ClipUpdateNorm(Filter):
@@ -117,38 +173,3 @@ class ExcludeVariables(Filter):
             elif name in start:
                 out[name] = start[name]
         return TrainResult(Weights(out), result.num_samples, result.metrics)
-
-
-#: The filters a site policy may name.
-FILTERS: dict[str, Callable[..., Filter]] = {
-    ClipUpdateNorm.name: ClipUpdateNorm,
-    ExcludeVariables.name: ExcludeVariables,
-}
-
-
-def _build(spec: FilterSpec, where: str) -> Filter:
-    factory = FILTERS.get(spec.name)
-    if factory is None:
-        raise ConfigError(f"site policy {where}: unknown filter {spec.name!r}; known: "
-                          f"{sorted(FILTERS)}")
-    params: Mapping[str, Any] = spec.params
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"site policy {where}: filter {spec.name}: bad parameters: "
-                          f"{exc}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"site policy {where}: {exc.message}") from None
-
-
-def build_filters(policy: SitePolicy | None) -> tuple[list[Filter], list[Filter]]:
-    """Fresh inbound and outbound chains from a policy (None: empty chains).
-
-    Raises:
-        ConfigError: an unknown filter or bad parameters, naming the chain and position.
-    """
-    if policy is None:
-        return [], []
-    inbound = [_build(s, f"inbound.{i}") for i, s in enumerate(policy.inbound)]
-    outbound = [_build(s, f"outbound.{i}") for i, s in enumerate(policy.outbound)]
-    return inbound, outbound

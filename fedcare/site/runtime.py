@@ -31,9 +31,11 @@ from fedcare.core.job import Job, JobSource
 from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.package import read_package
 from fedcare.core.policy import CodePolicy, SitePolicy
+from fedcare.core.privacy_policy import PrivacyPolicy
 from fedcare.core.trainer import SiteContext
 from fedcare.site.agent import SiteAgent, start_failure
-from fedcare.site.filters import build_filters
+from fedcare.site.chain import build_filters
+from fedcare.site.privacy_guard import PrivacyGuard
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,17 @@ class SiteRuntime:
             runs no packages.
         ca_pem: The federation's CA certificate, against which packages' signers are checked.
         packages_dir: Where the site keeps its own copies of the packages it runs.
+        privacy: The site's privacy policy: jobs that do not satisfy it are refused before
+            their trainer is built; its budget is kept in the ledger at ``privacy_ledger``.
+        privacy_ledger: The site's privacy ledger (every epsilon spent); None: in memory.
     """
 
     def __init__(self, site_id: str, *, data_dir: Path | None = None,
                  code: CodePolicy | None = None, policy: SitePolicy | None = None,
                  max_jobs: int = 1, fetch_package: PackageFetcher | None = None,
-                 ca_pem: bytes | None = None, packages_dir: Path | None = None) -> None:
+                 ca_pem: bytes | None = None, packages_dir: Path | None = None,
+                 privacy: PrivacyPolicy | None = None,
+                 privacy_ledger: Path | None = None) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
         self.site_id = site_id
@@ -69,6 +76,7 @@ class SiteRuntime:
         self.code = code or CodePolicy()
         self.policy = policy
         build_filters(policy)  # a bad policy fails when the site starts, not at the first job
+        self.privacy = PrivacyGuard.of_site(privacy, privacy_ledger)
         self.max_jobs = max_jobs
         self.fetch_package = fetch_package
         self.ca_pem = ca_pem
@@ -136,12 +144,16 @@ class SiteRuntime:
                 self._agents.move_to_end(job_id)
             else:
                 job = self._build(job_id, ref)
+                inbound, outbound = build_filters(self.policy, job.outbound_filters)
+                problem = self.privacy.refuses_job(job, outbound) if self.privacy else None
+                if problem:  # before the trainer, which is what reads data, is built
+                    raise self._refuse(job_id, problem)
                 context = SiteContext(self.site_id, ref.site_index, ref.num_sites,
                                       seed=job.seed, data_dir=self.data_dir)
-                inbound, outbound = build_filters(self.policy)
                 agent = SiteAgent(self.site_id, site_trainer(job)(context), outbound,
                                   inbound=inbound,
-                                  keep_local_model=job.needs_local_models)
+                                  keep_local_model=job.needs_local_models,
+                                  privacy=self.privacy)
                 self._agents[job_id] = agent
                 log.info("site %s started job %s (%s)", self.site_id, job_id, ref.entry_point)
                 while len(self._agents) > self.max_jobs:

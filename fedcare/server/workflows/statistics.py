@@ -29,6 +29,7 @@ class FederatedStatistics(Workflow):
     """Run ``passes`` in order; a resumed job skips them (their effect is in its checkpoint)."""
 
     name = "statistics"
+    task_kinds = ("statistics",)
 
     def __init__(self, *passes: FederatedStatistic) -> None:
         if not passes:

@@ -38,6 +38,7 @@ class CrossSiteValidation(Workflow):
     """Evaluate the global model and each site's local model at every site."""
 
     name = "cross_site_validation"
+    task_kinds = ("submit_model", "validate")
     needs_local_models = True
 
     def __init__(self, *, include_local: bool = True) -> None:

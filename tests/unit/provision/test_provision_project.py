@@ -123,7 +123,8 @@ def test_kit_config_is_consistent(fields, expected):
 def test_kit_config_yaml_has_only_the_keys_of_its_kind():
     site = KitConfig.model_validate({**BASE, "kind": "site"})
     assert "which job code this site runs, nothing else" in site.to_yaml()  # explained
-    assert set(yaml.safe_load(site.to_yaml())) == {*BASE, "kind", "data_dir", "code", "policy"}
+    assert set(yaml.safe_load(site.to_yaml())) == {*BASE, "kind", "data_dir", "code", "policy",
+                                                  "privacy"}
     server = KitConfig.model_validate({**BASE, "kind": "server", "workspace": "w", "crl": "c"})
     assert set(yaml.safe_load(server.to_yaml())) == {*BASE, "kind", "workspace", "crl", "code"}
     admin = KitConfig.model_validate({**BASE, "kind": "admin", "role": "viewer"})
