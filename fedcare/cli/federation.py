@@ -119,6 +119,7 @@ def site_start(
 ) -> None:
     """Connect this site to the server and serve its tasks until stopped."""
     from fedcare.site.ledger import LEDGER_FILE, UploadLedger
+    from fedcare.site.privacy_ledger import PRIVACY_LEDGER_FILE
     from fedcare.site.runtime import SiteRuntime
     from fedcare.transport.grpc.client import SiteConnection, fetch_package
 
@@ -136,9 +137,14 @@ def site_start(
         data_dir = Path(cfg.data_dir) if cfg.data_dir else None
         address = server or f"{cfg.server_host}:{cfg.server_port}"
         tls = _tls(kit)
-        runtime = SiteRuntime(cfg.name, data_dir=data_dir, code=cfg.code, policy=cfg.policy,
-                              fetch_package=lambda package: fetch_package(address, tls, package),
-                              ca_pem=tls.ca, packages_dir=kit.dir / "packages")
+        try:  # the privacy ledger is opened, and the policies checked, before anything runs
+            runtime = SiteRuntime(
+                cfg.name, data_dir=data_dir, code=cfg.code, policy=cfg.policy,
+                fetch_package=lambda package: fetch_package(address, tls, package),
+                ca_pem=tls.ca, packages_dir=kit.dir / "packages", privacy=cfg.privacy,
+                privacy_ledger=kit.dir / PRIVACY_LEDGER_FILE)
+        except ConfigError as exc:
+            raise ConfigError(f"kit config {kit.dir / 'config.yaml'}: {exc.message}") from None
         ledger = UploadLedger(kit.dir / LEDGER_FILE)  # what left the site: site uploads KIT
         connection = SiteConnection(cfg.name, address, tls, runtime.handle,
                                     on_upload=ledger.record)
