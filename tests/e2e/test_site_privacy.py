@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from pocfed import ended, submit_toy, toy_federation
 
 from fedcare.site.privacy_ledger import read_spends
+from fedcare.transport.codec import decode
+from fedcare.transport.grpc import fedcare_pb2 as pb
 
 pytestmark = pytest.mark.slow  # real processes on 127.0.0.1: run by make test, not test-fast
 
@@ -26,6 +29,9 @@ def _policies(fed):
         "require": {"svt": {"epsilon": {"max": 0.5}}}, "task_kinds": ["train", "evaluate"]}))
     # site-2's accepts a total epsilon of 1.2 across all jobs
     fed.edit_kit("site-2", lambda config: config.update(privacy={"budget_epsilon": 1.2}))
+    # site-0 sends its updates in half precision
+    fed.edit_kit("site-0", lambda config: config.update(
+        policy={"outbound": [{"half_precision": {}}]}))
 
 
 def cli(*args):
@@ -52,6 +58,12 @@ def test_sites_refuse_jobs_their_policy_forbids_and_stop_when_their_budget_is_sp
         # prepare, round 0 evaluation, 2 x (train, evaluate): each refused
         assert state["failed_sites"]["site-1"]["count"] == 6, state["failed_sites"]
         assert set(state["failed_sites"]) == {"site-1"}
+        # site-0's float16 update (10 samples, target 1) and site-2's float32 one (30, 3)
+        # folded into one float32 model as they arrived: (10 x 1 + 30 x 3) / 40
+        chunks = fed.admin().Download(pb.JobRef(job_id=plain), timeout=30)
+        weights = decode(b"".join(c.data for c in chunks)).result.weights
+        assert weights["w"].dtype == np.float32
+        np.testing.assert_array_equal(weights["w"], np.full((2, 3), 2.5, np.float32))
 
         # with SVT: site-1 takes part; site-2 (budget 1.2) trains rounds 1 and 2 (1.104
         # spent) and refuses round 3, which would take it to 1.656; the others go on
