@@ -55,6 +55,8 @@ class Gather:
         expect: The result type a valid reply holds (TrainResult, EvalResult, StatsResult).
         payload: The tensors every task carries (the global model, another site's model), or
             None.
+        payload_for: The tensors of one site's task, when they differ by site (the key
+            material of secure aggregation); replaces ``payload``.
         configure: The settings for one site's task; none by default.
         timeout_s: How long to wait for replies; the job's ``round_timeout_s`` by default.
         attempt: Tells apart gathers of one kind in one round (a round run again after an
@@ -73,6 +75,7 @@ class Gather:
     timeout_s: float | None = None
     attempt: int = 0
     streams: RoundTarget | None = None
+    payload_for: Callable[[str], Weights | None] | None = None
 
     def __post_init__(self) -> None:
         # checked here, where a workflow names it, not first at the encoder of one transport
@@ -176,6 +179,10 @@ class Workflow(ABC):
     trains: bool = False
     #: True if sites must keep their last outgoing update for this workflow to ask for it.
     needs_local_models: bool = False
+
+    def check_job(self, job: Job) -> None:  # noqa: B027 - optional hook
+        """Refuse (ConfigError, one line) a job this workflow cannot run, e.g. a threshold
+        above its number of sites; called when the Job is built, before any site is asked."""
 
     @abstractmethod
     def run(self, ctx: WorkflowContext, weights: Weights) -> Weights:
