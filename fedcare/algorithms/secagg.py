@@ -30,12 +30,17 @@ class MaskedSumAggregator(Aggregator):
     Args:
         specs: The model's parameters (names, shapes); uploads are these in uint32.
         pool: Where the shared undo buffer comes from (and, through :meth:`spare`, goes).
+        sum_pool: Where the sums' memory comes from: last round's, once nothing holds it
+            (fresh memory costs page faults that dwarf the additions).
     """
 
-    def __init__(self, specs: Sequence[TensorSpec], pool: BufferPool | None = None) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], pool: BufferPool | None = None,
+                 sum_pool: BufferPool | None = None) -> None:
         self.specs = [TensorSpec(s.name, DTYPE.str, tuple(s.shape)) for s in specs]
         self._pool = pool or BufferPool(keep=0)
-        self.sums = [np.zeros(int(np.prod(s.shape)), DTYPE) for s in self.specs]
+        self.sums = [a.reshape(-1) for a in (sum_pool or BufferPool(keep=0)).arrays(self.specs)]
+        for total in self.sums:
+            total.fill(0)
         self.sites: list[str] = []
         self._undo: list[np.ndarray] | None = None
         self._undo_busy = False

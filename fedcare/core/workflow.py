@@ -1,7 +1,7 @@
 """Round workflows: the steps of a job, each built on one gather primitive.
 
 A job runs a sequence of workflows in order (federated statistics, training rounds, cross-site
-validation, and later a secure-aggregation key exchange): each receives the model the one before
+validation, secure training rounds): each receives the model the one before
 produced and returns the next. A workflow never touches a transport. It talks to the sites through
 its :class:`WorkflowContext`, whose :meth:`~WorkflowContext.gather` sends one task to each named
 site and yields the valid replies as they arrive until a deadline; every site that fails (an

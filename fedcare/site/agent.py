@@ -5,6 +5,11 @@ the outbound filters, in order, before it leaves. Filters come from the site's o
 per job, not from the job or the server, so a hospital's policy (clipping, sharing only some
 layers, differential privacy) cannot be overridden by the server.
 
+Secure aggregation's steps (``secagg.*``) are built in: the update passes the outbound filters
+in the first step, exactly as a ``train`` task's does, and what later leaves (public keys,
+encrypted shares, the masked update) derives from it and skips the chain (a filter that adds
+noise to a TrainResult must not touch keys or masked integers).
+
 Task kinds are dispatched through a table: the built-in kinds call the trainer's methods, and a
 workflow of its own may add handlers. A kind the site has no handler for is answered with an
 error naming it. Every failure becomes an error Reply with a short reason for the server; the

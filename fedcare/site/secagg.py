@@ -135,9 +135,8 @@ class SecureAggregationSite:
         masked: dict[str, np.ndarray] = {}
         clipped = 0
         for name, value in state.update.items():
-            delta = np.asarray(value, np.float64) - np.asarray(state.start[name], np.float64)
-            out = np.empty(delta.size, DTYPE)
-            clipped += state.encoding.encode(delta, state.weight, out)
+            out = np.empty(value.size, DTYPE)
+            clipped += state.encoding.encode(value, state.weight, out, state.start[name])
             masked[name] = out
         flat = list(masked.values())
         pairs = [(peer, pair_seed(state.mask_private, state.mask_keys[peer], state.session,

@@ -187,3 +187,62 @@ def test_the_modular_sum_streams_and_takes_a_discarded_upload_back_out_exactly()
     with pytest.raises(ValueError, match="uint32"):
         MaskedSumAggregator(specs).add("x", TrainResult(Weights(
             {"w": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)}), 1))
+
+
+def _three_sites_masked():
+    """Three site halves taken through steps 1-3 by hand, as the server would relay them."""
+    from fedcare.core.message import Task
+    from fedcare.core.secagg import protocol as p
+    from fedcare.site.secagg import SecureAggregationSite
+
+    names = ["a", "b", "c"]
+    start = Weights({"w": np.zeros(4, np.float32)})
+    sites = {s: SecureAggregationSite(s) for s in names}
+    keys = {}
+    for s in names:
+        task = Task(f"{s}1", "j", 1, p.TRAIN, start, {p.SESSION: "j/r1"})
+        reply = sites[s].advertise(task, TrainResult(Weights({"w": np.full(4, 0.5,
+                                                                           np.float32)}), 10))
+        keys[s] = np.stack([reply.weights[p.MASK_KEY], reply.weights[p.SHARE_KEY]])
+    sealed = {}
+    for s in names:
+        others = [o for o in names if o != s]
+        config = {p.SESSION: "j/r1", p.SITES: p.as_setting(names),
+                  p.NEIGHBOURS: p.as_setting(others), p.THRESHOLD: 2, p.WEIGHT: 1 / 3,
+                  p.CLIP: 1.0}
+        rows = sites[s].share(Task(f"{s}2", "j", 1, p.SHARE, Weights(
+            {p.PEER_KEYS: np.stack([keys[o] for o in others])}), config)).values[p.SHARES]
+        sealed.update({(s, o): row for o, row in zip(others, rows, strict=True)})
+    for s in ["a", "b"]:  # c never uploads
+        others = [o for o in names if o != s]
+        sites[s].masked(Task(f"{s}3", "j", 1, p.MASKED, Weights(
+            {p.SHARES: np.stack([sealed[(o, s)] for o in others])}),
+            {p.SESSION: "j/r1", p.SENDERS: p.as_setting(others)}))
+    return sites, p, Task
+
+
+@pytest.mark.parametrize(("survivors", "dropped", "message"), [
+    (["a", "b"], ["b", "c"], "both summed and dropped"),
+    (["b"], ["a", "c"], "not among the summed sites"),
+])
+def test_a_site_refuses_an_unmasking_that_would_reveal_an_update(survivors, dropped, message):
+    sites, p, Task = _three_sites_masked()
+    config = {p.SESSION: "j/r1", p.SURVIVORS: p.as_setting(survivors),
+              p.DROPPED: p.as_setting(dropped)}
+    with pytest.raises(ValueError, match=message):
+        sites["a"].unmask(Task("a4", "j", 1, p.UNMASK, None, config))
+
+
+def test_a_site_refuses_unmasking_with_fewer_than_t_survivors_or_another_session():
+    sites, p, Task = _three_sites_masked()
+    sites["a"]._round.threshold = 3  # as if t were 3
+    config = {p.SESSION: "j/r1", p.SURVIVORS: p.as_setting(["a", "b"]),
+              p.DROPPED: p.as_setting(["c"])}
+    with pytest.raises(ValueError, match="fewer than t=3"):
+        sites["a"].unmask(Task("a4", "j", 1, p.UNMASK, None, config))
+    with pytest.raises(ValueError, match="no round in progress"):
+        sites["b"].unmask(Task("b4", "j", 1, p.UNMASK, None, {**config, p.SESSION: "j/r2"}))
+    reply = sites["b"].unmask(Task("b4", "j", 1, p.UNMASK, None, config))
+    # b reveals the self-mask seed shares of a and b, and the masking key share of c only
+    assert reply.values[p.SELF_SEED_SHARES].shape == (2, shamir.SHARE_BYTES)
+    assert reply.values[p.MASK_KEY_SHARES].shape == (1, shamir.SHARE_BYTES)

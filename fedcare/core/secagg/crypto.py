@@ -31,6 +31,7 @@ _NONCE_BYTES = 12
 SEAL_OVERHEAD = _NONCE_BYTES + 16
 #: uint32 elements of mask expanded at a time (1 MiB).
 MASK_BLOCK = 1 << 18
+_ZEROS = bytes(4 * MASK_BLOCK)
 
 
 def new_private_key() -> bytes:
@@ -80,11 +81,11 @@ def mask_blocks(seed: bytes, sizes: Sequence[int]) -> Iterator[tuple[int, int, n
     """
     stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
     buffer = bytearray(4 * min(MASK_BLOCK, max(sizes, default=0)))
-    zeros = bytes(len(buffer))
+    zeros = memoryview(_ZEROS)
     for index, size in enumerate(sizes):
         for start in range(0, size, MASK_BLOCK):
             count = min(MASK_BLOCK, size - start)
-            stream.update_into(zeros[:4 * count], buffer)
+            stream.update_into(zeros[:4 * count], buffer)  # key stream = 0 XOR key stream
             yield index, start, np.frombuffer(buffer, "<u4", count)
 
 

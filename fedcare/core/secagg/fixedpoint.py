@@ -26,6 +26,8 @@ import numpy as np
 MODULUS_BITS = 32
 DTYPE = np.dtype(np.uint32)
 _LIMIT = 2**31 - 1
+#: Elements encoded at a time (512 KiB of float64: stays in cache).
+_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,35 @@ class FixedPoint:
     def scale(self) -> float:
         return (_LIMIT - self.num_sites) / self.clip
 
-    def encode(self, update: np.ndarray, weight: float, out: np.ndarray) -> int:
-        """``out`` (flat uint32) = the encoding of ``update`` (any float or integer array) with
-        ``weight`` in (0, 1]; returns how many elements were clipped."""
+    def encode(self, update: np.ndarray, weight: float, out: np.ndarray,
+               start: np.ndarray | None = None) -> int:
+        """``out`` (flat uint32) = the encoding of ``update - start`` (``start`` zero by
+        default; any float or integer arrays of one shape) with ``weight`` in (0, 1]; returns
+        how many elements were clipped. Works block by block, in cache."""
         if not 0 < weight <= 1:
             raise ValueError(f"a site's weight must be in (0, 1], got {weight}")
-        values = np.asarray(update, np.float64).reshape(-1)
-        clipped = int(np.count_nonzero(np.abs(values) > self.clip))
-        scaled = np.clip(values, -self.clip, self.clip) * (weight * self.scale)
-        out[:] = np.rint(scaled).astype(np.int64).astype(np.uint32)  # two's complement
+        factor = weight * self.scale
+        bound = self.clip * factor  # clip(d) * factor == clip(d * factor, +-bound), exactly
+        flat = np.asarray(update).reshape(-1)
+        base = None if start is None else np.asarray(start).reshape(-1)
+        if out.shape != flat.shape or (base is not None and base.shape != flat.shape):
+            raise ValueError(f"encode: shapes differ ({flat.shape}, {out.shape})")
+        size = min(_BLOCK, flat.size)
+        scaled, whole = np.empty(size, np.float64), np.empty(size, np.int64)
+        clipped = 0
+        for at in range(0, flat.size, _BLOCK):
+            stop = min(at + _BLOCK, flat.size)
+            block, ints = scaled[:stop - at], whole[:stop - at]
+            if base is None:
+                np.copyto(block, flat[at:stop], casting="unsafe")
+            else:
+                np.subtract(flat[at:stop], base[at:stop], out=block, dtype=np.float64)
+            block *= factor
+            clipped += int(np.count_nonzero(block > bound) + np.count_nonzero(block < -bound))
+            np.clip(block, -bound, bound, out=block)
+            np.rint(block, out=block)
+            np.copyto(ints, block, casting="unsafe")
+            np.copyto(out[at:stop], ints, casting="unsafe")  # mod 2**32: two's complement
         return clipped
 
     def decode(self, total: np.ndarray, weight_sum: float) -> np.ndarray:

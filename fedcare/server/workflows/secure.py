@@ -86,6 +86,7 @@ class SecureAggregation(TrainRounds):
         self.neighbours = neighbours
         self.clip = float(clip)
         self._pool = BufferPool()
+        self._sum_pool = BufferPool(keep=1)
 
     def check_job(self, job: Job) -> None:
         strategy = job.strategy
@@ -129,7 +130,7 @@ class SecureAggregation(TrainRounds):
         # 3. masked input, folded into the modular sum as it arrives
         u2 = sorted({sender for sender, _ in sealed})
         expected = strategy.result_spec(weights)
-        aggregator = MaskedSumAggregator(expected.specs(), self._pool)
+        aggregator = MaskedSumAggregator(expected.specs(), self._pool, self._sum_pool)
         clipped = run.masked(u2, graph, sealed, aggregator)
         # 4. unmask
         u3 = sorted(aggregator.sites)
