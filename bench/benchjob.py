@@ -41,3 +41,14 @@ def make_job(num_params: int = 1_000_000, num_rounds: int = 3, min_sites: int = 
     return Job(name="bench", initial_weights=lambda: model(num_params), trainer=TrivialTrainer,
                strategy=FedAvg(), num_rounds=num_rounds, min_sites=min_sites,
                round_timeout_s=600, evaluate_every=0)
+
+
+def make_secure_job(num_params: int = 1_000_000, num_rounds: int = 3, min_sites: int = 2,
+                    neighbours: int | None = None, threshold: int | None = None) -> Job:
+    """The same job with secure aggregation (SecAgg, or SecAgg+ with ``neighbours``)."""
+    from fedcare.server.workflows import SecureAggregation
+
+    return Job(name="bench-secure", initial_weights=lambda: model(num_params),
+               trainer=TrivialTrainer, strategy=FedAvg(), num_rounds=num_rounds,
+               min_sites=min_sites, round_timeout_s=600, evaluate_every=0,
+               workflows=(SecureAggregation(threshold=threshold, neighbours=neighbours),))

@@ -28,7 +28,8 @@ from fedcare.core.stream import UpdateStream
 
 #: The toy jobs, as a server's or a site's operator who installed them would list them.
 ENTRY_POINTS = ["toyjob:make_job", "toyjob:make_large_job", "toyjob:make_modular_job",
-                "toyjob:make_forgetful_job", "test_review_fixes_b:crashing_job"]
+                "toyjob:make_forgetful_job", "toyjob:make_secure_job",
+                "test_review_fixes_b:crashing_job"]
 TOY_CODE = CodePolicy(entry_points=ENTRY_POINTS)
 
 MODES = ("ok", "raise", "nan", "inf", "wrong_name", "wrong_shape", "wrong_dtype",
@@ -270,3 +271,71 @@ def make_forgetful_job(num_rounds: int = 3) -> Job:
                    {"x": np.zeros(3_000_000, np.float32)}),
                trainer=ForgetfulTrainer, strategy=FedAvg(), num_rounds=num_rounds,
                evaluate_every=0)
+
+
+# -- secure aggregation: real-valued updates, and sites that drop out at a given step --------
+class SecureToyTrainer:
+    """Site i moves every parameter by its own seeded normal noise (scale 0.1) and has
+    10 * (i + 1) samples. ``mode``: ``crash_at_unmask`` exits the process when asked to unmask
+    (after its masked update left), ``fail_at_unmask`` answers that step with an error,
+    ``fail_at_masked`` answers the masked-input step with an error (dropped before masking)."""
+
+    def __init__(self, index: int, mode: str = "ok") -> None:
+        self.index = index
+        self.n = 10 * (index + 1)
+        self.task_handlers = {}
+        if mode == "crash_at_unmask":
+            self.task_handlers["secagg.unmask"] = lambda task: os._exit(3)
+        elif mode == "fail_at_unmask":
+            self.task_handlers["secagg.unmask"] = _refuse
+        elif mode == "fail_at_masked":
+            self.task_handlers["secagg.masked"] = _refuse
+
+    def train(self, weights, config):
+        return TrainResult(Weights(secure_update(self.index, weights)), self.n)
+
+    def evaluate(self, weights, config):
+        return EvalResult(self.n, {})
+
+
+def _refuse(task):
+    raise RuntimeError("this site went away")
+
+
+def secure_update(index: int, weights) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(100 + index)
+    return {k: (np.asarray(v) + rng.normal(0, 0.1, np.shape(v))).astype(np.asarray(v).dtype)
+            for k, v in weights.items()}
+
+
+def secure_initial(num_values: int = 5000) -> Weights:
+    rng = np.random.default_rng(7)
+    return Weights({"w": rng.normal(0, 1, (num_values // 5, 5)).astype(np.float32),
+                    "b": rng.normal(0, 1, 7).astype(np.float32)})
+
+
+def secure_fedavg(indices, weights) -> dict[str, np.ndarray]:
+    """Plain FedAvg (float64) of the sites ``indices`` from ``weights``: what a secure round
+    must give, within the fixed-point bound."""
+    total = sum(10 * (i + 1) for i in indices)
+    return {k: sum(10 * (i + 1) * secure_update(i, weights)[k].astype(np.float64)
+                   for i in indices) / total for k in weights}
+
+
+def make_secure_job(num_rounds: int = 1, num_sites: int = 4, modes: dict[str, str] | None = None,
+                    threshold: int | None = None, neighbours: int | None = None,
+                    clip: float = 1.0, min_sites: int = 2, num_values: int = 5000,
+                    round_timeout_s: float = 30.0) -> Job:
+    from fedcare.server.workflows import SecureAggregation
+
+    modes = modes or {}
+
+    def trainer(ctx: SiteContext) -> SecureToyTrainer:
+        return SecureToyTrainer(ctx.site_index, modes.get(ctx.site_id, "ok"))
+
+    return Job(name="secure", initial_weights=lambda: secure_initial(num_values),
+               trainer=trainer, strategy=FedAvg(), num_rounds=num_rounds, min_sites=min_sites,
+               round_timeout_s=round_timeout_s, evaluate_every=0,
+               site_ids=tuple(f"site-{i}" for i in range(num_sites)),
+               workflows=(SecureAggregation(threshold=threshold, neighbours=neighbours,
+                                            clip=clip),))

@@ -161,6 +161,11 @@ class Job:
                 raise ConfigError(f"workflows must be a non-empty sequence of Workflow, got "
                                   f"{self.workflows!r}", job_id=self.name)
             object.__setattr__(self, "workflows", tuple(self.workflows))
+        for workflow in self.workflows or ():
+            try:
+                workflow.check_job(self)
+            except ConfigError as exc:
+                raise ConfigError(exc.message, job_id=self.name) from None
         if self.workflows is not None and self.statistics is not None:
             raise ConfigError("give the statistics as a FederatedStatistics workflow in "
                               "workflows, not as statistics (which only a job without "

@@ -1,7 +1,7 @@
 """Round workflows: the steps of a job, each built on one gather primitive.
 
 A job runs a sequence of workflows in order (federated statistics, training rounds, cross-site
-validation, and later a secure-aggregation key exchange): each receives the model the one before
+validation, secure training rounds): each receives the model the one before
 produced and returns the next. A workflow never touches a transport. It talks to the sites through
 its :class:`WorkflowContext`, whose :meth:`~WorkflowContext.gather` sends one task to each named
 site and yields the valid replies as they arrive until a deadline; every site that fails (an
@@ -55,6 +55,8 @@ class Gather:
         expect: The result type a valid reply holds (TrainResult, EvalResult, StatsResult).
         payload: The tensors every task carries (the global model, another site's model), or
             None.
+        payload_for: The tensors of one site's task, when they differ by site (the key
+            material of secure aggregation); replaces ``payload``.
         configure: The settings for one site's task; none by default.
         timeout_s: How long to wait for replies; the job's ``round_timeout_s`` by default.
         attempt: Tells apart gathers of one kind in one round (a round run again after an
@@ -73,6 +75,7 @@ class Gather:
     timeout_s: float | None = None
     attempt: int = 0
     streams: RoundTarget | None = None
+    payload_for: Callable[[str], Weights | None] | None = None
 
     def __post_init__(self) -> None:
         # checked here, where a workflow names it, not first at the encoder of one transport
@@ -180,6 +183,10 @@ class Workflow(ABC):
     #: job's: ``evaluate_every``), so a site can refuse a job before it starts; None: not
     #: declared, and a site checks each task as it comes.
     task_kinds: tuple[str, ...] | None = None
+
+    def check_job(self, job: Job) -> None:  # noqa: B027 - optional hook
+        """Refuse (ConfigError, one line) a job this workflow cannot run, e.g. a threshold
+        above its number of sites; called when the Job is built, before any site is asked."""
 
     @abstractmethod
     def run(self, ctx: WorkflowContext, weights: Weights) -> Weights:

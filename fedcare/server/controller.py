@@ -348,7 +348,9 @@ class RoundController:
             for site_id in request.site_ids:
                 task_id = self.task_id(request, site_id)
                 config = request.configure(site_id) if request.configure else {}
-                task = Task(task_id, self.job_id, round_num, kind, request.payload, config,
+                payload = (request.payload_for(site_id) if request.payload_for is not None
+                           else request.payload)
+                task = Task(task_id, self.job_id, round_num, kind, payload, config,
                             local_names=local_names)
                 self._asked.add(site_id)
                 try:

@@ -10,6 +10,11 @@ allowed, is the budget spent) and every result, once filtered, again: what the t
 outbound filters spent (``ReportsPrivacy``) is charged to the site's privacy ledger before the
 reply is built, and a result the policy refuses (too few rows, over budget) never leaves.
 
+Secure aggregation's steps (``secagg.*``) are built in: the update passes the outbound filters
+(and the privacy guard) in the first step, exactly as a ``train`` task's does, and what later
+leaves (public keys, encrypted shares, the masked update) derives from it and skips the chain
+(a filter that adds noise to a TrainResult must not touch keys or masked integers).
+
 Task kinds are dispatched through a table: the built-in kinds call the trainer's methods, and a
 workflow of its own may add handlers. A kind the site has no handler for is answered with an
 error naming it. Every failure becomes an error Reply with a short reason for the server; the
@@ -37,11 +42,13 @@ from fedcare.core.message import (
     TrainResult,
 )
 from fedcare.core.privacy import ReportsPrivacy
+from fedcare.core.secagg import protocol as secagg
 from fedcare.core.text import one_line
 from fedcare.core.trainer import StatisticsProvider, Trainer
 from fedcare.core.weights import Weights
 from fedcare.site.filters import Filter
 from fedcare.site.privacy_guard import PrivacyGuard
+from fedcare.site.secagg import SecureAggregationSite
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Task], Result]
@@ -97,11 +104,14 @@ class SiteAgent:
         # Parameters that never leave the site (FedBN): the values of the last training, put
         # back into every model the site is sent, so a trainer needs no special code for them.
         self._kept: dict[str, np.ndarray] = {}
+        self.secure = SecureAggregationSite(site_id)
         self.handlers: dict[str, Handler] = {
             TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
             TaskKind.STATISTICS: self._statistics, TaskKind.SUBMIT_MODEL: self._submit_model,
             TaskKind.VALIDATE: self._validate, TaskKind.INITIAL_MODEL: self._initial_model,
-            TaskKind.PREPARE: self._prepare,
+            TaskKind.PREPARE: self._prepare, secagg.TRAIN: self._secure_train,
+            secagg.SHARE: self.secure.share, secagg.MASKED: self.secure.masked,
+            secagg.UNMASK: self.secure.unmask,
             **dict(getattr(trainer, "task_handlers", None) or {}), **(handlers or {})}
 
     def handle(self, task: Task) -> Reply:
@@ -116,10 +126,8 @@ class SiteAgent:
                 raise LookupError(f"this site has no handler for task kind {task.kind!r} "
                                   f"(it serves {sorted(self.handlers)})")
             result = handler(task)
-            for site_filter in self.outbound:
-                result = site_filter.outbound(task, result)
-            if self.privacy is not None:  # charged, and committed, before anything leaves
-                self.privacy.after(task, result, self._reporters)
+            if task.kind not in secagg.KINDS:  # (those filter the update themselves)
+                result = self._filtered(task, result)
         except PrivacyError as exc:  # the site's own rule, not a fault: no traceback
             log.warning("site %s: %s task %s refused: %s", self.site_id, task.kind,
                         task.task_id, exc)
@@ -132,6 +140,15 @@ class SiteAgent:
             assert isinstance(result, TrainResult)
             self._local_model = result.weights  # what left the site, filters applied
         return Reply(task.task_id, self.site_id, result=result)
+
+    def _filtered(self, task: Task, result: Result) -> Result:
+        """``result`` through the outbound chain, as it may leave the site; what that spent of
+        the privacy budget is charged (and committed) first."""
+        for site_filter in self.outbound:
+            result = site_filter.outbound(task, result)
+        if self.privacy is not None:  # charged, and committed, before anything leaves
+            self.privacy.after(task, result, self._reporters)
+        return result
 
     def _with_kept(self, task: Task) -> Task:
         if not (task.local_names and self._kept and task.weights is not None):
@@ -154,6 +171,19 @@ class SiteAgent:
         result = TrainResult(Weights(outgoing), trained.num_samples, dict(trained.metrics))
         self._kept = dict(Weights(kept)) if kept else {}
         return result
+
+    def _secure_train(self, task: Task) -> Result:
+        """Secure aggregation's first step: train and filter as for a ``train`` task (the
+        filters see one), keep the update at the site, answer with fresh public keys. Later
+        steps send only keys, encrypted shares and the masked update, derived from what
+        passed the filters here."""
+        as_train = dataclasses.replace(task, kind=TaskKind.TRAIN)
+        result = self._filtered(as_train, self._train(as_train))
+        _expect(result, TrainResult, "an outbound filter")
+        assert isinstance(result, TrainResult)
+        if self.keep_local_model:
+            self._local_model = result.weights
+        return self.secure.advertise(task, result)
 
     def _evaluate(self, task: Task) -> Result:
         evaluated = self.trainer.evaluate(_weights(task), task.config)

@@ -5,6 +5,7 @@ See :mod:`fedcare.core.workflow` for the interface a new workflow implements.
 
 from fedcare.core.job import Job
 from fedcare.core.workflow import Workflow
+from fedcare.server.workflows.secure import SecureAggregation
 from fedcare.server.workflows.statistics import FederatedStatistics
 from fedcare.server.workflows.training import TrainRounds
 from fedcare.server.workflows.validation import CrossSiteValidation
@@ -17,4 +18,5 @@ def default_workflows(job: Job) -> tuple[Workflow, ...]:
     return (TrainRounds(),)
 
 
-__all__ = ["CrossSiteValidation", "FederatedStatistics", "TrainRounds", "default_workflows"]
+__all__ = ["CrossSiteValidation", "FederatedStatistics", "SecureAggregation", "TrainRounds",
+           "default_workflows"]
