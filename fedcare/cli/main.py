@@ -196,6 +196,7 @@ def _register() -> None:
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.job import job_app
     from fedcare.cli.poc import poc_command
+    from fedcare.cli.privacy import privacy_app
     from fedcare.cli.provision import provision_app
 
     app.add_typer(provision_app, name="provision")
@@ -207,6 +208,7 @@ def _register() -> None:
     site_app.command("uploads")(site_uploads)
     app.command("poc")(poc_command)
     app.add_typer(bench_app, name="bench")
+    app.add_typer(privacy_app, name="privacy")
 
 
 _register()
