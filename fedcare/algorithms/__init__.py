@@ -1,5 +1,6 @@
 """Aggregation algorithms (server-side strategies and their site-side parts)."""
 
+from fedcare.algorithms.dpfedavg import DpFedAvg
 from fedcare.algorithms.fedavg import Cyclic, FedAvg, WeightedMeanAggregator
 from fedcare.algorithms.fedbn import FedBN
 from fedcare.algorithms.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
@@ -10,6 +11,7 @@ from fedcare.algorithms.scaffold import Scaffold
 __all__ = [
     "ClippedFedAvg",
     "Cyclic",
+    "DpFedAvg",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

@@ -192,6 +192,7 @@ def bench_flamby(
 
 
 def _register() -> None:
+    from fedcare.cli.attack import privacy_app
     from fedcare.cli.audit import audit_app, site_uploads
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.job import job_app
@@ -210,6 +211,7 @@ def _register() -> None:
     site_app.command("privacy")(site_privacy)
     app.command("poc")(poc_command)
     app.add_typer(bench_app, name="bench")
+    app.add_typer(privacy_app, name="privacy")
 
 
 _register()

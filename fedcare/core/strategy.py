@@ -91,6 +91,11 @@ class Strategy(ABC):
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027
         """Restore what :meth:`state` returned (when a job resumes)."""
 
+    def round_metrics(self, round_num: int) -> dict[str, float]:
+        """Numbers of the server's own about a round just aggregated (e.g. the privacy spent
+        so far), recorded beside the sites' training metrics. None by default."""
+        return {}
+
     def check_job(self, *, min_sites: int, num_sites: int | None) -> None:  # noqa: B027
         """Refuse (ConfigError) a job this strategy cannot run, e.g. too few sites for Krum.
 

@@ -12,9 +12,12 @@ keeps real differences between hospitals visible to the model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fedcare import algorithms
+from fedcare.core.dp import DpSgdSettings
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
 from fedcare.core.weights import Weights
@@ -27,7 +30,11 @@ ALGORITHMS = {
     "fedavgm": algorithms.FedAvgM, "cyclic": algorithms.Cyclic, "median": algorithms.Median,
     "trimmed_mean": algorithms.TrimmedMean, "krum": algorithms.Krum,
     "clipped": algorithms.ClippedFedAvg, "scaffold": algorithms.Scaffold,
+    "dp_fedavg": algorithms.DpFedAvg,
 }
+#: Parameters no site changes in training (set by the federated standardisation): DP-FedAvg
+#: keeps them at their global values, without noise.
+FROZEN = ("^scaler_",)
 
 
 def standardisation(count: float, total: np.ndarray, total_sq: np.ndarray
@@ -65,13 +72,20 @@ def make_job(
     min_sites: int = 2,
     round_timeout_s: float = 120.0,
     algorithm: str = "fedavg",
-    algorithm_params: dict[str, float] | None = None,
+    algorithm_params: dict[str, Any] | None = None,
     split: str = "seeded",
+    dp: dict[str, float] | None = None,
 ) -> Job:
     """The heart-disease job.
 
     ``split``: "seeded" (a stratified per-centre split drawn with ``split_seed``, default
     ``seed``) or "flamby" (FLamby's fixed split, the same for every seed).
+
+    Differential privacy: ``algorithm="dp_fedavg"`` with ``algorithm_params`` ``clip_norm``,
+    ``delta`` and ``noise_multiplier`` or ``target_epsilon`` (client-level, noise added by the
+    server; the standardisation buffers are kept frozen); ``dp`` = ``{max_grad_norm, delta,
+    noise_multiplier | target_epsilon}`` trains every site by DP-SGD (sample-level, Opacus); a
+    target epsilon is spread over ``num_rounds`` x ``local_steps`` steps.
     """
     if split not in ("seeded", "flamby"):
         raise ConfigError(f"heart job: split must be 'seeded' or 'flamby', got {split!r}")
@@ -86,19 +100,33 @@ def make_job(
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"heart job: algorithm must be one of {sorted(ALGORITHMS)}, "
                           f"got {algorithm!r}")
+    params: dict[str, Any] = dict(algorithm_params or {})
+    if algorithm == "dp_fedavg":
+        params.setdefault("frozen", FROZEN)
+        if "target_epsilon" in params:
+            params.setdefault("num_rounds", num_rounds)
+    trainer_params: dict[str, Any] = {"seed": seed, "split_seed": split_rng_seed,
+                                      "partition": partition, "alpha": alpha, "split": split}
+    if dp is not None:
+        if algorithm in ("fedprox", "scaffold"):
+            raise ConfigError(f"heart job: dp (DP-SGD) cannot run with {algorithm}: its extra "
+                              "terms are not clipped per row")
+        dp_values = dict(dp) if isinstance(dp, dict) else dp
+        if isinstance(dp_values, dict) and "target_epsilon" in dp_values:
+            dp_values.setdefault("planned_steps", num_rounds * local_steps)
+        trainer_params["dp"] = DpSgdSettings.from_mapping(dp_values).to_mapping()
     try:
         strategy = ALGORITHMS[algorithm](seed=seed, train_config={
             "local_steps": local_steps, "lr": lr, "batch_size": batch_size,
             "weight_decay": weight_decay,
-        }, **(algorithm_params or {}))
+        }, **params)
     except TypeError as exc:
         raise ConfigError(f"heart job: bad algorithm_params for {algorithm}: {exc}") from None
     return Job(
         name="heart",
         initial_weights=None,  # a site sends it: the server needs no torch
         trainer="fedcare.jobs.heart_site:make_trainer",
-        trainer_params={"seed": seed, "split_seed": split_rng_seed, "partition": partition,
-                        "alpha": alpha, "split": split},
+        trainer_params=trainer_params,
         strategy=strategy,
         num_rounds=num_rounds,
         min_sites=1 if algorithm == "cyclic" else min_sites,

@@ -13,10 +13,13 @@ import torch
 from torch import nn
 
 from fedcare.algorithms.fedprox import MU_KEY
+from fedcare.core.dp import DpSgdSettings
 from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
+from fedcare.core.privacy import PrivacySpend
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.heart import FEATURE_NAMES, load_all, load_hospital, load_hospital_flamby
+from fedcare.dpsgd import DpSgd
 from fedcare.jobs.heart import FeatureMoments, standardisation
 from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
 from fedcare.sim import partition
@@ -87,19 +90,59 @@ def score(model: HeartModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(accuracy), "loss": float(loss)}
 
 
+def _row_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+
+
 class HeartTrainer:
-    """One hospital's trainer: sees only that hospital's train and test rows."""
+    """One hospital's trainer: sees only that hospital's train and test rows.
+
+    With ``dp`` it trains by sample-level DP-SGD (Opacus, :mod:`fedcare.dpsgd`) and reports
+    what each round spent (:meth:`privacy_spent`); the round's epsilon so far is also the
+    training metric ``dp_sgd_epsilon``. The site's feature sums for the federated
+    standardisation are not covered by DP-SGD (they are the statistics task's, before round 1).
+    """
 
     def __init__(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 y_test: np.ndarray, *, seed: int = 0) -> None:
+                 y_test: np.ndarray, *, seed: int = 0, dp: DpSgdSettings | None = None,
+                 batch_size: int = 0) -> None:
         self.x_train, self.y_train = x_train, y_train
         self.x_test, self.y_test = x_test, y_test
         self.model = HeartModel()
         self.generator = torch.Generator().manual_seed(seed)
         self.scaffold = ScaffoldSite()  # idle unless the strategy sends control variates
         self.initial_seed = 0
+        self.dp = dp
+        self.dp_batch_size = batch_size
+        self._dpsgd: DpSgd | None = None
+
+    def privacy_spent(self) -> list[PrivacySpend]:
+        """What DP-SGD spent in each round since the last call; nothing without ``dp``."""
+        return self._dpsgd.privacy_spent() if self._dpsgd is not None else []
+
+    def _train_dp(self, weights: Weights, config: Config) -> TrainResult:
+        assert self.dp is not None
+        if config.get(MU_KEY, 0.0) or any(k.startswith("scaffold") for k in weights):
+            raise ValueError("dp-sgd trains plain SGD: FedProx and SCAFFOLD terms are not "
+                             "clipped per row, so they cannot run with dp")
+        batch_size = int(config.get("batch_size", 0))
+        if batch_size != self.dp_batch_size and self._dpsgd is not None:
+            raise ValueError("dp-sgd: the batch size cannot change during a job")
+        set_weights(self.model, weights)
+        if self._dpsgd is None:  # one engine for the whole job: it must count every step
+            self.dp_batch_size = batch_size
+            self._dpsgd = DpSgd(self.model, self.x_train, self.y_train, self.dp,
+                                batch_size=batch_size, loss=_row_losses)
+        loss = self._dpsgd.train(int(config["local_steps"]), lr=float(config["lr"]),
+                                 weight_decay=float(config.get("weight_decay", 0.0)))
+        metrics = {"dp_sgd_epsilon": self._dpsgd.epsilon()}
+        if np.isfinite(loss):
+            metrics["loss"] = loss
+        return TrainResult(get_weights(self.model), len(self.y_train), metrics)
 
     def train(self, weights: Weights, config: Config) -> TrainResult:
+        if self.dp is not None:
+            return self._train_dp(weights, config)
         steps, lr = int(config["local_steps"]), float(config["lr"])
         scaffold = self.scaffold.begin(self.model, weights)
         loss = fit(self.model, self.x_train, self.y_train, steps=steps, lr=lr,
@@ -171,10 +214,13 @@ def initial_weights(seed: int) -> Weights:
 
 def make_trainer(ctx: SiteContext, *, seed: int = 0, split_seed: int | None = None,
                  partition: str = "natural", alpha: float = 0.5,
-                 split: str = "seeded") -> HeartTrainer:
-    """One hospital's trainer, as the server half's ``trainer_params`` describe it."""
+                 split: str = "seeded", dp: dict[str, float] | None = None) -> HeartTrainer:
+    """One hospital's trainer, as the server half's ``trainer_params`` describe it; ``dp``:
+    DP-SGD settings (:class:`~fedcare.core.dp.DpSgdSettings`), checked again here."""
+    settings = DpSgdSettings.from_mapping(dp) if dp is not None else None
     x_tr, y_tr, x_te, y_te = _site_data(ctx, seed if split_seed is None else split_seed,
                                         partition, alpha, split)
-    trainer = HeartTrainer(x_tr, y_tr, x_te, y_te, seed=seed * 1000 + ctx.site_index)
+    trainer = HeartTrainer(x_tr, y_tr, x_te, y_te, seed=seed * 1000 + ctx.site_index,
+                           dp=settings)
     trainer.initial_seed = seed
     return trainer

@@ -24,7 +24,8 @@ class RoundRecord:
     """What happened in one round. Round 0 evaluates the initial model (no training).
 
     ``eval_metrics`` are sample-weighted over the sites' held-out data; ``train_metrics`` are
-    sample-weighted over the sites that trained.
+    sample-weighted over the sites that trained, plus the strategy's own numbers for the round
+    (:meth:`~fedcare.core.strategy.Strategy.round_metrics`, e.g. ``dp_fedavg_epsilon``).
     """
 
     round_num: int

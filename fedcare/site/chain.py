@@ -8,6 +8,7 @@ from typing import Any
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.policy import FilterSpec, SitePolicy
+from fedcare.site.dp_noise import GaussianNoise
 from fedcare.site.filters import ClipUpdateNorm, ExcludeVariables, Filter
 from fedcare.site.quantise import HalfPrecision, Int8Update
 from fedcare.site.sharing import PercentileSharing, SvtPrivacy
@@ -16,7 +17,7 @@ from fedcare.site.statistics_noise import StatisticsNoise
 #: The filters a site policy may name.
 FILTERS: dict[str, Callable[..., Filter]] = {f.name: f for f in (
     ClipUpdateNorm, ExcludeVariables, PercentileSharing, SvtPrivacy, HalfPrecision, Int8Update,
-    StatisticsNoise)}
+    StatisticsNoise, GaussianNoise)}
 
 
 def build_filter(spec: FilterSpec, where: str) -> Filter:

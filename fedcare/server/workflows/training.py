@@ -121,8 +121,9 @@ class TrainRounds(Workflow):
         if bad:
             raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
                                    "good model", job_id=ctx.job_id, round_num=round_num)
-        ctx.finish_round(round_num, new_weights,
-                         StepOutcome(trained, train_metrics.result(), failures), started)
+        metrics = {**train_metrics.result(), **strategy.round_metrics(round_num)}
+        ctx.finish_round(round_num, new_weights, StepOutcome(trained, metrics, failures),
+                         started)
         return new_weights
 
 
