@@ -139,3 +139,27 @@ def test_heart_job_with_noise_added_at_the_sites():
 def test_heart_job_refuses_bad_privacy_settings_when_loaded(params, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_job(HEART, params)
+
+
+def test_dp_sgd_spending_is_charged_to_each_sites_ledger_and_a_budget_stops_it(tmp_path):
+    """The DP-SGD trainer's reports reach the site's own ledger before each update leaves;
+    a site whose budget the next round would pass trains no more."""
+    from fedcare.core.privacy_policy import PrivacyPolicy
+    from fedcare.site.privacy_ledger import read_spends
+
+    job = load_job(HEART, {"num_rounds": 3, "split": "flamby",
+                           "dp": {"max_grad_norm": 1.0, "noise_multiplier": 1.0}})
+    plain = PrivacyPolicy()
+    tight = PrivacyPolicy(budget_epsilon=1.0)  # below what three rounds cost at va
+    result = simulate(job, site_privacy={"cleveland": plain, "hungary": plain,
+                                         "switzerland": plain, "va": tight},
+                      privacy_dir=tmp_path)
+    reported = [r.train_metrics["dp_sgd_epsilon"] for r in result.history.rounds[1:]]
+    spends = read_spends(tmp_path / "cleveland" / "privacy.db")
+    assert [s.round_num for s in spends] == [1, 2, 3]
+    assert all("dp-sgd" in s.mechanism for s in spends)
+    # the charges add up to the accountant's epsilon after the last round
+    assert sum(s.epsilon for s in spends) == pytest.approx(reported[-1], rel=1e-6)
+    va = read_spends(tmp_path / "va" / "privacy.db")
+    assert sum(s.epsilon for s in va) <= 1.0 and len(va) < 3
+    assert any(f.site_id == "va" and "budget" in f.message for f in result.failures)
