@@ -278,7 +278,8 @@ class SecureToyTrainer:
     """Site i moves every parameter by its own seeded normal noise (scale 0.1) and has
     10 * (i + 1) samples. ``mode``: ``crash_at_unmask`` exits the process when asked to unmask
     (after its masked update left), ``fail_at_unmask`` answers that step with an error,
-    ``fail_at_masked`` answers the masked-input step with an error (dropped before masking)."""
+    ``fail_at_masked`` answers the masked-input step with an error (dropped before masking),
+    ``fail_at_he_encrypt`` answers homomorphic aggregation's encryption step with an error."""
 
     def __init__(self, index: int, mode: str = "ok") -> None:
         self.index = index
@@ -290,6 +291,8 @@ class SecureToyTrainer:
             self.task_handlers["secagg.unmask"] = _refuse
         elif mode == "fail_at_masked":
             self.task_handlers["secagg.masked"] = _refuse
+        elif mode == "fail_at_he_encrypt":
+            self.task_handlers["he.encrypt"] = _refuse
 
     def train(self, weights, config):
         return TrainResult(Weights(secure_update(self.index, weights)), self.n)
