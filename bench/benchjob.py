@@ -52,3 +52,14 @@ def make_secure_job(num_params: int = 1_000_000, num_rounds: int = 3, min_sites:
                trainer=TrivialTrainer, strategy=FedAvg(), num_rounds=num_rounds,
                min_sites=min_sites, round_timeout_s=600, evaluate_every=0,
                workflows=(SecureAggregation(threshold=threshold, neighbours=neighbours),))
+
+
+def make_he_job(num_params: int = 1_000_000, num_rounds: int = 3, min_sites: int = 2,
+                poly_modulus_degree: int = 8192) -> Job:
+    """The same job with homomorphic (CKKS) aggregation."""
+    from fedcare.server.workflows import HomomorphicAggregation
+
+    return Job(name="bench-he", initial_weights=lambda: model(num_params),
+               trainer=TrivialTrainer, strategy=FedAvg(), num_rounds=num_rounds,
+               min_sites=min_sites, round_timeout_s=600, evaluate_every=0,
+               workflows=(HomomorphicAggregation(poly_modulus_degree=poly_modulus_degree),))

@@ -28,7 +28,7 @@ from fedcare.core.stream import UpdateStream
 
 #: The toy jobs, as a server's or a site's operator who installed them would list them.
 ENTRY_POINTS = ["toyjob:make_job", "toyjob:make_large_job", "toyjob:make_modular_job",
-                "toyjob:make_forgetful_job", "toyjob:make_secure_job",
+                "toyjob:make_forgetful_job", "toyjob:make_secure_job", "toyjob:make_he_job",
                 "test_review_fixes_b:crashing_job"]
 TOY_CODE = CodePolicy(entry_points=ENTRY_POINTS)
 
@@ -278,7 +278,8 @@ class SecureToyTrainer:
     """Site i moves every parameter by its own seeded normal noise (scale 0.1) and has
     10 * (i + 1) samples. ``mode``: ``crash_at_unmask`` exits the process when asked to unmask
     (after its masked update left), ``fail_at_unmask`` answers that step with an error,
-    ``fail_at_masked`` answers the masked-input step with an error (dropped before masking)."""
+    ``fail_at_masked`` answers the masked-input step with an error (dropped before masking),
+    ``fail_at_he_encrypt`` answers homomorphic aggregation's encryption step with an error."""
 
     def __init__(self, index: int, mode: str = "ok") -> None:
         self.index = index
@@ -290,6 +291,8 @@ class SecureToyTrainer:
             self.task_handlers["secagg.unmask"] = _refuse
         elif mode == "fail_at_masked":
             self.task_handlers["secagg.masked"] = _refuse
+        elif mode == "fail_at_he_encrypt":
+            self.task_handlers["he.encrypt"] = _refuse
 
     def train(self, weights, config):
         return TrainResult(Weights(secure_update(self.index, weights)), self.n)
@@ -339,3 +342,15 @@ def make_secure_job(num_rounds: int = 1, num_sites: int = 4, modes: dict[str, st
                site_ids=tuple(f"site-{i}" for i in range(num_sites)),
                workflows=(SecureAggregation(threshold=threshold, neighbours=neighbours,
                                             clip=clip),))
+
+
+def make_he_job(num_rounds: int = 1, num_sites: int = 3, num_values: int = 5000,
+                decryptors: int = 1, min_sites: int = 2) -> Job:
+    """The secure toy's sites and model with homomorphic (CKKS) aggregation."""
+    from fedcare.server.workflows import HomomorphicAggregation
+
+    return Job(name="he", initial_weights=lambda: secure_initial(num_values),
+               trainer=lambda ctx: SecureToyTrainer(ctx.site_index), strategy=FedAvg(),
+               num_rounds=num_rounds, min_sites=min_sites, round_timeout_s=60.0,
+               evaluate_every=0, site_ids=tuple(f"site-{i}" for i in range(num_sites)),
+               workflows=(HomomorphicAggregation(decryptors=decryptors),))

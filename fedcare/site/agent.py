@@ -14,6 +14,8 @@ Secure aggregation's steps (``secagg.*``) are built in: the update passes the ou
 (and the privacy guard) in the first step, exactly as a ``train`` task's does, and what later
 leaves (public keys, encrypted shares, the masked update) derives from it and skips the chain
 (a filter that adds noise to a TrainResult must not touch keys or masked integers).
+Homomorphic aggregation's steps (``he.*``) are built in the same way: the update is filtered in
+``he.train``; the CKKS ciphertexts sent later encrypt what passed.
 
 Task kinds are dispatched through a table: the built-in kinds call the trainer's methods, and a
 workflow of its own may add handlers. A kind the site has no handler for is answered with an
@@ -31,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedcare.core import he_protocol as he
 from fedcare.core.errors import PrivacyError
 from fedcare.core.message import (
     EvalResult,
@@ -47,11 +50,13 @@ from fedcare.core.text import one_line
 from fedcare.core.trainer import StatisticsProvider, Trainer
 from fedcare.core.weights import Weights
 from fedcare.site.filters import Filter
+from fedcare.site.he import HomomorphicSite
 from fedcare.site.privacy_guard import PrivacyGuard
 from fedcare.site.secagg import SecureAggregationSite
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Task], Result]
+_SELF_FILTERED = frozenset((*secagg.KINDS, *he.KINDS))
 
 
 class ResultFilter(Protocol):
@@ -105,13 +110,16 @@ class SiteAgent:
         # back into every model the site is sent, so a trainer needs no special code for them.
         self._kept: dict[str, np.ndarray] = {}
         self.secure = SecureAggregationSite(site_id)
+        self.homomorphic = HomomorphicSite(site_id)
         self.handlers: dict[str, Handler] = {
             TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
             TaskKind.STATISTICS: self._statistics, TaskKind.SUBMIT_MODEL: self._submit_model,
             TaskKind.VALIDATE: self._validate, TaskKind.INITIAL_MODEL: self._initial_model,
             TaskKind.PREPARE: self._prepare, secagg.TRAIN: self._secure_train,
             secagg.SHARE: self.secure.share, secagg.MASKED: self.secure.masked,
-            secagg.UNMASK: self.secure.unmask,
+            secagg.UNMASK: self.secure.unmask, he.TRAIN: self._homomorphic_train,
+            he.KEYGEN: self.homomorphic.keygen, he.ENCRYPT: self.homomorphic.encrypt,
+            he.DECRYPT: self.homomorphic.decrypt,
             **dict(getattr(trainer, "task_handlers", None) or {}), **(handlers or {})}
 
     def handle(self, task: Task) -> Reply:
@@ -126,7 +134,7 @@ class SiteAgent:
                 raise LookupError(f"this site has no handler for task kind {task.kind!r} "
                                   f"(it serves {sorted(self.handlers)})")
             result = handler(task)
-            if task.kind not in secagg.KINDS:  # (those filter the update themselves)
+            if task.kind not in _SELF_FILTERED:  # (those filter the update themselves)
                 result = self._filtered(task, result)
         except PrivacyError as exc:  # the site's own rule, not a fault: no traceback
             log.warning("site %s: %s task %s refused: %s", self.site_id, task.kind,
@@ -172,18 +180,28 @@ class SiteAgent:
         self._kept = dict(Weights(kept)) if kept else {}
         return result
 
-    def _secure_train(self, task: Task) -> Result:
-        """Secure aggregation's first step: train and filter as for a ``train`` task (the
-        filters see one), keep the update at the site, answer with fresh public keys. Later
-        steps send only keys, encrypted shares and the masked update, derived from what
-        passed the filters here."""
+    def _filtered_update(self, task: Task) -> TrainResult:
+        """Train and filter as for a ``train`` task (the filters see one)."""
         as_train = dataclasses.replace(task, kind=TaskKind.TRAIN)
         result = self._filtered(as_train, self._train(as_train))
         _expect(result, TrainResult, "an outbound filter")
         assert isinstance(result, TrainResult)
         if self.keep_local_model:
             self._local_model = result.weights
-        return self.secure.advertise(task, result)
+        return result
+
+    def _homomorphic_train(self, task: Task) -> Result:
+        """Homomorphic aggregation's first step: train and filter as for a ``train`` task,
+        keep the update at the site, answer with a fresh public key. The ciphertexts sent
+        later are encryptions of what passed the filters here."""
+        return self.homomorphic.advertise(task, self._filtered_update(task))
+
+    def _secure_train(self, task: Task) -> Result:
+        """Secure aggregation's first step: train and filter as for a ``train`` task (the
+        filters see one), keep the update at the site, answer with fresh public keys. Later
+        steps send only keys, encrypted shares and the masked update, derived from what
+        passed the filters here."""
+        return self.secure.advertise(task, self._filtered_update(task))
 
     def _evaluate(self, task: Task) -> Result:
         evaluated = self.trainer.evaluate(_weights(task), task.config)

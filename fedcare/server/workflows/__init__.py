@@ -5,6 +5,7 @@ See :mod:`fedcare.core.workflow` for the interface a new workflow implements.
 
 from fedcare.core.job import Job
 from fedcare.core.workflow import Workflow
+from fedcare.server.workflows.homomorphic import HomomorphicAggregation
 from fedcare.server.workflows.secure import SecureAggregation
 from fedcare.server.workflows.statistics import FederatedStatistics
 from fedcare.server.workflows.training import TrainRounds
@@ -18,5 +19,6 @@ def default_workflows(job: Job) -> tuple[Workflow, ...]:
     return (TrainRounds(),)
 
 
-__all__ = ["CrossSiteValidation", "FederatedStatistics", "SecureAggregation", "TrainRounds",
+__all__ = ["CrossSiteValidation", "FederatedStatistics", "HomomorphicAggregation",
+           "SecureAggregation", "TrainRounds",
            "default_workflows"]

@@ -1,0 +1,160 @@
+"""The site half of homomorphic (CKKS) aggregation: one round's key exchange, encrypted update
+and decryption of the sum (see :mod:`fedcare.core.he_protocol`).
+
+A site keeps, between the steps of a round, its filtered update, the global model it started
+from, a fresh X25519 private key and, once received, the round's secret CKKS context; all of
+it is dropped when a new round starts or the site answers the decryption step. The secret
+context reaches the other sites sealed for each of them, so the server, which relays it, only
+ever holds the public context.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedcare.core import he_protocol as p
+from fedcare.core.ckks import CkksKeys, pack, unpack
+from fedcare.core.message import Config, StatsResult, Task, TrainResult
+from fedcare.core.secagg.crypto import KEY_BYTES, agree, new_private_key, public_key, seal, unseal
+from fedcare.core.weights import Weights
+
+
+@dataclass
+class _Round:
+    session: str
+    update: Weights
+    start: Weights
+    num_samples: int
+    private: bytes = field(default_factory=new_private_key, repr=False)
+    keys: CkksKeys | None = field(default=None, repr=False)
+
+
+class HomomorphicSite:
+    """Answers the homomorphic-aggregation steps of one job at one site."""
+
+    def __init__(self, site_id: str) -> None:
+        self.site_id = site_id
+        self._round: _Round | None = None
+
+    def advertise(self, task: Task, trained: TrainResult) -> TrainResult:
+        """Step 1, after training: keep the (filtered) update, answer with a fresh public key."""
+        if task.weights is None:
+            raise ValueError("a homomorphic training task without the global model")
+        names = list(task.weights)
+        if sorted(trained.weights) != sorted(names):
+            raise ValueError("homomorphic aggregation sums every model parameter; the update "
+                             f"has {sorted(trained.weights)}, the model {sorted(names)}")
+        state = _Round(_session(task.config), trained.weights, task.weights,
+                       trained.num_samples)
+        self._round = state
+        key = np.frombuffer(public_key(state.private), np.uint8).copy()
+        return TrainResult(Weights({p.PUBLIC_KEY: key}), trained.num_samples,
+                           dict(trained.metrics))
+
+    def keygen(self, task: Task) -> StatsResult:
+        """Step 2, at the elected site: a fresh CKKS context; its public part for the server,
+        its secret part sealed for each other site."""
+        state = self._current(task)
+        config = task.config
+        others = _site_list(config, p.SITES)
+        if self.site_id in others:
+            raise ValueError("homomorphic aggregation: this site is among its own recipients")
+        peer_keys = np.asarray(task.weights[p.PEER_KEYS] if task.weights else None)
+        if peer_keys.dtype != np.uint8 or peer_keys.shape != (len(others), KEY_BYTES):
+            raise ValueError("homomorphic aggregation: peer keys do not match the sites")
+        keys = CkksKeys.generate(_int(config, p.POLY_DEGREE), _int(config, p.SCALE_BITS),
+                                 p.int_list(config.get(p.COEFF_MOD), p.COEFF_MOD))
+        secret = keys.secret_bytes()
+        sealed = []
+        for peer, peer_key in zip(others, peer_keys, strict=True):
+            key = agree(state.private, peer_key.tobytes(), p.PURPOSE, state.session,
+                        (self.site_id, peer))
+            sealed.append(seal(key, secret, p.associated(state.session, self.site_id, peer)))
+        state.keys = keys
+        rows = (np.frombuffer(b"".join(sealed), np.uint8).reshape(len(others), -1).copy()
+                if others else np.zeros((0, 1), np.uint8))
+        public = np.frombuffer(keys.public_bytes(), np.uint8).copy()
+        return StatsResult(Weights({p.PUBLIC_CONTEXT: public, p.SEALED: rows}), 1)
+
+    def encrypt(self, task: Task) -> TrainResult:
+        """Step 3: take the round's secret context (unsealed, unless this site made it) and
+        upload ``n_k * (update - global)`` encrypted."""
+        state = self._current(task)
+        elected = task.config.get(p.ELECTED)
+        if not isinstance(elected, str) or not elected:
+            raise ValueError(f"homomorphic aggregation: setting {p.ELECTED!r} is missing")
+        if elected != self.site_id:
+            got = task.weights or Weights({})
+            sealed = np.asarray(got.get(p.SEALED))
+            their_key = np.asarray(got.get(p.ELECTED_KEY))
+            if (sealed.dtype != np.uint8 or sealed.ndim != 1 or their_key.dtype != np.uint8
+                    or their_key.shape != (KEY_BYTES,)):
+                raise ValueError("homomorphic aggregation: no sealed context for this site")
+            key = agree(state.private, their_key.tobytes(), p.PURPOSE, state.session,
+                        (elected, self.site_id))
+            keys = CkksKeys.load(unseal(key, sealed.tobytes(),
+                                        p.associated(state.session, elected, self.site_id)))
+            if not keys.is_private:
+                raise ValueError("homomorphic aggregation: the context holds no secret key")
+            state.keys = keys
+        if state.keys is None:
+            raise ValueError("homomorphic aggregation: this site made no context this round")
+        delta = np.concatenate([
+            (np.asarray(state.update[n], np.float64) - np.asarray(state.start[n], np.float64)
+             ).reshape(-1) for n in state.start])
+        delta *= state.num_samples
+        data, lengths = pack(state.keys.encrypt(delta))
+        return TrainResult(Weights({p.CIPHERTEXTS: data, p.LENGTHS: lengths}),
+                           state.num_samples, {})
+
+    def decrypt(self, task: Task) -> StatsResult:
+        """Step 4: decrypt the summed ciphertexts, answer with the mean update (the sum
+        divided by ``N``), and forget the round."""
+        state = self._current(task)
+        if state.keys is None:
+            raise ValueError("homomorphic aggregation: no context to decrypt with")
+        total = task.config.get(p.TOTAL)
+        if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+            raise ValueError(f"homomorphic aggregation: setting {p.TOTAL!r} must be an "
+                             "integer > 0")
+        got = task.weights or Weights({})
+        chunks = unpack(np.asarray(got.get(p.CIPHERTEXTS)), np.asarray(got.get(p.LENGTHS)))
+        size = sum(int(np.size(v)) for v in state.start.values())
+        values = state.keys.decrypt(chunks)
+        if values.size < size or len(chunks) * state.keys.slots < size:
+            raise ValueError(f"homomorphic aggregation: the sum holds {values.size} values, "
+                             f"the model {size}")
+        self._round = None
+        return StatsResult(Weights({p.MEAN: values[:size] / total}), 1)
+
+    def _current(self, task: Task) -> _Round:
+        state = self._round
+        if state is None or _session(task.config) != state.session:
+            raise ValueError("homomorphic aggregation: no round in progress for this session")
+        return state
+
+
+def _session(config: Config) -> str:
+    session = config.get(p.SESSION)
+    if not isinstance(session, str) or not session:
+        raise ValueError(f"homomorphic aggregation: setting {p.SESSION!r} is missing")
+    return session
+
+
+def _int(config: Config, name: str) -> int:
+    value = config.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"homomorphic aggregation: setting {name!r} must be an integer")
+    return value
+
+
+def _site_list(config: Config, name: str) -> list[str]:
+    raw = config.get(name)
+    value = json.loads(raw) if isinstance(raw, str) else None
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value) or len(
+            set(value)) != len(value):
+        raise ValueError(f"homomorphic aggregation: setting {name!r} is not a list of sites")
+    return value
