@@ -135,3 +135,15 @@ def test_misconfiguration_is_refused_in_one_line_before_any_site_is_asked():
             strategy=Krum(num_byzantine=0), num_rounds=1, workflows=(SecureAggregation(),))
     with pytest.raises(AggregationError, match="threshold t=3 exceeds the 2 sites of the round"):
         SecureAggregation(threshold=3).threshold_for(2)
+
+
+def test_a_secure_or_homomorphic_job_declares_the_task_kinds_it_sends():
+    """A site whose privacy policy lists task kinds judges such a job before reading data."""
+    import toyjob
+
+    from fedcare.core import he_protocol
+    from fedcare.core.secagg import protocol
+
+    assert set(protocol.KINDS) <= toyjob.make_secure_job().task_kinds
+    assert "train" not in toyjob.make_secure_job().task_kinds
+    assert set(he_protocol.KINDS) <= toyjob.make_he_job().task_kinds

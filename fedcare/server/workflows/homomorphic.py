@@ -63,6 +63,8 @@ class HomomorphicAggregation(TrainRounds):
         tolerance: The largest difference allowed between two decrypting sites' answers.
     """
 
+    task_kinds: tuple[str, ...] | None = p.KINDS  # what a site's privacy policy must allow
+
     name = "homomorphic_train"
 
     def __init__(self, num_rounds: int | None = None, *, poly_modulus_degree: int = 8192,

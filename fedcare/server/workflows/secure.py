@@ -65,6 +65,8 @@ class SecureAggregation(TrainRounds):
             it is (see :mod:`fedcare.core.secagg.fixedpoint`).
     """
 
+    task_kinds: tuple[str, ...] | None = p.KINDS  # what a site's privacy policy must allow
+
     name = "secure_train"
 
     def __init__(self, num_rounds: int | None = None, *, threshold: int | None = None,

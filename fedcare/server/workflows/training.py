@@ -32,7 +32,7 @@ class TrainRounds(Workflow):
     """``num_rounds`` rounds of the job's strategy (the job's own ``num_rounds`` by default)."""
 
     name = "train"
-    task_kinds = ("train",)
+    task_kinds: tuple[str, ...] | None = ("train",)
     trains = True
 
     def __init__(self, num_rounds: int | None = None) -> None:
