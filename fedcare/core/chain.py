@@ -124,3 +124,23 @@ def open_chain(path: Path, schema: str, table: str, what: str
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot open the {what} {path}: {exc}") from None
     return db, *((int(last[0]), str(last[1])) if last else (0, GENESIS))
+
+
+def read_rows(path: Path, table: str, columns: str, what: str, missing: str
+              ) -> list[tuple[object, ...]]:
+    """Every row of a chain's ``table`` at ``path`` in ``seq`` order, opened read-only.
+
+    Raises:
+        ConfigError: No file there (``missing`` says why that may be), or not such a chain
+            (``what`` names it).
+    """
+    if not path.is_file():
+        raise ConfigError(f"no {what} at {path} ({missing})")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return list(db.execute(f"SELECT {columns} FROM {table} ORDER BY seq"))
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path} is not a fedcare {what}: {exc}") from None

@@ -19,6 +19,7 @@ from fedcare.core import he_protocol as p
 from fedcare.core.ckks import CkksKeys, pack, unpack
 from fedcare.core.message import Config, StatsResult, Task, TrainResult
 from fedcare.core.secagg.crypto import KEY_BYTES, agree, new_private_key, public_key, seal, unseal
+from fedcare.core.settings import setting_int, setting_str
 from fedcare.core.weights import Weights
 
 
@@ -138,17 +139,11 @@ class HomomorphicSite:
 
 
 def _session(config: Config) -> str:
-    session = config.get(p.SESSION)
-    if not isinstance(session, str) or not session:
-        raise ValueError(f"homomorphic aggregation: setting {p.SESSION!r} is missing")
-    return session
+    return setting_str(config, p.SESSION, "homomorphic aggregation")
 
 
 def _int(config: Config, name: str) -> int:
-    value = config.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"homomorphic aggregation: setting {name!r} must be an integer")
-    return value
+    return setting_int(config, name, "homomorphic aggregation")
 
 
 def _site_list(config: Config, name: str) -> list[str]:

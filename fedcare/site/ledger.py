@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ from pathlib import Path
 
 import blake3
 
-from fedcare.core.chain import Link, find_breaks, link_hash, open_chain, utc_now
-from fedcare.core.errors import ConfigError
+from fedcare.core.chain import Link, find_breaks, link_hash, open_chain, read_rows, utc_now
 from fedcare.core.message import Reply, Task
 from fedcare.core.text import one_line
 
@@ -139,17 +137,8 @@ def read_uploads(path: Path) -> list[Upload]:
     Raises:
         ConfigError: no ledger there.
     """
-    if not path.is_file():
-        raise ConfigError(f"no upload ledger at {path} (the site has sent nothing yet?)")
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return [Upload(*row) for row in db.execute(
-                f"SELECT {_COLUMNS} FROM uploads ORDER BY seq")]
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{path} is not a fedcare upload ledger: {exc}") from None
+    return [Upload(*row) for row in read_rows(  # type: ignore[arg-type]
+        path, "uploads", _COLUMNS, "upload ledger", "the site has sent nothing yet?")]
 
 
 def verify_uploads(uploads: Sequence[Upload]) -> list[str]:

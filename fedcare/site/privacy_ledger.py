@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcare.core.chain import Link, find_breaks, link_hash, open_chain, utc_now
-from fedcare.core.errors import ConfigError, PrivacyError
+from fedcare.core.chain import Link, find_breaks, link_hash, open_chain, read_rows, utc_now
+from fedcare.core.errors import PrivacyError
 from fedcare.core.privacy import PrivacySpend
 from fedcare.core.text import one_line
 
@@ -152,17 +152,8 @@ def read_spends(path: Path) -> list[Spend]:
     Raises:
         ConfigError: no ledger there, or not one.
     """
-    if not path.is_file():
-        raise ConfigError(f"no privacy ledger at {path} (this site has spent nothing yet)")
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return [Spend(*row) for row in db.execute(
-                f"SELECT {_COLUMNS} FROM spends ORDER BY seq")]
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{path} is not a fedcare privacy ledger: {exc}") from None
+    return [Spend(*row) for row in read_rows(  # type: ignore[arg-type]
+        path, "spends", _COLUMNS, "privacy ledger", "this site has spent nothing yet")]
 
 
 def verify_spends(spends: Sequence[Spend]) -> list[str]:

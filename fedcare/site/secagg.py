@@ -23,6 +23,7 @@ from fedcare.core.secagg.fixedpoint import DTYPE, FixedPoint
 from fedcare.core.secagg.graph import share_holders
 from fedcare.core.secagg.masks import add_masks, pair_seed
 from fedcare.core.secagg.shamir import SHARE_BYTES, split
+from fedcare.core.settings import setting_int, setting_str
 from fedcare.core.weights import Weights
 
 _SHARE_PURPOSE = "share"
@@ -189,17 +190,11 @@ def _rows(rows: list[bytes]) -> np.ndarray:
 
 
 def _session(config: Config) -> str:
-    session = config.get(p.SESSION)
-    if not isinstance(session, str) or not session:
-        raise ValueError(f"secure aggregation: setting {p.SESSION!r} is missing")
-    return session
+    return setting_str(config, p.SESSION, "secure aggregation")
 
 
 def _int(config: Config, name: str) -> int:
-    value = config.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"secure aggregation: setting {name!r} must be an integer")
-    return value
+    return setting_int(config, name, "secure aggregation")
 
 
 def _float(config: Config, name: str) -> float:
