@@ -41,8 +41,9 @@ from fedcare.core.message import Config, Metrics, StatsResult, TrainResult
 from fedcare.core.secagg.crypto import KEY_BYTES
 from fedcare.core.validation import non_finite
 from fedcare.core.weights import Weights
-from fedcare.core.workflow import Gather, SiteFailure, StepOutcome, WorkflowContext
+from fedcare.core.workflow import SiteFailure, StepOutcome, WorkflowContext
 from fedcare.server.metrics import WeightedMetrics
+from fedcare.server.workflows.steps import RoundSteps
 from fedcare.server.workflows.training import TrainRounds
 
 log = logging.getLogger(__name__)
@@ -154,25 +155,10 @@ def _applied(weights: Weights, mean: np.ndarray) -> Weights:
     return finalize_mean(acc, 1.0, weights)
 
 
-class _Round:
+class _Round(RoundSteps):
     """The gathers of one homomorphic round."""
 
-    def __init__(self, ctx: WorkflowContext, round_num: int, attempt: int,
-                 failures: list[SiteFailure]) -> None:
-        self.ctx = ctx
-        self.round_num = round_num
-        self.attempt = attempt
-        self.failures = failures
-        self.session = ctx.task_id(self._request(p.TRAIN, TrainResult), "round")
-
-    def _request(self, kind: str, expect: type) -> Gather:
-        return Gather(kind, self.round_num, (), expect, attempt=self.attempt)
-
-    def _config(self, extra: Config) -> Config:
-        return {p.SESSION: self.session, **extra}
-
-    def _fail(self, site: str, kind: str, problem: str) -> None:
-        self.ctx.fail(self.failures, SiteFailure(site, self.round_num, kind, problem))
+    session_key, first_kind = p.SESSION, p.TRAIN
 
     def _error(self, message: str) -> AggregationError:
         return AggregationError(message, job_id=self.ctx.job_id, round_num=self.round_num)

@@ -40,9 +40,10 @@ from fedcare.core.secagg.masks import pair_seed, remove_masks
 from fedcare.core.secagg.shamir import SHARE_BYTES, combine
 from fedcare.core.validation import incompatibilities, non_finite
 from fedcare.core.weights import Weights
-from fedcare.core.workflow import Gather, SiteFailure, StepOutcome, WorkflowContext
+from fedcare.core.workflow import SiteFailure, StepOutcome, WorkflowContext
 from fedcare.server.metrics import WeightedMetrics
 from fedcare.server.streams import RoundStreams
+from fedcare.server.workflows.steps import RoundSteps
 from fedcare.server.workflows.training import TrainRounds
 
 log = logging.getLogger(__name__)
@@ -173,27 +174,16 @@ class SecureAggregation(TrainRounds):
         return Weights.adopt({name: out.get(name, weights[name]) for name in weights})
 
 
-class _Round:
+class _Round(RoundSteps):
     """The gathers of one secure round and what the server keeps between them."""
+
+    session_key, first_kind = p.SESSION, p.TRAIN
 
     def __init__(self, ctx: WorkflowContext, round_num: int, attempt: int,
                  failures: list[SiteFailure], threshold: int) -> None:
-        self.ctx = ctx
-        self.round_num = round_num
-        self.attempt = attempt
-        self.failures = failures
+        super().__init__(ctx, round_num, attempt, failures)
         self.t = threshold
-        self.session = ctx.task_id(self._request(p.TRAIN, TrainResult), "round")
         self.index: dict[str, int] = {}
-
-    def _request(self, kind: str, expect: type) -> Gather:
-        return Gather(kind, self.round_num, (), expect, attempt=self.attempt)
-
-    def _config(self, extra: Config) -> Config:
-        return {p.SESSION: self.session, **extra}
-
-    def _fail(self, site: str, kind: str, problem: str) -> None:
-        self.ctx.fail(self.failures, SiteFailure(site, self.round_num, kind, problem))
 
     def _enough(self, count: int, kind: str) -> None:
         self.ctx.require(count, self.round_num, kind, self.failures)
