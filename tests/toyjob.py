@@ -328,7 +328,7 @@ def secure_fedavg(indices, weights) -> dict[str, np.ndarray]:
 def make_secure_job(num_rounds: int = 1, num_sites: int = 4, modes: dict[str, str] | None = None,
                     threshold: int | None = None, neighbours: int | None = None,
                     clip: float = 1.0, min_sites: int = 2, num_values: int = 5000,
-                    round_timeout_s: float = 30.0) -> Job:
+                    round_timeout_s: float = 30.0, weighting: str = "samples") -> Job:
     from fedcare.server.workflows import SecureAggregation
 
     modes = modes or {}
@@ -341,7 +341,7 @@ def make_secure_job(num_rounds: int = 1, num_sites: int = 4, modes: dict[str, st
                round_timeout_s=round_timeout_s, evaluate_every=0,
                site_ids=tuple(f"site-{i}" for i in range(num_sites)),
                workflows=(SecureAggregation(threshold=threshold, neighbours=neighbours,
-                                            clip=clip),))
+                                            clip=clip, weighting=weighting),))
 
 
 def make_he_job(num_rounds: int = 1, num_sites: int = 3, num_values: int = 5000,

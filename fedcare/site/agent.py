@@ -49,6 +49,7 @@ from fedcare.core.secagg import protocol as secagg
 from fedcare.core.text import one_line
 from fedcare.core.trainer import StatisticsProvider, Trainer
 from fedcare.core.weights import Weights
+from fedcare.site.dp_noise import CLEAR_UPDATE_KINDS, clear_update_problem, summed_noise_sites
 from fedcare.site.filters import Filter
 from fedcare.site.he import HomomorphicSite
 from fedcare.site.privacy_guard import PrivacyGuard
@@ -109,7 +110,8 @@ class SiteAgent:
         # Parameters that never leave the site (FedBN): the values of the last training, put
         # back into every model the site is sent, so a trainer needs no special code for them.
         self._kept: dict[str, np.ndarray] = {}
-        self.secure = SecureAggregationSite(site_id)
+        self._noise_sites = summed_noise_sites(self.outbound)
+        self.secure = SecureAggregationSite(site_id, self._noise_sites)
         self.homomorphic = HomomorphicSite(site_id)
         self.handlers: dict[str, Handler] = {
             TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
@@ -128,6 +130,8 @@ class SiteAgent:
                 self.privacy.before(task)
             for site_filter in self.inbound:
                 task = site_filter.inbound(task)
+            if self._noise_sites is not None and task.kind in CLEAR_UPDATE_KINDS:
+                raise PrivacyError(clear_update_problem(task.kind))
             task = self._with_kept(task)
             handler = self.handlers.get(task.kind)
             if handler is None:

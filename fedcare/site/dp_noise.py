@@ -35,7 +35,12 @@ class GaussianNoise(Filter):
     - ``secure_aggregation`` true: the job sums the updates with secure aggregation, so nobody
       sees less than the sum of n updates, and every one of the n sites adds its own share of
       noise (the assumption: all n sites run this filter, with these settings, honestly).
-      The sum then carries multiplier z, and that is what is reported.
+      The sum then carries multiplier z, and that is what is reported. The site holds the
+      job to it (:attr:`summed_only`): it refuses any task that would send its update in the
+      clear (plain ``train``, homomorphic rounds), and a secure-aggregation round whose weights
+      are not uniform (``SecureAggregation(weighting="uniform")``) or whose threshold t is
+      below ``num_sites``: a sum of t >= n sites carries noise of std at least z C even when
+      sites drop out. Set ``num_sites`` to the job's t for that guarantee.
 
     Each report is the increase of the accountant's epsilon over every use so far, so the sum
     of one site's reports is its composed (RDP) epsilon, tighter than adding per-use epsilons;
@@ -112,6 +117,11 @@ class GaussianNoise(Filter):
         return TrainResult(Weights(out), result.num_samples, metrics)
 
     @property
+    def summed_only(self) -> bool:
+        """True when the reported epsilon holds only if nobody sees less than a secure sum."""
+        return self.secure_aggregation
+
+    @property
     def mechanism(self) -> str:
         seen = "sum of n sites, secure aggregation" if self.secure_aggregation else "own update"
         return f"gaussian update noise (dp-accounting rdp, site-level, {seen})"
@@ -119,3 +129,22 @@ class GaussianNoise(Filter):
     def privacy_spent(self) -> list[PrivacySpend]:
         spent, self._pending = self._pending, []
         return spent
+
+
+#: Task kinds whose update leaves a site where less than a secure sum of it can be seen.
+CLEAR_UPDATE_KINDS = frozenset(("train", "he.train"))
+
+
+def summed_noise_sites(filters: Sequence[object]) -> int | None:
+    """The largest ``num_sites`` of the filters whose epsilon holds only under secure
+    aggregation (:attr:`GaussianNoise.summed_only`); None when there is none."""
+    sizes = [f.num_sites for f in filters if isinstance(f, GaussianNoise) and f.summed_only]
+    return max(sizes) if sizes else None
+
+
+def clear_update_problem(kind: str) -> str:
+    """Why a site with distributed-DP noise refuses a task of ``kind``."""
+    return (f"this site adds distributed-DP noise (gaussian_noise with secure_aggregation: "
+            f"true), whose epsilon holds only if nobody sees less than a secure sum; a "
+            f"'{kind}' task would send its update where it can be read alone (use "
+            "SecureAggregation(weighting='uniform'))")

@@ -22,6 +22,7 @@ from fedcare.core.message import EvalResult, Result, StatsResult, Task, TaskKind
 from fedcare.core.privacy import PrivacySpend, ReportsPrivacy
 from fedcare.core.privacy_policy import Bound, PrivacyPolicy
 from fedcare.site.chain import FILTERS
+from fedcare.site.dp_noise import CLEAR_UPDATE_KINDS, clear_update_problem, summed_noise_sites
 from fedcare.site.filters import Filter
 from fedcare.site.privacy_ledger import PrivacyLedger
 from fedcare.site.sharing import SvtPrivacy
@@ -90,6 +91,10 @@ class PrivacyGuard:
             if refused:
                 return (f"the job sends task kinds {refused}, which this site's privacy policy "
                         f"does not allow (privacy.task_kinds: {sorted(policy.task_kinds)})")
+        if kinds is not None and summed_noise_sites(outbound) is not None:
+            clear = sorted(kinds & CLEAR_UPDATE_KINDS)
+            if clear:
+                return clear_update_problem(clear[0])
         for name, bounds in policy.require.items():
             problem = _requirement_problem(name, bounds, outbound)
             if problem:

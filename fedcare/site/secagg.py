@@ -11,11 +11,13 @@ unmasking with fewer than ``t`` survivors.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedcare.core.errors import PrivacyError
 from fedcare.core.message import Config, StatsResult, Task, TrainResult
 from fedcare.core.secagg import protocol as p
 from fedcare.core.secagg.crypto import KEY_BYTES, agree, new_private_key, public_key, seal, unseal
@@ -53,8 +55,12 @@ class _Round:
 class SecureAggregationSite:
     """Answers the secure-aggregation steps of one job at one site."""
 
-    def __init__(self, site_id: str) -> None:
+    def __init__(self, site_id: str, noise_sites: int | None = None) -> None:
+        """``noise_sites``: this site adds its share of distributed-DP noise for sums of at
+        least that many sites (:class:`fedcare.site.dp_noise.GaussianNoise`); it then takes
+        part only in rounds with uniform weights and a threshold of at least that many."""
         self.site_id = site_id
+        self.noise_sites = noise_sites
         self._round: _Round | None = None
 
     def advertise(self, task: Task, trained: TrainResult) -> TrainResult:
@@ -99,6 +105,8 @@ class SecureAggregationSite:
         state.threshold = threshold
         state.encoding = FixedPoint(_float(config, p.CLIP), len(sites))
         state.weight = _float(config, p.WEIGHT)
+        if self.noise_sites is not None:
+            _check_noise_shares(state.weight, len(sites), threshold, self.noise_sites)
         xs = [state.index[s] for s in holders]
         seed_shares = split(state.self_seed, xs, threshold)
         key_shares = split(state.mask_private, xs, threshold)
@@ -202,3 +210,18 @@ def _float(config: Config, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"secure aggregation: setting {name!r} must be a number")
     return float(value)
+
+
+def _check_noise_shares(weight: float, num_sites: int, threshold: int, noise_sites: int) -> None:
+    """Refuse a round in which this site's share of distributed-DP noise would not protect it:
+    unequal weights, or a sum of fewer sites than the noise was sized for."""
+    if not math.isclose(weight, 1 / num_sites, rel_tol=1e-9):
+        raise PrivacyError(f"secure aggregation: this site adds distributed-DP noise "
+                           f"(gaussian_noise, secure_aggregation: true), which holds only "
+                           f"with uniform weights; the round weighs it {weight:.6g}, not "
+                           f"1/{num_sites} (use SecureAggregation(weighting='uniform'))")
+    if threshold < noise_sites:
+        raise PrivacyError(f"secure aggregation: threshold t={threshold} lets the server sum "
+                           f"{threshold} sites, but this site's gaussian_noise is sized for "
+                           f"sums of at least num_sites={noise_sites}: the noise would fall "
+                           "short of what was accounted")

@@ -64,6 +64,11 @@ class SecureAggregation(TrainRounds):
         clip: Each element of a site's update (trained minus global model) is clipped to
             ``[-clip, clip]`` before fixed-point encoding; the finer the encoding, the smaller
             it is (see :mod:`fedcare.core.secagg.fixedpoint`).
+        weighting: ``"samples"``: FedAvg's mean, site k weighted by ``n_k / N``. ``"uniform"``:
+            every site weighs ``1 / n``; what distributed DP needs (sites that add their own
+            share of noise, :class:`fedcare.site.dp_noise.GaussianNoise` with
+            ``secure_aggregation``, accept only uniform weights: with unequal ones a heavy
+            site's update would carry less than its share of the noise).
     """
 
     task_kinds: tuple[str, ...] | None = p.KINDS  # what a site's privacy policy must allow
@@ -71,8 +76,13 @@ class SecureAggregation(TrainRounds):
     name = "secure_train"
 
     def __init__(self, num_rounds: int | None = None, *, threshold: int | None = None,
-                 neighbours: int | None = None, clip: float = 1.0) -> None:
+                 neighbours: int | None = None, clip: float = 1.0,
+                 weighting: str = "samples") -> None:
         super().__init__(num_rounds)
+        if weighting not in ("samples", "uniform"):
+            raise ConfigError(f"secure aggregation: weighting must be 'samples' or 'uniform', "
+                              f"got {weighting!r}")
+        self.weighting = weighting
         for what, value in (("threshold", threshold), ("neighbours", neighbours)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 2):
@@ -127,7 +137,8 @@ class SecureAggregation(TrainRounds):
         u1 = sorted(keys)
         graph = neighbours(u1, self.neighbours)
         total = sum(samples.values())
-        weight = {s: samples[s] / total for s in u1}
+        weight = {s: (samples[s] / total if self.weighting == "samples" else 1 / len(u1))
+                  for s in u1}
         # 2. share keys
         sealed = run.share(u1, graph, keys, weight, self.clip)
         # 3. masked input, folded into the modular sum as it arrives
