@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from fedcare.core.int8 import SCALE_PREFIX
 from fedcare.core.message import TrainResult
 from fedcare.core.strategy import Aggregator
 from fedcare.core.stream import UpdateStream
@@ -48,6 +49,8 @@ class RoundStreams:
              metrics: Mapping[str, float], specs: Sequence[TensorSpec]) -> _Sink | None:
         if task_id != self._task_id(site_id):
             return None  # not this round's training task: delivered whole, judged as usual
+        if any(s.name.startswith(SCALE_PREFIX) for s in specs):
+            return None  # an int8 update: rebuilt on the global model when whole, then judged
         problem = count_problem(num_samples) or metrics_problem(metrics)
         if problem:
             raise ValueError(problem)

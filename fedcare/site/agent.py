@@ -35,6 +35,7 @@ import numpy as np
 
 from fedcare.core import he_protocol as he
 from fedcare.core.errors import PrivacyError
+from fedcare.core.int8 import dequantise, is_quantised
 from fedcare.core.message import (
     EvalResult,
     Reply,
@@ -190,6 +191,10 @@ class SiteAgent:
         result = self._filtered(as_train, self._train(as_train))
         _expect(result, TrainResult, "an outbound filter")
         assert isinstance(result, TrainResult)
+        if is_quantised(result.weights) and task.weights is not None:
+            # these rounds encode the update themselves: they get the values int8 stands for
+            result = dataclasses.replace(result, weights=dequantise(result.weights,
+                                                                    task.weights))
         if self.keep_local_model:
             self._local_model = result.weights
         return result

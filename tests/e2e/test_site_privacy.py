@@ -29,9 +29,9 @@ def _policies(fed):
         "require": {"svt": {"epsilon": {"max": 0.5}}}, "task_kinds": ["train", "evaluate"]}))
     # site-2's accepts a total epsilon of 1.2 across all jobs
     fed.edit_kit("site-2", lambda config: config.update(privacy={"budget_epsilon": 1.2}))
-    # site-0 sends its updates in half precision
+    # site-0 sends its updates as int8 levels (their scales stay float64 under half_precision)
     fed.edit_kit("site-0", lambda config: config.update(
-        policy={"outbound": [{"half_precision": {}}]}))
+        policy={"outbound": [{"int8_update": {}}, {"half_precision": {}}]}))
 
 
 def cli(*args):
@@ -58,8 +58,9 @@ def test_sites_refuse_jobs_their_policy_forbids_and_stop_when_their_budget_is_sp
         # prepare, round 0 evaluation, 2 x (train, evaluate): each refused
         assert state["failed_sites"]["site-1"]["count"] == 6, state["failed_sites"]
         assert set(state["failed_sites"]) == {"site-1"}
-        # site-0's float16 update (10 samples, target 1) and site-2's float32 one (30, 3)
-        # folded into one float32 model as they arrived: (10 x 1 + 30 x 3) / 40
+        # site-0's int8 update (10 samples, target 1: 127 levels of 1/127, rebuilt whole at
+        # the server) and site-2's float32 one (30, 3, folded in as it arrived):
+        # (10 x 1 + 30 x 3) / 40
         chunks = fed.admin().Download(pb.JobRef(job_id=plain), timeout=30)
         weights = decode(b"".join(c.data for c in chunks)).result.weights
         assert weights["w"].dtype == np.float32

@@ -1,13 +1,17 @@
 """The privacy filters a site may put on what leaves it: selective sharing, the sparse vector
 technique, quantisation, noise on statistics. Each checked on numbers worked out by hand."""
 
+import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
+import toyjob
 
-from fedcare import ConfigError, StatsResult, TrainResult, Weights
+from fedcare import ConfigError, StatsResult, TrainResult, Weights, simulate
 from fedcare.algorithms.fedavg import WeightedMeanAggregator
+from fedcare.core.int8 import SCALE_PREFIX, dequantise, quantise
 from fedcare.core.message import Reply, Task, TaskKind
 from fedcare.core.policy import SitePolicy
 from fedcare.core.privacy import ReportsPrivacy
@@ -120,22 +124,61 @@ def test_bad_privacy_filter_settings_are_refused_naming_them(policy, message):
     assert message in str(info.value)
 
 
-def test_int8_update_is_within_half_a_level_of_the_update():
+def test_int8_update_is_within_half_a_level_of_the_update_at_a_quarter_of_the_bytes():
     rng = np.random.default_rng(2)
-    start = Weights({"w": rng.normal(0, 1, 500).astype(np.float32),
-                     "v": rng.normal(0, 1, 20).astype(np.float64)})
-    new = {k: v + rng.normal(0, 0.3, v.shape).astype(v.dtype) for k, v in start.items()}
-    out = Int8Update().outbound(Task("t", "j", 1, TaskKind.TRAIN, start),
-                                TrainResult(Weights(new), 3))
-    for name in start:
+    start = Weights({"w": rng.normal(0, 1, 5000).astype(np.float32),
+                     "v": rng.normal(0, 1, 20).astype(np.float64),
+                     "n": np.array(3, np.int64)})
+    new = {k: v + rng.normal(0, 0.3, v.shape).astype(v.dtype) if k != "n" else v + 1
+           for k, v in start.items()}
+    full = TrainResult(Weights(new), 3)
+    out = Int8Update().outbound(Task("t", "j", 1, TaskKind.TRAIN, start), full)
+    assert out.weights["w"].dtype == np.int8 and out.weights["n"] == 4
+    # on the wire: 5020 int8 levels and two scales instead of 5000 float32 and 20 float64
+    sent, whole = encode(Reply("t", "s", result=out)), encode(Reply("t", "s", result=full))
+    assert len(sent) < 0.3 * len(whole)
+    rebuilt = dequantise(decode(sent).result.weights, start)
+    for name in ("w", "v"):
         delta = np.asarray(new[name], np.float64) - start[name]
-        sent = np.asarray(out.weights[name], np.float64) - start[name]
+        got = np.asarray(rebuilt[name], np.float64) - start[name]
         scale = np.abs(delta).max() / 127
         # at most half a level, plus the float32 rounding of start + update
-        slack = 1e-6 if out.weights[name].dtype == np.float32 else 1e-12
-        assert np.abs(sent - delta).max() <= scale / 2 + slack
-        assert len(np.unique(np.rint(sent / scale))) <= 255  # 8 bits a component
-        assert out.weights[name].dtype == start[name].dtype
+        slack = 1e-6 if start[name].dtype == np.float32 else 1e-12
+        assert np.abs(got - delta).max() <= scale / 2 + slack
+        assert len(np.unique(np.rint(got / scale))) <= 255  # 8 bits a component
+        assert rebuilt[name].dtype == start[name].dtype
+    assert rebuilt["n"] == 4 and incompatibilities(start, rebuilt) == []
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda w: w.pop("w"), "'w' must be int8 of shape [10]"),
+    (lambda w: w.update(w=np.zeros(9, np.int8)), "'w' must be int8 of shape [10]"),
+    (lambda w: w.update({SCALE_PREFIX + "w": np.array(np.nan)}), "scale of 'w' must be one"),
+    (lambda w: w.update({SCALE_PREFIX + "w": np.array(-1.0)}), "scale of 'w' must be one"),
+    (lambda w: w.update({SCALE_PREFIX + "zz": np.array(1.0)}), "'zz' is not a floating-point"),
+    (lambda w: w.update(w=np.full(10, -128, np.int8)), "holds -128"),
+    (lambda w: w.pop(SCALE_PREFIX + "w"), "sent as int8 without a scale"),
+])
+def test_a_malformed_int8_update_is_refused_naming_the_tensor(change, message):
+    start = Weights({"w": np.zeros(10, np.float32), "b": np.zeros(2, np.float32)})
+    sent = dict(quantise({"w": np.ones(10, np.float32), "b": np.ones(2, np.float32)}, start))
+    change(sent)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dequantise(sent, start)
+
+
+def test_int8_updates_average_like_fedavg_in_the_simulator_within_half_a_level():
+    job = toyjob.make_secure_job(num_sites=3)  # the secure toy's sites, here with plain FedAvg
+    plain = dataclasses.replace(job, workflows=None)
+    policy = SitePolicy.model_validate({"outbound": [{"int8_update": {}}]})
+    got = simulate(plain, site_policy=policy)
+    exact = toyjob.secure_fedavg(range(3), toyjob.secure_initial())
+    for name, value in exact.items():
+        update = value - toyjob.secure_initial()[name]
+        # each site's level is within half of its scale (max |update| / 127, about 0.4 / 127)
+        assert np.abs(np.asarray(got.weights[name], np.float64) - value).max() <= (
+            np.abs(update).max() * 4 / 127 / 2)
+        assert np.abs(np.asarray(got.weights[name], np.float64) - value).max() > 0
 
 
 def test_half_precision_travels_as_float16_and_fedavg_widens_it_again():

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from fedcare.core.errors import AggregationError
+from fedcare.core.int8 import dequantise, is_quantised
 from fedcare.core.message import TaskKind, TrainResult
 from fedcare.core.validation import incompatibilities, non_finite
 from fedcare.core.weights import Weights
@@ -98,8 +99,8 @@ class TrainRounds(Workflow):
         # uploads' undo memory alive until the cyclic garbage collector runs).
         ids = Gather(TaskKind.TRAIN, round_num, (), TrainResult, attempt=attempt)
         streams = RoundStreams(aggregator, expected, lambda s: ctx.task_id(ids, s))
-        request = dataclasses.replace(ids, site_ids=selected,
-                                      payload=strategy.train_payload(round_num, weights),
+        payload = strategy.train_payload(round_num, weights)
+        request = dataclasses.replace(ids, site_ids=selected, payload=payload,
                                       configure=lambda s: strategy.configure_train(round_num, s),
                                       streams=streams)
         with contextlib.closing(ctx.gather(request, failures)) as arrivals:
@@ -107,6 +108,14 @@ class TrainRounds(Workflow):
                 site_id, result = arrival.site_id, arrival.result
                 assert isinstance(result, TrainResult)
                 if not arrival.folded:
+                    if is_quantised(result.weights):
+                        try:
+                            result = dataclasses.replace(result, weights=dequantise(
+                                result.weights, payload))
+                        except ValueError as exc:
+                            ctx.fail(failures, SiteFailure(site_id, round_num, "train",
+                                                           str(exc)))
+                            continue
                     problem = _train_problem(expected, result)
                     if problem:
                         ctx.fail(failures, SiteFailure(site_id, round_num, "train", problem))
