@@ -30,6 +30,7 @@ import benchjob  # noqa: E402
 from secagg import _CountingTransport, _median_round_s, _ratios  # noqa: E402
 from transport import git_sha  # noqa: E402
 
+from fedcare.server.workflows import HomomorphicAggregation  # noqa: E402
 from fedcare.sim.simulator import simulate  # noqa: E402
 
 FLARE_TIME_RATIO = [2.5, 3.0]
@@ -69,7 +70,8 @@ def main() -> None:
                           "plain": plain, "he": he})
     report = {"name": "he", "git_sha": git_sha(),
               "params": {"rounds": args.rounds, "poly_modulus_degree": args.poly,
-                         "scale_bits": 40, "coeff_mod_bit_sizes": [60, 40, 60],
+                         "scale_bits": 40,
+                         "coeff_mod_bit_sizes": list(HomomorphicAggregation().coeff_mod_bit_sizes),
                          "flare_time_ratio": FLARE_TIME_RATIO},
               "cases": cases}
     text = json.dumps(report, indent=1)

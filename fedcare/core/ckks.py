@@ -68,7 +68,7 @@ class CkksKeys:
 
     @classmethod
     def generate(cls, poly_modulus_degree: int = 8192, scale_bits: int = 40,
-                 coeff_mod_bit_sizes: Sequence[int] = (60, 40, 60)) -> CkksKeys:
+                 coeff_mod_bit_sizes: Sequence[int] = (60, 60)) -> CkksKeys:
         """A fresh context with a new secret key."""
         check_parameters(poly_modulus_degree, scale_bits, coeff_mod_bit_sizes)
         ts = _tenseal()
@@ -91,6 +91,14 @@ class CkksKeys:
     def is_private(self) -> bool:
         """Whether this context holds the secret key."""
         return bool(self._context.is_private())
+
+    @property
+    def largest_sum(self) -> float:
+        """The magnitude below which a decrypted value (a sum of encrypted ones) is right:
+        ``2**(data modulus bits - scale bits - 1)``; beyond it the sum wraps around."""
+        data_bits = self._context.seal_context().data.first_context_data(
+            ).total_coeff_modulus_bit_count()
+        return float(2.0 ** (data_bits - 1)) / float(self._context.global_scale)
 
     @property
     def slots(self) -> int:

@@ -33,6 +33,7 @@ POLY_DEGREE = "he.poly_modulus_degree"   # keygen
 SCALE_BITS = "he.scale_bits"             # keygen
 COEFF_MOD = "he.coeff_mod_bit_sizes"     # keygen: a JSON list of ints
 TOTAL = "he.total_samples"        # decrypt: N
+NUM_SITES = "he.num_sites"        # encrypt: the sites asked to encrypt (|U1|)
 
 #: Tensor names.
 PUBLIC_KEY = "he.x25519_public_key"   # train reply: uint8[32]

@@ -107,6 +107,7 @@ class HomomorphicSite:
             (np.asarray(state.update[n], np.float64) - np.asarray(state.start[n], np.float64)
              ).reshape(-1) for n in state.start])
         delta *= state.num_samples
+        _check_headroom(delta, _int(task.config, p.NUM_SITES), state.keys.largest_sum)
         data, lengths = pack(state.keys.encrypt(delta))
         return TrainResult(Weights({p.CIPHERTEXTS: data, p.LENGTHS: lengths}),
                            state.num_samples, {})
@@ -153,3 +154,14 @@ def _site_list(config: Config, name: str) -> list[str]:
             set(value)) != len(value):
         raise ValueError(f"homomorphic aggregation: setting {name!r} is not a list of sites")
     return value
+
+
+def _check_headroom(values: np.ndarray, num_sites: int, largest_sum: float) -> None:
+    """Refuse values whose sum over ``num_sites`` sites could reach the context's limit (with
+    a factor 2 to spare): CKKS would decrypt a wrapped-around sum without any error."""
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    if num_sites < 1 or not peak * num_sites < largest_sum / 2:
+        raise ValueError(f"homomorphic aggregation: this site's values (samples x update, up "
+                         f"to {peak:.4g}) summed over {num_sites} sites could exceed what the "
+                         f"CKKS context holds (|sum| < {largest_sum:.4g}); give the job more "
+                         "coefficient-modulus bits, e.g. coeff_mod_bit_sizes=(60, 40, 60)")

@@ -155,3 +155,16 @@ def test_misconfiguration_is_refused_in_one_line():
         Job(name="k", initial_weights=toyjob.secure_initial, trainer=toyjob.trainer_for,
             strategy=Krum(num_byzantine=0), num_rounds=1,
             workflows=(HomomorphicAggregation(),))
+
+
+def test_sums_beyond_the_contexts_headroom_are_refused_before_anything_is_encrypted():
+    # the default one-data-prime context holds sums below 2**(60 - 40 - 1)
+    assert CkksKeys.generate().largest_sum == 2.0**19
+    assert CkksKeys.generate(8192, 40, (60, 40, 60)).largest_sum == 2.0**59
+    # 2**(30 - 25 - 1) = 16: the toy sites' samples x update (up to about 40 x 0.4) do not fit
+    small = HomomorphicAggregation(scale_bits=25, coeff_mod_bit_sizes=(30, 30))
+    with pytest.raises(AggregationError) as info:
+        simulate(_he_job(workflow=small))
+    assert "summed over 4 sites could exceed what the CKKS context holds (|sum| < 16)" in str(
+        info.value)
+    assert "coeff_mod_bit_sizes=(60, 40, 60)" in str(info.value)

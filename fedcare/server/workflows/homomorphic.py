@@ -57,8 +57,11 @@ class HomomorphicAggregation(TrainRounds):
         poly_modulus_degree: CKKS ring dimension (4096 to 32768); a ciphertext holds half as
             many values.
         scale_bits: The CKKS scale, ``2**scale_bits``: the precision of the encoding.
-        coeff_mod_bit_sizes: The coefficient moduli; ``(60, scale_bits, 60)`` by default
-            (enough for sums: no multiplication is done).
+        coeff_mod_bit_sizes: The coefficient moduli; ``(60, 60)`` by default: one 60-bit
+            data prime (sums need no multiplication, so no rescaling level) and the special
+            prime. A sum decrypts correctly while its values stay below ``2**(data bits -
+            scale_bits - 1)`` (2**19 by default); each site refuses to encrypt values that
+            could break that (``(60, 40, 60)`` gives 2**59, at 1.8x the bytes).
         decryptors: How many summed sites decrypt the sum (their answers must agree within
             ``tolerance``); at least 1.
         tolerance: The largest difference allowed between two decrypting sites' answers.
@@ -72,7 +75,7 @@ class HomomorphicAggregation(TrainRounds):
                  scale_bits: int = 40, coeff_mod_bit_sizes: tuple[int, ...] | None = None,
                  decryptors: int = 1, tolerance: float = 1e-6) -> None:
         super().__init__(num_rounds)
-        moduli = (60, scale_bits, 60) if coeff_mod_bit_sizes is None else tuple(
+        moduli = (60, 60) if coeff_mod_bit_sizes is None else tuple(
             coeff_mod_bit_sizes)
         check_parameters(poly_modulus_degree, scale_bits, moduli)
         if isinstance(decryptors, bool) or not isinstance(decryptors, int) or decryptors < 1:
@@ -230,7 +233,7 @@ class _Round(RoundSteps):
 
         request = dataclasses.replace(
             self._request(p.ENCRYPT, TrainResult), site_ids=u1, payload_for=payload,
-            configure=lambda s: self._config({p.ELECTED: elected}))
+            configure=lambda s: self._config({p.ELECTED: elected, p.NUM_SITES: len(u1)}))
         total: list[Any] | None = None
         summed: list[str] = []
         with contextlib.closing(self.ctx.gather(request, self.failures)) as arrivals:
