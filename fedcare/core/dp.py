@@ -92,7 +92,11 @@ class Sampling:
 
 
 class GaussianAccountant:
-    """(epsilon, delta) of repeated uses of a Gaussian mechanism, by dp-accounting's RDP.
+    """(epsilon, delta) of repeated uses of a Gaussian mechanism, by dp-accounting.
+
+    Uses without sampling compose exactly into one Gaussian mechanism of multiplier
+    ``z / sqrt(T)``, whose exact (epsilon, delta) curve dp-accounting gives in closed form; the
+    RDP bound is also computed and the smaller reported (both hold). With sampling, RDP.
 
     One use adds Gaussian noise of std ``noise_multiplier`` x the clip norm to a sum of clipped
     contributions. Without sampling, and with Poisson sampling, the neighbouring relation is
@@ -123,7 +127,43 @@ class GaussianAccountant:
             return 0.0
         if self.noise_multiplier == 0:
             return math.inf
-        return rdp_epsilon(self.noise_multiplier, self.delta, uses)
+        return dp_epsilon(self.noise_multiplier, self.delta, uses)
+
+
+def _unsampled_multiplier(noise_multiplier: float, uses: list[Sampling]) -> float | None:
+    """T uses of the Gaussian mechanism without sampling are one of multiplier z / sqrt(T)."""
+    if any(u.population is not None for u in uses):
+        return None
+    return noise_multiplier / math.sqrt(len(uses))
+
+
+def _gaussian_loss(multiplier: float) -> Any:
+    """dp-accounting's exact privacy loss of one Gaussian mechanism (sensitivity 1)."""
+    from dp_accounting.pld import privacy_loss_mechanism
+
+    return privacy_loss_mechanism.GaussianPrivacyLoss(multiplier, sensitivity=1)
+
+
+def dp_epsilon(noise_multiplier: float, delta: float, uses: list[Sampling]) -> float:
+    """Epsilon at ``delta`` of ``uses`` of the Gaussian mechanism: dp-accounting's RDP bound,
+    or without sampling the smaller of it and the exact one (the privacy-loss distribution of
+    one Gaussian of multiplier z / sqrt(T), Balle and Wang 2018: ``delta(epsilon)`` in closed
+    form, solved for epsilon to 1e-9)."""
+    epsilon = rdp_epsilon(noise_multiplier, delta, uses)
+    single = _unsampled_multiplier(noise_multiplier, uses)
+    if single is None:
+        return epsilon
+    loss = _gaussian_loss(single)
+    if loss.get_delta_for_epsilon(0.0) <= delta:
+        return 0.0
+    low, high = 0.0, epsilon  # delta(epsilon) falls as epsilon grows; delta(rdp) <= delta
+    while high - low > 1e-9 * max(1.0, high):
+        middle = (low + high) / 2
+        if loss.get_delta_for_epsilon(middle) > delta:
+            low = middle
+        else:
+            high = middle
+    return min(epsilon, high)
 
 
 def _composed(noise_multiplier: float, uses: list[Sampling]) -> tuple[Any, Any]:
@@ -158,12 +198,19 @@ def rdp_epsilon(noise_multiplier: float, delta: float, uses: list[Sampling]) -> 
 
 def noise_for_epsilon(target_epsilon: float, delta: float, uses: list[Sampling]) -> float:
     """The smallest noise multiplier whose ``uses`` stay within ``target_epsilon`` at
-    ``delta``: dp-accounting's own calibration (Brent's method over its RDP accountant)."""
+    ``delta``: dp-accounting's own calibration (without sampling the exact Gaussian mechanism's,
+    with sampling Brent's method over its RDP accountant)."""
     check_epsilon(target_epsilon, "target_epsilon")
     check_delta(delta, "delta")
     if not uses:
         raise ConfigError("noise_for_epsilon: no uses to calibrate for")
     dpa = _dp_accounting()
+    if _unsampled_multiplier(1.0, uses) is not None:  # one Gaussian of z / sqrt(T), exactly
+        from dp_accounting.pld import common, privacy_loss_mechanism
+
+        single = privacy_loss_mechanism.GaussianPrivacyLoss.from_privacy_guarantee(
+            common.DifferentialPrivacyParameters(target_epsilon, delta), sensitivity=1)
+        return float(single.standard_deviation) * math.sqrt(len(uses))
     _, relation = _composed(1.0, uses)
     noise = dpa.calibrate_dp_mechanism(
         lambda: dpa.rdp.RdpAccountant(neighboring_relation=relation),

@@ -26,7 +26,8 @@ class GaussianNoise(Filter):
     as in McMahan et al. 2018, without trusting the server to add it.
 
     What each training task spent is reported (:class:`~fedcare.core.privacy.ReportsPrivacy`)
-    from dp-accounting's RDP accountant, at ``delta``, for the whole contribution of this site
+    from dp-accounting (:class:`~fedcare.core.dp.GaussianAccountant`: the exact Gaussian
+    curve, or RDP), at ``delta``, for the whole contribution of this site
     (add/remove-one-site adjacency). Which multiplier the accountant sees depends on what the
     server can see:
 
@@ -43,7 +44,7 @@ class GaussianNoise(Filter):
       sites drop out. Set ``num_sites`` to the job's t for that guarantee.
 
     Each report is the increase of the accountant's epsilon over every use so far, so the sum
-    of one site's reports is its composed (RDP) epsilon, tighter than adding per-use epsilons;
+    of one site's reports is its composed epsilon, tighter than adding per-use epsilons;
     every report carries ``delta``, which composition does not multiply. Parameters named in
     ``frozen`` (regular expressions) and non-floating ones leave at the global values the
     server sent: the site's own values never leave, so they need no noise. The noise comes
@@ -124,7 +125,7 @@ class GaussianNoise(Filter):
     @property
     def mechanism(self) -> str:
         seen = "sum of n sites, secure aggregation" if self.secure_aggregation else "own update"
-        return f"gaussian update noise (dp-accounting rdp, site-level, {seen})"
+        return f"gaussian update noise (dp-accounting, site-level, {seen})"
 
     def privacy_spent(self) -> list[PrivacySpend]:
         spent, self._pending = self._pending, []

@@ -10,7 +10,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedcare.cli.poc import PocFederation
-from fedcare.core.dp import Sampling, rdp_epsilon
+from fedcare.core.dp import Sampling, dp_epsilon
 from fedcare.dpsgd import ALPHAS
 from fedcare.transport.grpc import fedcare_pb2 as pb
 
@@ -65,6 +65,6 @@ def test_every_mechanism_reports_its_epsilon_in_the_jobs_metrics(federation):
         opacus.get_epsilon(1e-5, alphas=ALPHAS), rel=1e-9)
     # each kit's noise filter: multiplier z / sqrt(n) on its own update, once a round
     assert metrics[-1]["gaussian_noise_epsilon"] == pytest.approx(
-        rdp_epsilon(2.0 / math.sqrt(4), 1e-5, [Sampling()] * rounds), rel=1e-9)
+        dp_epsilon(2.0 / math.sqrt(4), 1e-5, [Sampling()] * rounds), rel=1e-9)
     # the server ran the job's server half, its accountant included, without torch
     assert "libtorch" not in Path(f"/proc/{fed.server.pid}/maps").read_text()
