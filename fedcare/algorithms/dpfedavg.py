@@ -12,7 +12,8 @@ The guarantee is client-level: it protects any one site's whole contribution (ev
 a hospital at once), which implies protection of each patient. The (epsilon, delta) after each
 round comes from dp-accounting (:class:`~fedcare.core.dp.GaussianAccountant`: the exact
 Gaussian curve without sampling, RDP with) and is recorded in the round's
-``train_metrics`` as ``dp_fedavg_epsilon``. With every site every round the adjacency is add/remove-one-site, as McMahan et al. With ``fraction`` < 1 the
+``train_metrics`` as ``dp_fedavg_epsilon``. With every site every round the adjacency is
+add/remove-one-site, as McMahan et al. With ``fraction`` < 1 the
 fixed-size sample of sites (FedAvg's sampling) is accounted exactly, which dp-accounting does
 under replace-one-site adjacency (Wang et al. 2019), where the sum's sensitivity is 2 C: the
 sample amplifies privacy against that relation, but the number is not comparable with the
