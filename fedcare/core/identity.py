@@ -12,7 +12,7 @@ certificate of its own kit, that the peer's certificate:
 * was issued by that CA (directly: the CA's ``path_length=0`` allows no intermediates),
 * is valid now (as is the CA),
 * was certified for the role ``site`` (the title attribute): not the server's, not an admin's,
-* allows digital signatures and is no CA, holds an EC P-256 key,
+* allows digital signatures (if it states a key usage), is no CA, holds an EC P-256 key,
 * names the peer's site id as its common name,
 
 and that the signature verifies over exactly the statement rebuilt from the site's own view of
@@ -192,13 +192,13 @@ def _check(der: bytes, ca: x509.Certificate) -> _Certificate:
     if roles != [SITE_ROLE]:
         return refused(f"its certificate is a {' / '.join(roles) or 'role-less'} "
                        f"certificate, not a {SITE_ROLE}'s")
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return refused("its certificate does not state its key usage and constraints")
-    if not usage.digital_signature or constraints.ca:
-        return refused("its certificate is not for signing, or is a CA's")
+    extensions = {type(e.value): e.value for e in cert.extensions}
+    usage, constraints = extensions.get(x509.KeyUsage), extensions.get(x509.BasicConstraints)
+    # absent, neither restricts (RFC 5280); the kits' certificates state both
+    if isinstance(usage, x509.KeyUsage) and not usage.digital_signature:
+        return refused("its certificate's key usage does not allow signing")
+    if isinstance(constraints, x509.BasicConstraints) and constraints.ca:
+        return refused("its certificate is a CA's")
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve,
                                                                           ec.SECP256R1):
