@@ -129,8 +129,9 @@ class SiteIdentity:
                    if (problem := self.problem(peer, statement, advert, now))]
         if refused:
             more = f"; and {len(refused) - _NAMED} more" if len(refused) > _NAMED else ""
-            raise UntrustedKey(f"{what}: site {self.site_id} refuses the public keys of "
-                               f"{len(refused)} peer(s) and encrypts nothing for them: "
+            raise UntrustedKey(f"{what}: site {self.site_id} refuses the step, sending "
+                               f"nothing; public keys of {len(refused)} peer(s) failed "
+                               "verification: "
                                + "; ".join(refused[:_NAMED]) + more,
                                job_id=job_id, round_num=round_num)
 

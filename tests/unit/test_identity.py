@@ -6,8 +6,10 @@ import struct
 
 import numpy as np
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from fedcare.core import advert
 from fedcare.core.errors import ConfigError, PrivacyError, UntrustedKey
@@ -25,15 +27,15 @@ def _statement(site="b", job="j", round_num=3, session="j/r3", kind="secagg.trai
 def federation():
     """One CA; sites a, b, c; a server and an admin of the same CA."""
     ca_key, ca = make_ca("fed", days=2)
-    issued = {name: issue_certificate(ca_key, ca, name, "org", "fed", role)
+    issued = {"ca": (ca_key, ca), **{name: issue_certificate(ca_key, ca, name, "org", "fed", role)
               for name, role in [("a", "site"), ("b", "site"), ("c", "site"),
                                  ("server", "server"), ("alice", "project_admin"),
-                                 ("b-admin", "site_admin:b")]}
+                                 ("b-admin", "site_admin:b")]}}
     expired = issue_certificate(ca_key, ca, "b", "org", "fed", "site",
                                 not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
                                 not_after=dt.datetime(2021, 1, 1, tzinfo=dt.UTC))
     identities = {name: SiteIdentity(name, cert_pem(cert), key_pem(key), cert_pem(ca))
-                  for name, (key, cert) in issued.items() if name in "abc"}
+                  for name, (key, cert) in issued.items() if name in ("a", "b", "c")}
     return identities, issued, expired, cert_pem(ca)
 
 
@@ -90,6 +92,24 @@ def test_a_server_or_admin_certificate_is_refused(federation, name, role):
     assert problem == f"its certificate is a {role} certificate, not a site's"
 
 
+def test_the_cas_own_certificate_or_one_not_for_signing_is_refused(federation):
+    ids, issued, *_ = federation
+    ca_key, ca = issued["ca"]
+    problem = ids["a"].problem("b", _statement(), forged(ca_key, ca, _statement()))
+    assert problem == "its certificate is a role-less certificate, not a site's"
+    key = ec.generate_private_key(ec.SECP256R1())
+    no_signing = (x509.CertificateBuilder().subject_name(x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, "b"), x509.NameAttribute(NameOID.TITLE, "site")]))
+        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(7)
+        .not_valid_before(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+        .add_extension(x509.KeyUsage(False, False, False, False, True, False, False, False,
+                                     False), critical=True)
+        .sign(ca_key, hashes.SHA256()))
+    problem = ids["a"].problem("b", _statement(), forged(key, no_signing, _statement()))
+    assert problem == "its certificate's key usage does not allow signing"
+
+
 def test_an_expired_certificate_is_refused(federation):
     ids, _, (key, cert), _ = federation
     problem = ids["a"].problem("b", _statement(), forged(key, cert, _statement()))
@@ -111,8 +131,8 @@ def test_the_refusal_names_every_refused_peer_the_job_and_the_round(federation):
                               "d": (_statement(site="d"), b"")},
                              what="secure key sharing", job_id="j", round_num=3)
     text = str(refused.value)
-    assert text.startswith("job j round 3: secure key sharing: site a refuses the public keys "
-                           "of 2 peer(s)")
+    assert text.startswith("job j round 3: secure key sharing: site a refuses the step, "
+                           "sending nothing; public keys of 2 peer(s) failed verification: ")
     assert "site b: its certificate is site 'c''s" in text and "site d: " in text
     assert "site c" not in text
     assert isinstance(refused.value, PrivacyError)

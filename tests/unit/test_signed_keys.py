@@ -79,8 +79,8 @@ def test_a_secagg_site_refuses_a_substituted_key_and_seals_no_share(sealed_for):
     keys, adverts = _advertised(sites)
     with pytest.raises(UntrustedKey) as refused:
         sites["a"].share(_share_task("a", {**keys, "c": _attacker_keys()}, adverts))
-    assert "job j round 1: secure key sharing: site a refuses the public keys of 1 peer(s)" \
-        in str(refused.value)
+    assert ("job j round 1: secure key sharing: site a refuses the step, sending nothing; "
+            "public keys of 1 peer(s) failed verification") in str(refused.value)
     assert "site c: its signature does not cover these keys" in str(refused.value)
     # c's own keys, with b's advertisement in its place
     with pytest.raises(UntrustedKey, match="site c: its certificate is site 'b''s, not 'c''s"):
@@ -124,7 +124,8 @@ def test_a_server_that_substitutes_one_sites_keys_gets_refusals_not_shares(monke
     refusals = {f.site_id: f.message for f in failures.seen}
     assert sorted(refusals) == ["site-0", "site-2", "site-3"]
     for site, message in refusals.items():
-        assert f"secure key sharing: site {site} refuses the public keys of 1 peer(s)" in message
+        assert (f"secure key sharing: site {site} refuses the step, sending nothing; public "
+                "keys of 1 peer(s) failed verification") in message
         assert "site site-1: its signature does not cover these keys" in message
     # only site-1, which saw its peers' genuine keys, sealed shares: none for the attacker
     assert {sender for sender, _ in sealed_for} == {"site-1"}
@@ -155,8 +156,8 @@ def test_the_elected_he_site_refuses_a_substituted_key_and_seals_no_context(seal
     pytest.importorskip("tenseal")
     sites, keys, adverts = _he_sites(NAMES)
     attacker = np.frombuffer(crypto.public_key(crypto.new_private_key()), np.uint8)
-    with pytest.raises(UntrustedKey, match=r"homomorphic key generation: site a refuses the "
-                                           r"public keys of 1 peer.*site c: its signature"):
+    with pytest.raises(UntrustedKey, match=r"homomorphic key generation: site a refuses the step, "
+                                           r"sending nothing.*site c: its signature"):
         sites["a"].keygen(_keygen_task(["b", "c"], {**keys, "c": attacker}, adverts))
     assert sealed_for == []
 
@@ -176,8 +177,8 @@ def test_an_he_site_refuses_an_elected_key_the_elected_site_did_not_sign():
          he.ELECTED_KEY: np.frombuffer(crypto.public_key(private), np.uint8),
          he.ELECTED_ADVERT: advert.as_tensor(adverts["a"])}), {he.SESSION: "j/r1",
                                                                 he.ELECTED: "a"})
-    with pytest.raises(UntrustedKey, match=r"homomorphic encrypted input: site b refuses the "
-                                           r"public keys of 1 peer.*site a: its signature"):
+    with pytest.raises(UntrustedKey, match=r"homomorphic encrypted input: site b refuses the step, "
+                                           r"sending nothing.*site a: its signature"):
         sites["b"].encrypt(task)
     without = Task("b3", "j", 1, he.ENCRYPT, Weights({k: v for k, v in task.weights.items()
                                                       if k != he.ELECTED_ADVERT}),
@@ -201,5 +202,6 @@ def test_a_server_that_substitutes_a_key_in_an_he_round_gets_refusals(monkeypatc
     refusals = {f.site_id: f.message for f in failures.seen}
     assert sorted(refusals) == ["site-1", "site-2"]  # site-0, elected, keeps its own context
     for site, message in refusals.items():
-        assert f"site {site} refuses the public keys of 1 peer(s)" in message
+        assert f"site {site} refuses the step, sending nothing; public keys of 1 peer(s)" \
+            in message
         assert "site site-0: its signature does not cover these keys" in message
