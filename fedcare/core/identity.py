@@ -82,8 +82,7 @@ class SiteIdentity:
             raise ConfigError(f"site {site_id}: its private key is not its certificate's")
         self.site_id = site_id
         self._key = key
-        self._cache: dict[bytes, _Certificate] = {}
-        self._lock = threading.Lock()
+        self._ca_der = self._ca.public_bytes(serialization.Encoding.DER)
         der = cert.public_bytes(serialization.Encoding.DER)
         problem = self._problem_with(der, site_id, _now())
         if problem:
@@ -149,15 +148,17 @@ class SiteIdentity:
         return None
 
     def _checked(self, der: bytes) -> _Certificate:
-        with self._lock:
-            known = self._cache.get(der)
+        # What a certificate is, checked against a CA, never changes: remembered per process
+        # (simulated sites share one CA, so each certificate is checked once, not per peer).
+        with _CACHE_LOCK:
+            known = _CACHE.get((self._ca_der, der))
         if known is not None:
             return known
         checked = _check(der, self._ca)
-        with self._lock:
-            if len(self._cache) >= _CACHED_CERTIFICATES:
-                self._cache.clear()
-            self._cache[der] = checked
+        with _CACHE_LOCK:
+            if len(_CACHE) >= _CACHED_CERTIFICATES:
+                _CACHE.clear()
+            _CACHE[(self._ca_der, der)] = checked
         return checked
 
 
@@ -208,6 +209,9 @@ def _check(der: bytes, ca: x509.Certificate) -> _Certificate:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: (CA certificate, certificate) DER -> what the certificate is, checked against that CA.
+_CACHE: dict[tuple[bytes, bytes], _Certificate] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def _now() -> dt.datetime:
