@@ -118,6 +118,7 @@ def site_start(
     server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
 ) -> None:
     """Connect this site to the server and serve its tasks until stopped."""
+    from fedcare.core.identity import SiteIdentity
     from fedcare.site.ledger import LEDGER_FILE, UploadLedger
     from fedcare.site.privacy_ledger import PRIVACY_LEDGER_FILE
     from fedcare.site.runtime import SiteRuntime
@@ -142,7 +143,8 @@ def site_start(
                 cfg.name, data_dir=data_dir, code=cfg.code, policy=cfg.policy,
                 fetch_package=lambda package: fetch_package(address, tls, package),
                 ca_pem=tls.ca, packages_dir=kit.dir / "packages", privacy=cfg.privacy,
-                privacy_ledger=kit.dir / PRIVACY_LEDGER_FILE)
+                privacy_ledger=kit.dir / PRIVACY_LEDGER_FILE,
+                identity=SiteIdentity(cfg.name, tls.cert, tls.key, tls.ca))
         except ConfigError as exc:
             raise ConfigError(f"kit config {kit.dir / 'config.yaml'}: {exc.message}") from None
         ledger = UploadLedger(kit.dir / LEDGER_FILE)  # what left the site: site uploads KIT

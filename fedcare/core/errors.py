@@ -7,6 +7,7 @@
     ├── TransportError     a site could not be reached or answered out of protocol
     ├── SiteError          a site's trainer raised, or its result failed validation
     ├── PrivacyError       a site's privacy policy or budget refuses a job or a task
+    │   └── UntrustedKey   a peer's public key is not signed by that peer: nothing is sent
     ├── AggregationError   a round could not produce a new global model (e.g. too few sites)
     ├── JobAborted         an admin aborted the job
     └── StorageError       the server's own disk or database failed (full, corrupt, in use)
@@ -62,6 +63,12 @@ class SiteError(FedcareError):
 
 class PrivacyError(FedcareError):
     """A site's privacy policy or privacy budget refuses a job or a task: nothing leaves."""
+
+
+class UntrustedKey(PrivacyError):
+    """A peer's public key, relayed by the server, failed verification (not signed by that
+    peer's certificate from this federation's CA, or signed for another job, round or key):
+    the site refuses the step and encrypts nothing under it. The message names the peer."""
 
 
 class AggregationError(FedcareError):

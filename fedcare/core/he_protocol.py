@@ -3,12 +3,16 @@
 Per round, with ``U1 ⊇ U2`` the sites still taking part:
 
 1. ``he.train``: a site trains, passes the update through its outbound filters, keeps it, and
-   answers with a fresh X25519 public key, its sample count and training metrics (``U1``).
-2. ``he.keygen``: the elected site (the first of ``U1``) makes a fresh CKKS context and answers
-   with its public part (no secret key) and, for each other site of ``U1``, the secret context
-   sealed for it (X25519 + HKDF + ChaCha20-Poly1305, bound to the session and the pair).
-3. ``he.encrypt``: each site of ``U1`` gets its sealed secret context (the elected site keeps
-   its own), and uploads ``n_k * (update - global)`` encrypted, in ciphertexts of
+   answers with a fresh X25519 public key signed with its certificate's key
+   (:mod:`fedcare.core.advert`), its sample count and training metrics (``U1``).
+2. ``he.keygen``: the elected site (the first of ``U1``) checks the other sites' signed keys
+   against its own CA (:class:`~fedcare.core.identity.SiteIdentity`; one that fails makes it
+   refuse, sealing nothing), makes a fresh CKKS context and answers with its public part (no
+   secret key) and, for each other site of ``U1``, the secret context sealed for it (X25519 +
+   HKDF + ChaCha20-Poly1305, bound to the session and the pair).
+3. ``he.encrypt``: each site of ``U1`` gets its sealed secret context and the elected site's
+   signed key, which it checks before it unseals anything (the elected site keeps its own),
+   and uploads ``n_k * (update - global)`` encrypted, in ciphertexts of
    ``poly_modulus_degree / 2`` values. The server adds them with the public context (``U2``).
 4. ``he.decrypt``: one or more sites of ``U2`` get the summed ciphertexts and ``N``, the sum of
    the ``n_k`` of ``U2``, decrypt, and answer with the mean update; the server checks that the
@@ -37,10 +41,14 @@ NUM_SITES = "he.num_sites"        # encrypt: the sites asked to encrypt (|U1|)
 
 #: Tensor names.
 PUBLIC_KEY = "he.x25519_public_key"   # train reply: uint8[32]
+ADVERT = "he.advert"                  # train reply: uint8, the key's signed advertisement
 PEER_KEYS = "he.peer_keys"            # keygen task: uint8[other sites, 32]
+PEER_ADVERTS = "he.peer_adverts"      # keygen task: the other sites' advertisements, packed
+PEER_ADVERT_LENGTHS = "he.peer_advert_lengths"  # keygen task: their int64 lengths
 PUBLIC_CONTEXT = "he.public_context"  # keygen reply: uint8 (no secret key)
 SEALED = "he.sealed_contexts"         # keygen reply: uint8[other sites, L]; encrypt: uint8[L]
 ELECTED_KEY = "he.elected_public_key"  # encrypt task (not to the elected site): uint8[32]
+ELECTED_ADVERT = "he.elected_advert"  # encrypt task (not to the elected site): its advert
 CIPHERTEXTS = "he.ciphertexts"        # encrypt reply / decrypt task: uint8 (packed)
 LENGTHS = "he.ciphertext_lengths"     # their int64 lengths
 MEAN = "he.mean_update"               # decrypt reply: float64, flat, in the model's order

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fedcare.core.privacy_policy import PrivacyPolicy
 from fedcare.core.trainer import SiteContext
 from fedcare.server.controller import RoundController, RunResult
 from fedcare.server.events import RunListener
+from fedcare.sim.identity import ThrowawayIdentities
 from fedcare.site.chain import build_filters
 from fedcare.site.privacy_guard import PrivacyGuard
 from fedcare.site.privacy_ledger import PRIVACY_LEDGER_FILE
@@ -98,7 +100,8 @@ def _check_policies(site_ids: list[str], policy: PolicyArg, privacy: PrivacyArg,
 
 def _memory_transport(job: Job, site_ids: list[str], policy: PolicyArg,
                       data_dirs: Mapping[str, Path] | None, privacy: PrivacyArg,
-                      privacy_dir: Path | None) -> MemoryTransport:
+                      privacy_dir: Path | None, identities: ThrowawayIdentities
+                      ) -> MemoryTransport:
     handlers = {}
     for index, site_id in enumerate(site_ids):
         data_dir = (data_dirs or {}).get(site_id)
@@ -106,13 +109,15 @@ def _memory_transport(job: Job, site_ids: list[str], policy: PolicyArg,
                               data_dir=Path(data_dir) if data_dir is not None else None)
         guard = PrivacyGuard.of_site(_site_privacy(privacy, site_id),
                                      ledger_path(privacy_dir, site_id))
-        handlers[site_id] = start_job(job, context, _site_policy(policy, site_id), guard)
+        handlers[site_id] = start_job(job, context, _site_policy(policy, site_id), guard,
+                                      identities.identity(site_id))
     return MemoryTransport(handlers)
 
 
 def _process_transport(job: Job, site_ids: list[str], policy: PolicyArg,
                        data_dirs: Mapping[str, Path] | None, privacy: PrivacyArg,
-                       privacy_dir: Path | None) -> PipeTransport:
+                       privacy_dir: Path | None, identities: ThrowawayIdentities,
+                       identity_dir: Path) -> PipeTransport:
     if job.source is None:
         raise ConfigError("processes mode needs a job loaded from a config file or "
                           "module:function, so each site process can rebuild it", job_id=job.name)
@@ -127,7 +132,8 @@ def _process_transport(job: Job, site_ids: list[str], policy: PolicyArg,
     for index, site_id in enumerate(site_ids):
         command = [sys.executable, "-P", "-m", "fedcare.sim.worker", "--source", source,
                    "--site-id", site_id, "--site-index", str(index),
-                   "--num-sites", str(len(site_ids)), "--seed", str(job.seed)]
+                   "--num-sites", str(len(site_ids)), "--seed", str(job.seed),
+                   "--identity", str(identities.write(site_id, identity_dir / str(index)))]
         site_policy = _site_policy(policy, site_id)
         if site_policy is not None:
             command += ["--policy", site_policy.to_json()]
@@ -177,11 +183,21 @@ def simulate(
         _check_sites(site_ids, "site_privacy", site_privacy, job)
     _check_sites(site_ids, "data_dirs", data_dirs, job)
     _check_policies(site_ids, site_policy, site_privacy, job)
+    # Simulated sites have no kits: a CA for this run certifies them, so secure and
+    # homomorphic aggregation sign and check keys exactly as at real sites.
+    identities = ThrowawayIdentities(site_ids)
+    identity_dir = tempfile.TemporaryDirectory(prefix="fedcare-sim-") if processes else None
     transport: Transport
-    transport = (_process_transport(job, site_ids, site_policy, data_dirs, site_privacy,
-                                    privacy_dir) if processes
-                 else _memory_transport(job, site_ids, site_policy, data_dirs, site_privacy,
-                                        privacy_dir))
+    try:
+        transport = (_process_transport(job, site_ids, site_policy, data_dirs, site_privacy,
+                                        privacy_dir, identities, Path(identity_dir.name))
+                     if identity_dir is not None
+                     else _memory_transport(job, site_ids, site_policy, data_dirs,
+                                            site_privacy, privacy_dir, identities))
+    except BaseException:
+        if identity_dir is not None:
+            identity_dir.cleanup()
+        raise
     try:
         if processes:
             connected = transport.wait_for_sites(len(site_ids), connect_timeout_s)
@@ -198,3 +214,5 @@ def simulate(
         return controller.run()
     finally:
         transport.close()
+        if identity_dir is not None:
+            identity_dir.cleanup()

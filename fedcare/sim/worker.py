@@ -20,6 +20,7 @@ from fedcare.core.message import Reply, Task
 from fedcare.core.policy import SitePolicy
 from fedcare.core.privacy_policy import PrivacyPolicy
 from fedcare.core.trainer import SiteContext
+from fedcare.sim.identity import read_identity
 from fedcare.site.agent import refusing, start_failure
 from fedcare.site.chain import build_filters
 from fedcare.site.privacy_guard import PrivacyGuard
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="the site's own data folder")
     parser.add_argument("--privacy", help="JSON of the site's PrivacyPolicy")
     parser.add_argument("--privacy-ledger", help="the site's privacy ledger (SQLite file)")
+    parser.add_argument("--identity", required=True,
+                        help="folder of the site's throwaway CA certificate, certificate, key")
     args = parser.parse_args(argv)
     logs.configure(logging.WARNING, f"%(asctime)s [site {args.site_id}] %(levelname)s "
                                     "%(message)s")
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             return refusing(args.site_id, start_failure(exc))
         context = SiteContext(args.site_id, args.site_index, args.num_sites, seed=args.seed,
                               data_dir=Path(args.data_dir) if args.data_dir else None)
-        return start_job(job, context, policy, privacy)
+        return start_job(job, context, policy, privacy,
+                         read_identity(args.site_id, Path(args.identity)))
 
     return serve_stdio(args.site_id, build)
 

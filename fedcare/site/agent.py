@@ -35,6 +35,7 @@ import numpy as np
 
 from fedcare.core import he_protocol as he
 from fedcare.core.errors import PrivacyError
+from fedcare.core.identity import SiteIdentity
 from fedcare.core.int8 import dequantise, is_quantised
 from fedcare.core.message import (
     EvalResult,
@@ -91,13 +92,17 @@ class SiteAgent:
             half of a job's custom workflow); ``handlers`` given here take precedence.
         privacy: The site's privacy guard (policy and ledger), shared by its jobs; None: no
             policy, and nothing is charged.
+        identity: The site's certificate, key and CA, with which it signs its secure and
+            homomorphic aggregation keys and verifies its peers'; None: it takes no part in
+            those (its peers could not trust its keys).
     """
 
     def __init__(self, site_id: str, trainer: Trainer,
                  filters: Sequence[Filter | ResultFilter] = (), *,
                  inbound: Sequence[Filter] = (), keep_local_model: bool = False,
                  handlers: Mapping[str, Handler] | None = None,
-                 privacy: PrivacyGuard | None = None) -> None:
+                 privacy: PrivacyGuard | None = None,
+                 identity: SiteIdentity | None = None) -> None:
         self.site_id = site_id
         self.trainer = trainer
         self.inbound = list(inbound)
@@ -112,8 +117,8 @@ class SiteAgent:
         # back into every model the site is sent, so a trainer needs no special code for them.
         self._kept: dict[str, np.ndarray] = {}
         self._noise_sites = summed_noise_sites(self.outbound)
-        self.secure = SecureAggregationSite(site_id, self._noise_sites)
-        self.homomorphic = HomomorphicSite(site_id)
+        self.secure = SecureAggregationSite(site_id, identity, self._noise_sites)
+        self.homomorphic = HomomorphicSite(site_id, identity)
         self.handlers: dict[str, Handler] = {
             TaskKind.TRAIN: self._train, TaskKind.EVALUATE: self._evaluate,
             TaskKind.STATISTICS: self._statistics, TaskKind.SUBMIT_MODEL: self._submit_model,

@@ -5,7 +5,13 @@ A site keeps, between the steps of a round, its filtered update, the global mode
 from, a fresh X25519 private key and, once received, the round's secret CKKS context; all of
 it is dropped when a new round starts or the site answers the decryption step. The secret
 context reaches the other sites sealed for each of them, so the server, which relays it, only
-ever holds the public context.
+ever holds the public context. A site signs its X25519 key with its certificate's key
+(:mod:`fedcare.core.advert`), and uses another site's key only once its own
+:class:`~fedcare.core.identity.SiteIdentity` has verified that site's signature and certificate:
+the elected site before it seals the secret context for the others, the others before they
+unseal it (:class:`~fedcare.core.errors.UntrustedKey` otherwise, naming the site; nothing is
+sealed or encrypted), so a server that substitutes keys can neither read the secret context
+nor have a site encrypt under a context of its own making.
 """
 
 from __future__ import annotations
@@ -15,16 +21,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedcare.core import advert
 from fedcare.core import he_protocol as p
 from fedcare.core.ckks import CkksKeys, pack, unpack
+from fedcare.core.identity import SiteIdentity, required
 from fedcare.core.message import Config, StatsResult, Task, TrainResult
 from fedcare.core.secagg.crypto import KEY_BYTES, agree, new_private_key, public_key, seal, unseal
 from fedcare.core.settings import setting_int, setting_str
 from fedcare.core.weights import Weights
 
+_WHAT = "homomorphic aggregation"
+
 
 @dataclass
 class _Round:
+    job_id: str
+    round_num: int
     session: str
     update: Weights
     start: Weights
@@ -36,29 +48,35 @@ class _Round:
 class HomomorphicSite:
     """Answers the homomorphic-aggregation steps of one job at one site."""
 
-    def __init__(self, site_id: str) -> None:
+    def __init__(self, site_id: str, identity: SiteIdentity | None = None) -> None:
         self.site_id = site_id
+        self.identity = identity
         self._round: _Round | None = None
 
     def advertise(self, task: Task, trained: TrainResult) -> TrainResult:
-        """Step 1, after training: keep the (filtered) update, answer with a fresh public key."""
+        """Step 1, after training: keep the (filtered) update, answer with a fresh public key,
+        signed."""
+        identity = required(self.identity, self.site_id, _WHAT)
         if task.weights is None:
             raise ValueError("a homomorphic training task without the global model")
         names = list(task.weights)
         if sorted(trained.weights) != sorted(names):
             raise ValueError("homomorphic aggregation sums every model parameter; the update "
                              f"has {sorted(trained.weights)}, the model {sorted(names)}")
-        state = _Round(_session(task.config), trained.weights, task.weights,
-                       trained.num_samples)
+        state = _Round(task.job_id, task.round_num, _session(task.config), trained.weights,
+                       task.weights, trained.num_samples)
         self._round = state
-        key = np.frombuffer(public_key(state.private), np.uint8).copy()
-        return TrainResult(Weights({p.PUBLIC_KEY: key}), trained.num_samples,
-                           dict(trained.metrics))
+        key = public_key(state.private)
+        signed = identity.sign(_statement(state, self.site_id, key))
+        return TrainResult(Weights({p.PUBLIC_KEY: np.frombuffer(key, np.uint8).copy(),
+                                    p.ADVERT: advert.as_tensor(signed)}),
+                           trained.num_samples, dict(trained.metrics))
 
     def keygen(self, task: Task) -> StatsResult:
         """Step 2, at the elected site: a fresh CKKS context; its public part for the server,
-        its secret part sealed for each other site."""
+        its secret part sealed for each other site whose key it verified."""
         state = self._current(task)
+        identity = required(self.identity, self.site_id, _WHAT)
         config = task.config
         others = _site_list(config, p.SITES)
         if self.site_id in others:
@@ -66,6 +84,13 @@ class HomomorphicSite:
         peer_keys = np.asarray(task.weights[p.PEER_KEYS] if task.weights else None)
         if peer_keys.dtype != np.uint8 or peer_keys.shape != (len(others), KEY_BYTES):
             raise ValueError("homomorphic aggregation: peer keys do not match the sites")
+        got = task.weights or Weights({})
+        adverts = advert.unpack(got.get(p.PEER_ADVERTS), got.get(p.PEER_ADVERT_LENGTHS),
+                                len(others))
+        identity.check_peers(
+            {peer: (_statement(state, peer, peer_keys[i].tobytes()), adverts[i])
+             for i, peer in enumerate(others)},
+            what="homomorphic key generation", job_id=state.job_id, round_num=state.round_num)
         keys = CkksKeys.generate(_int(config, p.POLY_DEGREE), _int(config, p.SCALE_BITS),
                                  p.int_list(config.get(p.COEFF_MOD), p.COEFF_MOD))
         secret = keys.secret_bytes()
@@ -82,7 +107,8 @@ class HomomorphicSite:
 
     def encrypt(self, task: Task) -> TrainResult:
         """Step 3: take the round's secret context (unsealed, unless this site made it) and
-        upload ``n_k * (update - global)`` encrypted."""
+        upload ``n_k * (update - global)`` encrypted. The elected site's key is verified before
+        anything is unsealed with it."""
         state = self._current(task)
         elected = task.config.get(p.ELECTED)
         if not isinstance(elected, str) or not elected:
@@ -94,6 +120,11 @@ class HomomorphicSite:
             if (sealed.dtype != np.uint8 or sealed.ndim != 1 or their_key.dtype != np.uint8
                     or their_key.shape != (KEY_BYTES,)):
                 raise ValueError("homomorphic aggregation: no sealed context for this site")
+            signed = advert.from_tensor(got.get(p.ELECTED_ADVERT))
+            required(self.identity, self.site_id, _WHAT).check_peers(
+                {elected: (_statement(state, elected, their_key.tobytes()), signed or b"")},
+                what="homomorphic encrypted input", job_id=state.job_id,
+                round_num=state.round_num)
             key = agree(state.private, their_key.tobytes(), p.PURPOSE, state.session,
                         (elected, self.site_id))
             keys = CkksKeys.load(unseal(key, sealed.tobytes(),
@@ -137,6 +168,11 @@ class HomomorphicSite:
         if state is None or _session(task.config) != state.session:
             raise ValueError("homomorphic aggregation: no round in progress for this session")
         return state
+
+
+def _statement(state: _Round, site: str, key: bytes) -> bytes:
+    """What ``site`` signed for its key in this round, as this site saw the round."""
+    return advert.statement(p.TRAIN, state.job_id, state.round_num, state.session, site, [key])
 
 
 def _session(config: Config) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from fedcare.core.config import build_job, build_package_job, site_trainer
 from fedcare.core.errors import ConfigError
+from fedcare.core.identity import SiteIdentity
 from fedcare.core.job import Job, JobSource
 from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.package import read_package
@@ -61,6 +62,9 @@ class SiteRuntime:
         privacy: The site's privacy policy: jobs that do not satisfy it are refused before
             their trainer is built; its budget is kept in the ledger at ``privacy_ledger``.
         privacy_ledger: The site's privacy ledger (every epsilon spent); None: in memory.
+        identity: The site's certificate, key and CA from its kit, with which it signs its
+            secure and homomorphic aggregation keys and verifies its peers'; None: it takes
+            no part in those.
     """
 
     def __init__(self, site_id: str, *, data_dir: Path | None = None,
@@ -68,7 +72,8 @@ class SiteRuntime:
                  max_jobs: int = 1, fetch_package: PackageFetcher | None = None,
                  ca_pem: bytes | None = None, packages_dir: Path | None = None,
                  privacy: PrivacyPolicy | None = None,
-                 privacy_ledger: Path | None = None) -> None:
+                 privacy_ledger: Path | None = None,
+                 identity: SiteIdentity | None = None) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
         self.site_id = site_id
@@ -81,6 +86,7 @@ class SiteRuntime:
         self.fetch_package = fetch_package
         self.ca_pem = ca_pem
         self.packages_dir = packages_dir
+        self.identity = identity
         self._agents: OrderedDict[str, SiteAgent] = OrderedDict()
         self._refused: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
@@ -153,7 +159,7 @@ class SiteRuntime:
                 agent = SiteAgent(self.site_id, site_trainer(job)(context), outbound,
                                   inbound=inbound,
                                   keep_local_model=job.needs_local_models,
-                                  privacy=self.privacy)
+                                  privacy=self.privacy, identity=self.identity)
                 self._agents[job_id] = agent
                 log.info("site %s started job %s (%s)", self.site_id, job_id, ref.entry_point)
                 while len(self._agents) > self.max_jobs:

@@ -1,5 +1,11 @@
 """The site half of secure aggregation: one round's keys, shares and masked update.
 
+A site signs its public keys with its certificate's key (:mod:`fedcare.core.advert`) and uses
+a neighbour's keys only once its own :class:`~fedcare.core.identity.SiteIdentity` has verified
+the neighbour's signature and certificate (:class:`~fedcare.core.errors.UntrustedKey`
+otherwise: the site refuses the step and seals no share), so a server that substitutes keys
+cannot read the shares it relays.
+
 A site keeps, between the steps of a round (see :mod:`fedcare.core.secagg.protocol`), its
 filtered update, its fresh private keys and self-mask seed, and the shares its neighbours sent
 it; all of it is dropped when the round's unmasking step is answered or a new round starts.
@@ -17,7 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedcare.core import advert
 from fedcare.core.errors import PrivacyError
+from fedcare.core.identity import SiteIdentity, required
 from fedcare.core.message import Config, StatsResult, Task, TrainResult
 from fedcare.core.secagg import protocol as p
 from fedcare.core.secagg.crypto import KEY_BYTES, agree, new_private_key, public_key, seal, unseal
@@ -33,6 +41,8 @@ _SHARE_PURPOSE = "share"
 
 @dataclass
 class _Round:
+    job_id: str
+    round_num: int
     session: str
     update: Weights
     start: Weights
@@ -55,35 +65,44 @@ class _Round:
 class SecureAggregationSite:
     """Answers the secure-aggregation steps of one job at one site."""
 
-    def __init__(self, site_id: str, noise_sites: int | None = None) -> None:
-        """``noise_sites``: this site adds its share of distributed-DP noise for sums of at
-        least that many sites (:class:`fedcare.site.dp_noise.GaussianNoise`); it then takes
-        part only in rounds with uniform weights and a threshold of at least that many."""
+    def __init__(self, site_id: str, identity: SiteIdentity | None = None,
+                 noise_sites: int | None = None) -> None:
+        """``identity``: this site's certificate and key, which sign its key advertisements
+        and check its peers'. ``noise_sites``: this site adds its share of distributed-DP
+        noise for sums of at least that many sites (:class:`fedcare.site.dp_noise.GaussianNoise`);
+        it then takes part only in rounds with uniform weights and a threshold of at least that
+        many."""
         self.site_id = site_id
+        self.identity = identity
         self.noise_sites = noise_sites
         self._round: _Round | None = None
 
     def advertise(self, task: Task, trained: TrainResult) -> TrainResult:
-        """Step 1, after training: keep the (filtered) update, answer with fresh public keys."""
+        """Step 1, after training: keep the (filtered) update, answer with fresh public keys,
+        signed."""
+        identity = required(self.identity, self.site_id, "secure aggregation")
         if task.weights is None:
             raise ValueError("a secure training task without the global model")
         missing = [n for n in trained.weights if n not in task.weights]
         if missing:
             raise ValueError(f"secure aggregation averages model parameters only; {missing} "
                              "are not in the global model")
-        state = _Round(_session(task.config), trained.weights, task.weights,
-                       trained.num_samples)
+        state = _Round(task.job_id, task.round_num, _session(task.config), trained.weights,
+                       task.weights, trained.num_samples)
         self._round = state
-        keys = {p.MASK_KEY: public_key(state.mask_private),
-                p.SHARE_KEY: public_key(state.share_private)}
-        return TrainResult(Weights({k: np.frombuffer(v, np.uint8).copy()
-                                    for k, v in keys.items()}),
+        mask, share = public_key(state.mask_private), public_key(state.share_private)
+        signed = identity.sign(_statement(state, self.site_id, mask, share))
+        return TrainResult(Weights({p.MASK_KEY: np.frombuffer(mask, np.uint8).copy(),
+                                    p.SHARE_KEY: np.frombuffer(share, np.uint8).copy(),
+                                    p.ADVERT: advert.as_tensor(signed)}),
                            trained.num_samples, dict(trained.metrics))
 
     def share(self, task: Task) -> StatsResult:
         """Step 2: Shamir-share the self-mask seed and masking key among the neighbours and
-        this site, each neighbour's shares encrypted for it."""
+        this site, each neighbour's shares encrypted for it, once every neighbour's keys are
+        verified as signed by that neighbour for this round."""
         state = self._current(task)
+        identity = required(self.identity, self.site_id, "secure aggregation")
         config = task.config
         sites = p.site_list(config, p.SITES)
         neighbours = p.site_list(config, p.NEIGHBOURS)
@@ -98,6 +117,13 @@ class SecureAggregationSite:
         keys = np.asarray(task.weights[p.PEER_KEYS] if task.weights else None)
         if keys.shape != (len(neighbours), 2, KEY_BYTES) or keys.dtype != np.uint8:
             raise ValueError("secure aggregation: peer keys do not match the neighbours")
+        got = task.weights or Weights({})
+        adverts = advert.unpack(got.get(p.PEER_ADVERTS), got.get(p.PEER_ADVERT_LENGTHS),
+                                len(neighbours))
+        identity.check_peers(
+            {peer: (_statement(state, peer, keys[i, 0].tobytes(), keys[i, 1].tobytes()),
+                    adverts[i]) for i, peer in enumerate(neighbours)},
+            what="secure key sharing", job_id=state.job_id, round_num=state.round_num)
         state.index = {s: i + 1 for i, s in enumerate(sites)}
         state.neighbours = neighbours
         state.mask_keys = {s: keys[i, 0].tobytes() for i, s in enumerate(neighbours)}
@@ -191,6 +217,12 @@ class SecureAggregationSite:
         if shares is None:
             raise ValueError(f"secure aggregation: this site holds no shares of {site}")
         return shares
+
+
+def _statement(state: _Round, site: str, mask_key: bytes, share_key: bytes) -> bytes:
+    """What ``site`` signed for its keys in this round, as this site saw the round."""
+    return advert.statement(p.TRAIN, state.job_id, state.round_num, state.session, site,
+                            [mask_key, share_key])
 
 
 def _rows(rows: list[bytes]) -> np.ndarray:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from fedcare.core.config import site_trainer
+from fedcare.core.identity import SiteIdentity
 from fedcare.core.job import Job
 from fedcare.core.message import Reply, Task
 from fedcare.core.policy import SitePolicy
@@ -25,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def start_job(job: Job, context: SiteContext, policy: SitePolicy | None,
-              privacy: PrivacyGuard | None) -> Callable[[Task], Reply]:
-    """The task handler of one site for ``job``: a SiteAgent, or a refusing one."""
+              privacy: PrivacyGuard | None, identity: SiteIdentity | None = None
+              ) -> Callable[[Task], Reply]:
+    """The task handler of one site for ``job``: a SiteAgent, or a refusing one.
+
+    ``identity``: the site's certificate, key and CA (a simulated site's are throwaway ones),
+    with which it signs and verifies secure and homomorphic aggregation keys.
+    """
     site_id = context.site_id
     try:
         inbound, outbound = build_filters(policy, job.outbound_filters)
@@ -40,4 +46,5 @@ def start_job(job: Job, context: SiteContext, policy: SitePolicy | None,
         log.error("site %s: cannot start job %s", site_id, job.name, exc_info=True)
         return refusing(site_id, start_failure(exc))
     return SiteAgent(site_id, trainer, outbound, inbound=inbound,
-                     keep_local_model=job.needs_local_models, privacy=privacy).handle
+                     keep_local_model=job.needs_local_models, privacy=privacy,
+                     identity=identity).handle

@@ -11,6 +11,7 @@ import pytest
 from certs import ThrowawayCA
 from toyjob import TOY_CODE
 
+from fedcare.core.identity import SiteIdentity
 from fedcare.jobs.flamby import ALGORITHMS as STRATEGIES
 from fedcare.server.admin import AdminService
 from fedcare.server.service import FederationServer
@@ -380,8 +381,10 @@ def served(tmp_path, num_sites, **server_options):
     try:
         for i in range(num_sites):
             name = f"site-{i}"
-            conn = SiteConnection(name, f"127.0.0.1:{server.port}", ca.issue(name, "site")[0],
-                                  SiteRuntime(name, code=TOY_CODE).handle)
+            tls = ca.issue(name, "site")[0]
+            runtime = SiteRuntime(name, code=TOY_CODE,  # as `fedcare site start` makes it
+                                  identity=SiteIdentity(name, tls.cert, tls.key, tls.ca))
+            conn = SiteConnection(name, f"127.0.0.1:{server.port}", tls, runtime.handle)
             threading.Thread(target=conn.run, args=(stop,), daemon=True).start()
         assert len(server.transport.wait_for_sites(num_sites, 30)) == num_sites
         stub = pb_grpc.AdminStub(secure_channel(f"127.0.0.1:{server.port}",

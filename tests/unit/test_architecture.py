@@ -16,7 +16,7 @@ ALLOWED = {
     "transport": {"core", "transport"},
     "site": {"core", "site"},
     "server": {"core", "algorithms", "transport", "server"},
-    "sim": {"core", "algorithms", "transport", "server", "site", "sim"},
+    "sim": {"core", "algorithms", "transport", "server", "site", "sim", "provision"},
     "datasets": {"datasets"},
     "provision": {"core", "provision"},
     "analytics": {"core", "analytics"},

@@ -191,27 +191,33 @@ def test_the_modular_sum_streams_and_takes_a_discarded_upload_back_out_exactly()
 
 def _three_sites_masked():
     """Three site halves taken through steps 1-3 by hand, as the server would relay them."""
+    from fedcare.core import advert
     from fedcare.core.message import Task
     from fedcare.core.secagg import protocol as p
+    from fedcare.sim.identity import ThrowawayIdentities
     from fedcare.site.secagg import SecureAggregationSite
 
     names = ["a", "b", "c"]
     start = Weights({"w": np.zeros(4, np.float32)})
-    sites = {s: SecureAggregationSite(s) for s in names}
-    keys = {}
+    identities = ThrowawayIdentities(names)
+    sites = {s: SecureAggregationSite(s, identities.identity(s)) for s in names}
+    keys, adverts = {}, {}
     for s in names:
         task = Task(f"{s}1", "j", 1, p.TRAIN, start, {p.SESSION: "j/r1"})
         reply = sites[s].advertise(task, TrainResult(Weights({"w": np.full(4, 0.5,
                                                                            np.float32)}), 10))
         keys[s] = np.stack([reply.weights[p.MASK_KEY], reply.weights[p.SHARE_KEY]])
+        adverts[s] = reply.weights[p.ADVERT].tobytes()
     sealed = {}
     for s in names:
         others = [o for o in names if o != s]
         config = {p.SESSION: "j/r1", p.SITES: p.as_setting(names),
                   p.NEIGHBOURS: p.as_setting(others), p.THRESHOLD: 2, p.WEIGHT: 1 / 3,
                   p.CLIP: 1.0}
+        data, lengths = advert.pack([adverts[o] for o in others])
         rows = sites[s].share(Task(f"{s}2", "j", 1, p.SHARE, Weights(
-            {p.PEER_KEYS: np.stack([keys[o] for o in others])}), config)).values[p.SHARES]
+            {p.PEER_KEYS: np.stack([keys[o] for o in others]), p.PEER_ADVERTS: data,
+             p.PEER_ADVERT_LENGTHS: lengths}), config)).values[p.SHARES]
         sealed.update({(s, o): row for o, row in zip(others, rows, strict=True)})
     for s in ["a", "b"]:  # c never uploads
         others = [o for o in names if o != s]

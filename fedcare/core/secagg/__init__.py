@@ -7,9 +7,10 @@ about any one of them, even when some sites drop out after they masked theirs.
 
 Threat model: an honest-but-curious server (it runs the protocol as written but looks at
 everything it receives) and up to ``t - 1`` sites colluding with it learn nothing beyond the
-sum of at least ``t`` sites. Public keys reach the other sites through the server; they are
-bound to the sending site by its mTLS identity at the server, not signed end to end, so a
-server that substitutes keys (an active attacker) is out of scope.
+sum of at least ``t`` sites. Public keys reach the other sites through the server, signed by
+the sending site's certificate (:mod:`fedcare.core.advert`, :mod:`fedcare.core.identity`), so a
+server that substitutes them is refused; a server that otherwise deviates (telling sites
+different survivor and dropped lists) is out of scope.
 """
 
 from fedcare.core.secagg.fixedpoint import FixedPoint

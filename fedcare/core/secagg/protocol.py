@@ -3,13 +3,15 @@
 Per round, with ``U1 ⊇ U2 ⊇ U3`` the sites still taking part after each step:
 
 1. ``secagg.train``: a site trains, passes the update through its outbound filters, keeps it,
-   and answers with two fresh X25519 public keys (for masks, for share encryption), its sample
-   count and training metrics. The keys are bound to the site by its mTLS identity (the reply
-   arrives on its authenticated connection). Answering sites are ``U1``; the server draws the
+   and answers with two fresh X25519 public keys (for masks, for share encryption), signed with
+   its certificate's key (:mod:`fedcare.core.advert`: job, round, session, site, keys), its
+   sample count and training metrics. Answering sites are ``U1``; the server draws the
    neighbour graph over them and gives each site its weight ``n_k / N``.
-2. ``secagg.share``: a site gets its neighbours' public keys, Shamir-shares (threshold ``t``) its
-   self-mask seed and its masking private key among its neighbours and itself, and answers with
-   each neighbour's shares encrypted for that neighbour. Answering sites are ``U2``.
+2. ``secagg.share``: a site gets its neighbours' public keys and signed advertisements, checks
+   every one against its own CA (:class:`~fedcare.core.identity.SiteIdentity`; one that fails
+   makes it refuse the step, sending nothing), Shamir-shares (threshold ``t``) its self-mask
+   seed and its masking private key among its neighbours and itself, and answers with each
+   neighbour's shares encrypted for that neighbour. Answering sites are ``U2``.
 3. ``secagg.masked``: a site gets the shares its neighbours in ``U2`` sent it, and uploads its
    fixed-point update plus its self mask and the pairwise masks with those neighbours, mod
    2**32. The server folds uploads into the modular sum as they arrive. Summed sites: ``U3``.
@@ -48,7 +50,10 @@ DROPPED = "secagg.dropped"        # unmask: U2 \ U3
 #: Tensor names of the key material.
 MASK_KEY = "secagg.mask_public_key"
 SHARE_KEY = "secagg.share_public_key"
+ADVERT = "secagg.advert"              # train reply: uint8, the keys' signed advertisement
 PEER_KEYS = "secagg.peer_keys"        # share task: [neighbour, (mask, share) key, 32] uint8
+PEER_ADVERTS = "secagg.peer_adverts"  # share task: the neighbours' advertisements, packed
+PEER_ADVERT_LENGTHS = "secagg.peer_advert_lengths"  # share task: their int64 lengths
 SHARES = "secagg.shares"              # share reply / masked task: [peer, sealed] uint8
 SELF_SEED_SHARES = "secagg.self_seed_shares"  # unmask reply: [survivor, share] uint8
 MASK_KEY_SHARES = "secagg.mask_key_shares"    # unmask reply: [dropped, share] uint8

@@ -11,13 +11,14 @@ within CKKS precision (about 1e-7 absolute with the default 2**40 scale).
 
 Trust assumptions. The server never holds the secret key: it relays the secret context sealed
 pairwise (X25519 + HKDF + ChaCha20-Poly1305, as secure aggregation's shares), keeps only the
-public context, and cannot decrypt an upload. It is assumed *honest-but-curious*: it relays
-the sites' public keys unaltered (a server that swapped them could read the sealed context) and
-asks the sites to decrypt only the sum of the round (a server that sent one site's ciphertext
-for decryption would learn that site's update). Every site holds the secret key, so a site
-that colludes with the server reveals every site's update. Where the server is not trusted to
-follow the protocol, use :class:`~fedcare.server.workflows.SecureAggregation`. The server
-learns, as in plain FedAvg, each site's sample count and training metrics, and the mean update.
+public context, and cannot decrypt an upload. The sites' X25519 keys arrive signed by each
+site's certificate (:mod:`fedcare.core.advert`) and are relayed as they came; every site checks
+the keys it uses, so a server that substitutes them gets refusals, not the secret context.
+Otherwise it is assumed *honest-but-curious*: it asks the sites to decrypt only the sum of the
+round (a server that sent one site's ciphertext for decryption would learn that site's update).
+Every site holds the secret key, so a site that colludes with the server reveals every site's
+update. The server learns, as in plain FedAvg, each site's sample count and training metrics,
+and the mean update.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedcare.algorithms.fedavg import Cyclic, FedAvg, finalize_mean
+from fedcare.core import advert
 from fedcare.core import he_protocol as p
 from fedcare.core.ckks import CkksKeys, check_parameters, num_chunks, unpack
 from fedcare.core.ckks import pack as pack_chunks
@@ -163,6 +165,11 @@ class _Round(RoundSteps):
 
     session_key, first_kind = p.SESSION, p.TRAIN
 
+    def __init__(self, ctx: WorkflowContext, round_num: int, attempt: int,
+                 failures: list[SiteFailure]) -> None:
+        super().__init__(ctx, round_num, attempt, failures)
+        self.adverts: dict[str, bytes] = {}  # each site's signed key, relayed as it came
+
     def _error(self, message: str) -> AggregationError:
         return AggregationError(message, job_id=self.ctx.job_id, round_num=self.round_num)
 
@@ -179,14 +186,17 @@ class _Round(RoundSteps):
                 result = arrival.result
                 assert isinstance(result, TrainResult)
                 key = np.asarray(result.weights.get(p.PUBLIC_KEY))
-                if (list(result.weights) != [p.PUBLIC_KEY] or key.dtype != np.uint8
+                signed = advert.from_tensor(result.weights.get(p.ADVERT))
+                if (sorted(result.weights) != sorted([p.PUBLIC_KEY, p.ADVERT])
+                        or signed is None or key.dtype != np.uint8
                         or key.shape != (KEY_BYTES,)):
-                    self._fail(arrival.site_id, p.TRAIN, "sent no valid public key")
+                    self._fail(arrival.site_id, p.TRAIN, "sent no valid signed public key")
                     continue
                 if result.num_samples <= 0:
                     self._fail(arrival.site_id, p.TRAIN, "trained on no samples")
                     continue
                 keys[arrival.site_id] = key.tobytes()
+                self.adverts[arrival.site_id] = signed
                 samples[arrival.site_id] = result.num_samples
                 metrics[arrival.site_id] = dict(result.metrics)
         self.ctx.require(len(keys), self.round_num, "homomorphic training", self.failures)
@@ -196,9 +206,11 @@ class _Round(RoundSteps):
                settings: Config) -> tuple[CkksKeys, dict[str, bytes]]:
         peer_keys = np.stack([np.frombuffer(keys[s], np.uint8) for s in others]) if others \
             else np.zeros((0, KEY_BYTES), np.uint8)
+        data, lengths = advert.pack([self.adverts[s] for s in others])
         request = dataclasses.replace(
             self._request(p.KEYGEN, StatsResult), site_ids=[elected],
-            payload=Weights({p.PEER_KEYS: peer_keys}),
+            payload=Weights({p.PEER_KEYS: peer_keys, p.PEER_ADVERTS: data,
+                             p.PEER_ADVERT_LENGTHS: lengths}),
             configure=lambda s: self._config({p.SITES: _as_list(others), **settings}))
         got: StatsResult | None = None
         with contextlib.closing(self.ctx.gather(request, self.failures)) as arrivals:
@@ -229,7 +241,8 @@ class _Round(RoundSteps):
             if site == elected:
                 return None
             return Weights({p.SEALED: np.frombuffer(sealed[site], np.uint8),
-                            p.ELECTED_KEY: np.frombuffer(elected_key, np.uint8)})
+                            p.ELECTED_KEY: np.frombuffer(elected_key, np.uint8),
+                            p.ELECTED_ADVERT: advert.as_tensor(self.adverts[elected])})
 
         request = dataclasses.replace(
             self._request(p.ENCRYPT, TrainResult), site_ids=u1, payload_for=payload,

@@ -12,7 +12,12 @@ rebuilt from ``t`` of their neighbours' shares). A round ends with at least ``t`
 connection runs again (as :class:`TrainRounds` does).
 
 The server learns each site's sample count and training metrics (as in plain FedAvg) and the
-sum of the weighted updates of at least ``t`` sites; nothing else of any update.
+sum of the weighted updates of at least ``t`` sites; nothing else of any update. It relays the
+sites' public keys with their signatures (:mod:`fedcare.core.advert`) as they came: each site
+checks its neighbours' before sealing a share, so a server that substitutes keys gets refusals,
+not shares. The server still tells each site who survived and who dropped, and nothing checks
+that it tells them all the same (the consistency round of Bonawitz et al.'s active-adversary
+protocol is not implemented): it is trusted to run the protocol as written.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 from fedcare.algorithms.fedavg import Cyclic, FedAvg, finalize_mean
 from fedcare.algorithms.secagg import MaskedSumAggregator
+from fedcare.core import advert
 from fedcare.core.buffers import BufferPool
 from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.job import Job
@@ -195,6 +201,7 @@ class _Round(RoundSteps):
         super().__init__(ctx, round_num, attempt, failures)
         self.t = threshold
         self.index: dict[str, int] = {}
+        self.adverts: dict[str, bytes] = {}  # each site's signed keys, relayed as they came
 
     def _enough(self, count: int, kind: str) -> None:
         self.ctx.require(count, self.round_num, kind, self.failures)
@@ -217,10 +224,12 @@ class _Round(RoundSteps):
                 result = arrival.result
                 assert isinstance(result, TrainResult)
                 got = {n: np.asarray(v) for n, v in result.weights.items()}
-                if sorted(got) != sorted([p.MASK_KEY, p.SHARE_KEY]) or any(
+                signed = advert.from_tensor(got.pop(p.ADVERT, None))
+                if signed is None or sorted(got) != sorted([p.MASK_KEY, p.SHARE_KEY]) or any(
                         v.dtype != np.uint8 or v.shape != (KEY_BYTES,) for v in got.values()):
-                    self._fail(arrival.site_id, p.TRAIN, "sent no valid public keys")
+                    self._fail(arrival.site_id, p.TRAIN, "sent no valid signed public keys")
                     continue
+                self.adverts[arrival.site_id] = signed
                 keys[arrival.site_id] = (got[p.MASK_KEY].tobytes(), got[p.SHARE_KEY].tobytes())
                 samples[arrival.site_id] = result.num_samples
                 metrics[arrival.site_id] = dict(result.metrics)
@@ -234,7 +243,9 @@ class _Round(RoundSteps):
 
         def payload(site: str) -> Weights:
             rows = [np.frombuffer(keys[o][0] + keys[o][1], np.uint8) for o in graph[site]]
-            return Weights({p.PEER_KEYS: np.stack(rows).reshape(len(rows), 2, KEY_BYTES)})
+            data, lengths = advert.pack([self.adverts[o] for o in graph[site]])
+            return Weights({p.PEER_KEYS: np.stack(rows).reshape(len(rows), 2, KEY_BYTES),
+                            p.PEER_ADVERTS: data, p.PEER_ADVERT_LENGTHS: lengths})
 
         def configure(site: str) -> Config:
             return self._config({p.SITES: p.as_setting(u1),
