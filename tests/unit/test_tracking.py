@@ -112,6 +112,33 @@ def test_mlflow_runs_carry_job_and_site_tags_and_every_round(tmp_path, monkeypat
             result.history.metric("mse", site_id=site))
 
 
+def test_a_resumed_job_goes_on_in_its_mlflow_runs(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = TrackingConfig(mlflow_uri=f"file://{tmp_path / 'mlruns'}")
+
+    def record(round_num):
+        return RoundRecord(round_num, ["a"], {"loss": 1.0 / (round_num + 1)}, {}, {},
+                           site_train={"a": SiteMetrics(10, {"loss": float(round_num)})})
+
+    first = Tracker(config, "job-7", project="heart-federation")
+    first.on_round_saved(record(1))
+    first.on_run_end(RunState.FAILED, "aborted on request")  # the server stopped
+    again = Tracker(config, "job-7", project="heart-federation")  # and resumed the job
+    again.on_round_saved(record(2))
+    again.on_run_end(RunState.FINISHED, None)
+    client = MlflowClient(tracking_uri=config.mlflow_uri)
+    experiment = client.get_experiment_by_name("heart-federation")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["fedcare.role"] for r in runs) == ["server", "site"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all("error" not in r.data.tags for r in runs)
+    site = next(r for r in runs if r.data.tags["fedcare.role"] == "site")
+    assert [(m.step, m.value) for m in client.get_metric_history(
+        site.info.run_id, "train/loss")] == [(1, 1.0), (2, 2.0)]
+
+
 def test_backends_that_cannot_open_warn_once_each_and_the_run_completes(tmp_path, caplog):
     (tmp_path / "a-file").write_text("not a folder")
     port = closed_port()
@@ -120,8 +147,8 @@ def test_backends_that_cannot_open_warn_once_each_and_the_run_completes(tmp_path
     plain = simulate(toyjob.make_job(num_rounds=2))
     result = simulate(toyjob.make_job(num_rounds=2), run_dir=tmp_path / "run",
                       tracking=tracking)
-    assert [r.eval_metrics for r in result.history.rounds] == [
-        r.eval_metrics for r in plain.history.rounds]
+    assert [r.eval_metrics for r in result.history.rounds] == [  # arrival order: last bits
+        pytest.approx(r.eval_metrics, rel=1e-12) for r in plain.history.rounds]
     assert (tmp_path / "run" / "metrics.json").is_file()
     warnings = tracking_warnings(caplog)
     assert len(warnings) == 2, warnings

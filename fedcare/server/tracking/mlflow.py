@@ -75,6 +75,8 @@ class MlflowWriter:
             tags = run.data.tags
             if tags.get(ROLE_TAG) == "server":
                 runs[None] = run.info.run_id
+                if "error" in tags:  # why it stopped before: it goes on now
+                    self._client.delete_tag(run.info.run_id, "error")
             elif tags.get(ROLE_TAG) == "site" and tags.get("site_id"):
                 runs[tags["site_id"]] = run.info.run_id
         return runs
