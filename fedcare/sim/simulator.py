@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import sys
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -176,7 +178,8 @@ def simulate(
         tracking: Experiment tracking of the run (TensorBoard event files, MLflow), as a
             server kit's ``tracking:`` section; a backend that fails is dropped with a warning.
         run_name: Names the run there (its TensorBoard folder, its MLflow run): by default
-            the run folder's name (``run_dir``), else the job's.
+            the run folder's name (``run_dir``), else the job's name, the time and a random
+            suffix (a run of the same name would go on in the same runs).
     """
     site_ids = simulation_sites(job, num_sites)
     if site_policy is not None and not isinstance(site_policy, SitePolicy):
@@ -202,7 +205,9 @@ def simulate(
                     raise SiteError(f"site processes failed to start: {reasons}", job_id=job.name)
                 log.warning("job %s: going on without %s: %s", job.name, missing, reasons)
         if tracking is not None and tracking.enabled:
-            name = run_name or (Path(run_dir).name if run_dir is not None else job.name)
+            name = run_name or (Path(run_dir).name if run_dir is not None else
+                                f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                f"{uuid.uuid4().hex[:6]}")
             tracker = Tracker(tracking, name, tags={"job_name": job.name})
             listener = ListenerGroup(*([listener] if listener else []), tracker)
         controller = RoundController(job, transport, run_dir=run_dir, listener=listener,

@@ -139,6 +139,14 @@ def test_a_resumed_job_goes_on_in_its_mlflow_runs(tmp_path, monkeypatch):
         site.info.run_id, "train/loss")] == [(1, 1.0), (2, 2.0)]
 
 
+def test_runs_without_a_folder_get_runs_of_their_own(tmp_path):
+    tracking = TrackingConfig(tensorboard=str(tmp_path))
+    for _ in range(2):
+        simulate(toyjob.make_job(num_rounds=1), tracking=tracking)
+    runs = sorted(p.name for p in tmp_path.iterdir())
+    assert len(runs) == 2 and all(r.startswith("toy-") for r in runs), runs
+
+
 def test_backends_that_cannot_open_warn_once_each_and_the_run_completes(tmp_path, caplog):
     (tmp_path / "a-file").write_text("not a folder")
     port = closed_port()
