@@ -16,6 +16,7 @@ from fedcare.core.errors import (
 from fedcare.core.job import FederatedStatistic, Job
 from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
 from fedcare.core.strategy import Aggregator, Strategy
+from fedcare.core.tracking import TrackingConfig
 from fedcare.core.trainer import SiteContext, Trainer
 from fedcare.core.weights import Weights
 from fedcare.server.controller import RoundController, RunResult
@@ -41,6 +42,7 @@ __all__ = [
     "SiteError",
     "StatsResult",
     "Strategy",
+    "TrackingConfig",
     "TrainResult",
     "Trainer",
     "TransportError",

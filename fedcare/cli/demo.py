@@ -15,6 +15,7 @@ from fedcare.cli.poc import PocFederation
 from fedcare.cli.progress import RichProgress
 from fedcare.core.errors import FedcareError
 from fedcare.core.message import Reply, TrainResult
+from fedcare.core.tracking import TrackingConfig
 from fedcare.datasets.heart import HOSPITALS
 from fedcare.jobs.heart_demo import (
     ENTRY_POINT,
@@ -66,7 +67,10 @@ def _run_seed_federated(console: Console, fed: PocFederation, seed: int,
 
 
 def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bool,
-                   params: dict[str, object] | None = None, federated: bool = True) -> None:
+                   params: dict[str, object] | None = None, federated: bool = True,
+                   tracking: TrackingConfig | None = None) -> None:
+    """``tracking``: in the federation, written into the server's kit (its runs are named
+    by job id); simulated, each seed's run is ``RUN_FOLDER-seed-N``."""
     console.print("[bold]fedcare demo:[/] Fed-Heart-Disease, 4 hospitals, 740 patients "
                   "(UCI, CC BY 4.0). Feature scaling is computed federatedly; no row leaves "
                   "a site.")
@@ -75,6 +79,8 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
     if federated:
         fed = PocFederation(run_dir / "federation", list(HOSPITALS))
         fed.provision()
+        if tracking is not None:
+            fed.edit_kit("server", lambda config: config.update(tracking=_absolute(tracking)))
         address = fed.start_server()
         fed.start_sites()
         fed.wait_for_sites(len(HOSPITALS))
@@ -90,7 +96,8 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
             else:
                 with RichProgress(console, f"seed {seed} (simulated)") as progress:
                     result, run = run_seed(seed, run_dir=seed_dir, processes=processes,
-                                           listener=progress, params=params)
+                                           listener=progress, params=params, tracking=tracking,
+                                           run_name=f"{run_dir.name}-seed-{seed}")
                 history = run.history
             learning_curve(history, seed_dir / "learning_curve.png",
                            title=f"Fed-Heart-Disease FedAvg, seed {seed}")
@@ -106,6 +113,18 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
     _print_table(console, table, seeds)
     console.print(f"run folder: [bold]{run_dir}[/] (summary.csv, summary.json, seed-*/: "
                   "metrics.csv, metrics.json, learning_curve.png, global model)")
+    if tracking is not None and tracking.tensorboard is not None:
+        console.print(f"TensorBoard: tensorboard --logdir {tracking.tensorboard}",
+                      markup=False, highlight=False)
+
+
+def _absolute(tracking: TrackingConfig) -> dict[str, object]:
+    """The tracking section for the POC server's kit: a TensorBoard folder given here, made
+    absolute (the kit would take a relative one from its own folder)."""
+    section = tracking.model_dump(exclude_none=True)
+    if tracking.tensorboard is not None:
+        section["tensorboard"] = str(Path(tracking.tensorboard).resolve())
+    return section
 
 
 def _print_table(console: Console, table: dict[str, dict[str, float]], seeds: int) -> None:

@@ -96,11 +96,16 @@ def server_start(
         workspace.mkdir(parents=True, exist_ok=True)
         revoked = RevocationList(kit.crl, kit.read_ca(), number_file=workspace / "crl-number")
         revoked.revoked()  # a missing or forged CRL stops the start, named
+        tracking = kit.config.tracking
+        if tracking.tensorboard is not None:  # relative to the kit, as the workspace is
+            tracking = tracking.model_copy(
+                update={"tensorboard": str(kit.dir / tracking.tensorboard)})
         server = FederationServer(
             _tls(kit), workspace,
             host=kit.config.server_host, port=kit.config.server_port if port is None else port,
             revoked=revoked, streamed_fold=streamed_fold, code=kit.config.code,
             receive_window_bytes=receive_window_mib * 1024 * 1024,
+            tracking=tracking, project=kit.config.federation,
             add_services=lambda srv, g: pb_grpc.add_AdminServicer_to_server(AdminService(srv), g))
     except FedcareError as exc:
         raise fail(exc) from None

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.table import Table
 
 from fedcare.cli.output import console, fail
@@ -18,6 +18,7 @@ from fedcare.core import logs
 from fedcare.core.config import load_job
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.policy import SitePolicy
+from fedcare.core.tracking import TrackingConfig
 from fedcare.sim.simulator import simulate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -53,6 +54,36 @@ def _site_folders(pairs: list[str]) -> dict[str, Path]:
             raise ConfigError(f"--data-dir {pair!r}: expected SITE=FOLDER")
         folders[site] = Path(folder)
     return folders
+
+
+#: The tracking options of ``simulate`` and ``demo``, by TrackingConfig field.
+_TRACKING_OPTIONS = {"tensorboard": "--tensorboard", "mlflow_uri": "--mlflow-uri",
+                     "mlflow_experiment": "--mlflow-experiment"}
+
+TensorBoardOption = Annotated[Path | None, typer.Option(
+    help="write each round's metrics as TensorBoard event files into DIR/RUN (server and "
+         "one run per site); view with: tensorboard --logdir DIR", metavar="DIR")]
+MlflowUriOption = Annotated[str | None, typer.Option(
+    help="also log them to this MLflow tracking server (http://HOST:PORT), one run per job "
+         "with a nested run per site", metavar="URI")]
+MlflowExperimentOption = Annotated[str | None, typer.Option(
+    help="the MLflow experiment (default: fedcare)", metavar="NAME")]
+
+
+def _tracking(tensorboard: Path | None, mlflow_uri: str | None,
+              mlflow_experiment: str | None) -> TrackingConfig | None:
+    """The tracking options as a TrackingConfig; a bad value fails naming its option."""
+    try:
+        config = TrackingConfig(tensorboard=str(tensorboard) if tensorboard else None,
+                                mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
+    except ValidationError as exc:
+        from fedcare.provision.project import format_errors
+
+        message = format_errors(exc)
+        for field, option in _TRACKING_OPTIONS.items():
+            message = message.replace(f"{field}: ", f"{option}: ")
+        raise ConfigError(message) from None
+    return config if config.enabled else None
 
 
 def _read_site_policy(path: Path) -> SitePolicy | dict[str, SitePolicy]:
@@ -98,6 +129,9 @@ def simulate_cmd(
     site_policy: Annotated[Path | None, typer.Option(
         help="YAML file with the sites' filter policy: {inbound: [...], outbound: [...]} "
              "for every site, or {sites: {SITE: {outbound: [...]}}} per site")] = None,
+    tensorboard: TensorBoardOption = None,
+    mlflow_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = None,
 ) -> None:
     """Run a job with every site simulated on this machine."""
     from fedcare.cli.plot import learning_curve
@@ -105,6 +139,7 @@ def simulate_cmd(
 
     try:
         folders = _site_folders(data_dir)
+        tracking = _tracking(tensorboard, mlflow_uri, mlflow_experiment)
         policy = _read_site_policy(site_policy) if site_policy is not None else None
         params = _parse_params(param)
         if seed is not None:
@@ -115,7 +150,8 @@ def simulate_cmd(
         run_dir = _run_dir(out, loaded.name)
         with RichProgress(console, loaded.name) as progress:
             result = simulate(loaded, num_sites=sites, processes=processes, run_dir=run_dir,
-                              listener=progress, site_policy=policy, data_dirs=folders)
+                              listener=progress, site_policy=policy, data_dirs=folders,
+                              tracking=tracking)
     except FedcareError as exc:
         raise fail(exc) from None
     console.print(result.summary, markup=False, highlight=False)
@@ -139,6 +175,9 @@ def simulate_cmd(
                   *[f"{last.eval_metrics.get(m, float('nan')):.4f}" for m in metrics])
     console.print(table)
     console.print(f"run folder: [bold]{run_dir}[/]")
+    if tracking is not None and tracking.tensorboard is not None:
+        console.print(f"TensorBoard: tensorboard --logdir {tracking.tensorboard}",
+                      markup=False, highlight=False)
 
 
 @app.command("demo")
@@ -150,6 +189,9 @@ def demo_cmd(
     processes: Annotated[bool, typer.Option(help="with --simulate: one process per site")] = False,
     param: Annotated[list[str], typer.Option(help="heart job parameter key=value")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
+    tensorboard: TensorBoardOption = None,
+    mlflow_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = None,
 ) -> None:
     """The main job: FedAvg across four real hospitals vs local and pooled training."""
     from fedcare.cli.demo import run_heart_demo
@@ -160,8 +202,9 @@ def demo_cmd(
         raise fail(ConfigError(f"--seeds must be >= 1, got {seeds}"))
     try:
         params = _parse_params(param)
+        tracking = _tracking(tensorboard, mlflow_uri, mlflow_experiment)
         run_heart_demo(console, _run_dir(out, "heart-demo"), seeds=seeds, processes=processes,
-                       params=params, federated=not simulate)
+                       params=params, federated=not simulate, tracking=tracking)
     except FedcareError as exc:
         raise fail(exc) from None
 

@@ -45,6 +45,15 @@ class SiteFailure:
 
 
 @dataclass(frozen=True)
+class SiteMetrics:
+    """One site's result at one step: the samples it covered and the metrics it reported
+    over them (training or evaluation)."""
+
+    num_samples: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Gather:
     """One task for each of ``site_ids``, and what their replies must be.
 
@@ -99,6 +108,9 @@ class StepOutcome:
     trained: list[str] = field(default_factory=list)
     train_metrics: dict[str, float] = field(default_factory=dict)
     failures: list[SiteFailure] = field(default_factory=list)
+    #: Each trained site's own sample count and training metrics (what ``train_metrics``
+    #: weighs together), for the round's record and experiment tracking.
+    site_train: dict[str, SiteMetrics] = field(default_factory=dict)
 
 
 class WorkflowContext(Protocol):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedcare.core.config import load_job
+from fedcare.core.tracking import TrackingConfig
 from fedcare.datasets.heart import HOSPITALS
 from fedcare.jobs.heart_baselines import BaselineResult, run_baselines
 from fedcare.server.controller import RunResult
@@ -54,12 +55,14 @@ def seed_result(seed: int, job_params: dict[str, object], history: History,
 
 
 def run_seed(seed: int, *, run_dir: Path | None, processes: bool = False,
-             listener: RunListener | None = None, params: dict[str, object] | None = None
+             listener: RunListener | None = None, params: dict[str, object] | None = None,
+             tracking: TrackingConfig | None = None, run_name: str | None = None
              ) -> tuple[SeedResult, RunResult]:
-    """One simulated federated run plus both baselines on the same split."""
+    """One simulated federated run plus both baselines on the same split; ``tracking`` and
+    ``run_name`` as :func:`fedcare.sim.simulator.simulate` takes them."""
     job_params = {**(params or {}), "seed": seed}
     result = simulate(load_job(ENTRY_POINT, job_params), processes=processes, run_dir=run_dir,
-                      listener=listener)
+                      listener=listener, tracking=tracking, run_name=run_name)
     return seed_result(seed, params or {}, result.history, run_dir), result
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedcare.core.errors import ConfigError
 from fedcare.core.policy import CodePolicy, SitePolicy
 from fedcare.core.privacy_policy import PrivacyPolicy
+from fedcare.core.tracking import TrackingConfig
 
 #: A participant name: also a folder name and a certificate common name.
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -149,6 +150,10 @@ class KitConfig(_Model):
             this file beside the filter chains it constrains; never sent to the server.
         workspace: Server only. Folder for jobs, checkpoints and results, relative to the kit.
         crl: Server only. Revocation list, relative to the kit; re-read on every connection.
+        tracking: Server only. Experiment tracking of every job (:class:`TrackingConfig`):
+            TensorBoard event files (a folder, relative to the kit) and an MLflow tracking
+            URI. Written by the server's operator, from what the server already sees: the
+            round records (aggregates, each site's reported metrics and sample counts).
     """
 
     federation: str = Field(pattern=FEDERATION)
@@ -164,6 +169,7 @@ class KitConfig(_Model):
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
     workspace: str | None = None
     crl: str | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -192,12 +198,14 @@ class KitConfig(_Model):
             raise ValueError("policy: only a site kit has a filter policy")
         if self.kind != "site" and not self.privacy.is_empty:
             raise ValueError("privacy: only a site kit has a privacy policy")
+        if self.kind != "server" and self.tracking != TrackingConfig():
+            raise ValueError("tracking: only the server kit tracks experiments")
         return self
 
     def to_yaml(self) -> str:
         """The kit's ``config.yaml``: only the keys that mean something for its kind."""
         keys = ["federation", "name", "kind", "server_host", "server_port"]
-        keys += {"server": ["workspace", "crl", "code"],
+        keys += {"server": ["workspace", "crl", "code", "tracking"],
                  "site": ["data_dir", "code", "policy", "privacy"],
                  "admin": ["role", "site"] if self.site else ["role"]}[self.kind]
         header = ""
@@ -205,7 +213,10 @@ class KitConfig(_Model):
             header = ("# code: which job code this server runs, nothing else: fedcare's\n"
                       "#   built-in jobs (builtin_jobs), entry points installed here\n"
                       "#   (entry_points), signed job packages from these project admins\n"
-                      "#   (signers) or with these ids (packages; see fedcare job inspect).\n")
+                      "#   (signers) or with these ids (packages; see fedcare job inspect).\n"
+                      "# tracking: every job's per-round metrics, besides its history, e.g.\n"
+                      "#   tracking: {tensorboard: tensorboard,   (a folder, relative to the kit)\n"
+                      "#             mlflow_uri: http://mlflow.example.org:5000}\n")
         if self.kind == "site":
             header = ("# data_dir: this hospital's data folder, read only by this site's process.\n"
                       "# code: which job code this site runs, nothing else: fedcare's\n"

@@ -215,10 +215,12 @@ class RoundController:
             self._state, self._error = RunState.FAILED, f"{type(exc).__name__}: {exc}"
             self._await_saved(quietly=True)
             raise
+        else:
+            self._state = RunState.FINISHED
         finally:
             if self._saver is not None:
                 self._saver.shutdown()
-        self._state = RunState.FINISHED
+            self.listener.on_run_end(self._state, self._error)
         return RunResult(weights, self.history, self.run_dir, dict(self.results),
                          list(self.failures), sorted(self._asked),
                          completion_summary(sorted(self._asked), self._outcome,
@@ -495,7 +497,7 @@ class RoundController:
                 overall.add(result.num_samples, result.metrics)
         record = RoundRecord(round_num, sorted(outcome.trained), dict(outcome.train_metrics),
                              overall.result(), dict(sorted(site_eval.items())), failures,
-                             time.monotonic() - started)
+                             time.monotonic() - started, dict(sorted(outcome.site_train.items())))
         self.history.append(record)
         if self.run_dir is not None:
             with _disk_errors(self.job_id, round_num, f"the run's metrics in {self.run_dir}"):

@@ -39,6 +39,51 @@ class RunListener:
         controller writes checkpoints in the background (the federation server does).
         """
 
+    def on_run_end(self, state: RunState, error: str | None) -> None:
+        """The run ended (``FINISHED`` or ``FAILED``, with its reason), its last checkpoint
+        written; the last event a listener hears."""
+
+
+class ListenerGroup(RunListener):
+    """Hands every event to each of several listeners, in order (a progress bar and the
+    experiment tracker, say)."""
+
+    def __init__(self, *listeners: RunListener) -> None:
+        self.listeners = listeners
+
+    def on_round_start(self, round_num: int, num_rounds: int, site_ids: list[str]) -> None:
+        for listener in self.listeners:
+            listener.on_round_start(round_num, num_rounds, site_ids)
+
+    def on_reply(self, round_num: int, site_id: str, ok: bool) -> None:
+        for listener in self.listeners:
+            listener.on_reply(round_num, site_id, ok)
+
+    def on_failure(self, failure: SiteFailure) -> None:
+        for listener in self.listeners:
+            listener.on_failure(failure)
+
+    def on_waiting(self, missing: list[str], connected: int, expected: int, waited_s: float,
+                   limit_s: float) -> None:
+        for listener in self.listeners:
+            listener.on_waiting(missing, connected, expected, waited_s, limit_s)
+
+    def on_result(self, name: str, document: dict[str, object]) -> None:
+        for listener in self.listeners:
+            listener.on_result(name, document)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        for listener in self.listeners:
+            listener.on_round_end(record)
+
+    def on_round_saved(self, record: RoundRecord) -> None:
+        for listener in self.listeners:
+            listener.on_round_saved(record)
+
+    def on_run_end(self, state: RunState, error: str | None) -> None:
+        for listener in self.listeners:
+            listener.on_run_end(state, error)
+
 
 class RunState(StrEnum):
     PENDING = "pending"

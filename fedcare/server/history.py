@@ -8,15 +8,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcare.core.workflow import SiteFailure
+from fedcare.core.workflow import SiteFailure, SiteMetrics
 
-__all__ = ["History", "RoundRecord", "SiteEval", "SiteFailure", "record_from_dict"]
+__all__ = ["History", "RoundRecord", "SiteEval", "SiteFailure", "SiteMetrics",
+           "record_from_dict"]
 
-
-@dataclass(frozen=True)
-class SiteEval:
-    num_samples: int
-    metrics: dict[str, float]
+#: One site's evaluation in a round (its name from before training results had one too).
+SiteEval = SiteMetrics
 
 
 @dataclass(frozen=True)
@@ -25,7 +23,9 @@ class RoundRecord:
 
     ``eval_metrics`` are sample-weighted over the sites' held-out data; ``train_metrics`` are
     sample-weighted over the sites that trained, plus the strategy's own numbers for the round
-    (:meth:`~fedcare.core.strategy.Strategy.round_metrics`, e.g. ``dp_fedavg_epsilon``).
+    (:meth:`~fedcare.core.strategy.Strategy.round_metrics`, e.g. ``dp_fedavg_epsilon``);
+    ``site_train`` holds what each of those sites reported itself (empty in records written
+    before it was kept).
     """
 
     round_num: int
@@ -35,12 +35,14 @@ class RoundRecord:
     site_eval: dict[str, SiteEval]
     failures: list[SiteFailure] = field(default_factory=list)
     duration_s: float = 0.0
+    site_train: dict[str, SiteMetrics] = field(default_factory=dict)
 
 
 def record_from_dict(data: dict[str, object]) -> RoundRecord:
     """Inverse of ``dataclasses.asdict`` for a RoundRecord (reading the server's store)."""
     d: dict[str, Any] = dict(data)
-    d["site_eval"] = {k: SiteEval(**v) for k, v in d["site_eval"].items()}
+    d["site_eval"] = {k: SiteMetrics(**v) for k, v in d["site_eval"].items()}
+    d["site_train"] = {k: SiteMetrics(**v) for k, v in d.get("site_train", {}).items()}
     d["failures"] = [SiteFailure(**f) for f in d["failures"]]
     return RoundRecord(**d)
 
@@ -65,7 +67,8 @@ class History:
         return out
 
     def rows(self) -> list[dict[str, object]]:
-        """One flat row per round: train_*, eval_*, eval_<metric>@<site> columns."""
+        """One flat row per round: train_*, eval_*, eval_<metric>@<site>, then
+        train_<metric>@<site> columns."""
         rows = []
         for r in self.rounds:
             row: dict[str, object] = {
@@ -78,6 +81,8 @@ class History:
             row.update({f"eval_{k}": v for k, v in r.eval_metrics.items()})
             for site_id, ev in r.site_eval.items():
                 row.update({f"eval_{k}@{site_id}": v for k, v in ev.metrics.items()})
+            for site_id, tr in r.site_train.items():
+                row.update({f"train_{k}@{site_id}": v for k, v in tr.metrics.items()})
             rows.append(row)
         return rows
 

@@ -37,15 +37,17 @@ from fedcare.core.message import JobRef, Reply, Task
 from fedcare.core.package import JobPackage, read_package
 from fedcare.core.policy import CodePolicy
 from fedcare.core.stream import StreamTarget
+from fedcare.core.tracking import TrackingConfig
 from fedcare.core.workflow import SiteFailure
 from fedcare.server.audit import AUDIT_FILE, AuditLog, HeadSigner
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.controller import Checkpoint, RoundController
-from fedcare.server.events import RunListener
+from fedcare.server.events import ListenerGroup, RunListener
 from fedcare.server.history import RoundRecord, record_from_dict
 from fedcare.server.lock import WorkspaceLock
 from fedcare.server.packages import PackageService, PackageStore
 from fedcare.server.store import JobRow, Store
+from fedcare.server.tracking import Tracker
 from fedcare.transport.base import Transport
 from fedcare.transport.grpc import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.grpc.server import GrpcServerTransport
@@ -148,13 +150,18 @@ class FederationServer:
                  connect_timeout_s: float = 300.0,
                  stall_timeout_s: float = 60.0, streamed_fold: bool = True,
                  receive_window_bytes: int = 0, code: CodePolicy | None = None,
-                 add_services: Callable[[FederationServer, object], None] | None = None
+                 add_services: Callable[[FederationServer, object], None] | None = None,
+                 tracking: TrackingConfig | None = None, project: str = "fedcare"
                  ) -> None:
         """``code``: which job code this server runs (default: fedcare's built-in jobs
-        only); see :class:`fedcare.core.policy.CodePolicy`."""
+        only); see :class:`fedcare.core.policy.CodePolicy`. ``tracking``: where every job's
+        per-round metrics are tracked besides its history (a relative TensorBoard folder is
+        taken from the current directory); ``project``: the federation's name, for them."""
         self.workspace = workspace
         self.tls = tls
         self.code = code or CodePolicy()
+        self.tracking = tracking or TrackingConfig()
+        self.project = project
         self.packages = PackageStore(workspace / "packages", tls.ca)
         self.revoked = revoked
         self._crl_complaint = (0.0, "")
@@ -370,11 +377,15 @@ class FederationServer:
             return
         self.store.set_status(row.job_id, "running")
         self.store.audit("server", "resume" if resume else "start", row.job_id)
+        listener: RunListener = _StoreListener(self.store, row.job_id)
+        if self.tracking.enabled:
+            listener = ListenerGroup(listener, Tracker(
+                self.tracking, row.job_id, project=self.project,
+                tags={"job_name": job.name, "entry_point": row.entry_point}))
         controller = RoundController(
             job, JobTransport(self.transport, row, job.site_ids,
                               streamed_fold=self.streamed_fold), run_dir=run_dir,
-            job_id=row.job_id,
-            listener=_StoreListener(self.store, row.job_id), resume=resume, stop=stop,
+            job_id=row.job_id, listener=listener, resume=resume, stop=stop,
             connect_timeout_s=self.connect_timeout_s, keep_checkpoints=KEEP_CHECKPOINTS,
             save_in_background=True)
         self.current = controller

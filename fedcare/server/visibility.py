@@ -2,10 +2,11 @@
 
 A ``project_admin`` sees everything. A ``site_admin:<site>`` sees the aggregates (the global
 model's metrics, how many sites trained) and the per-site data of its own site only: its
-failures, its evaluation metrics, whether it trained; every other site's name in a free-text
-field (a job's summary or error) reads "another site". A ``viewer`` sees the aggregates only,
-every site's name replaced by "a site". The filters work on the JSON documents the admin API
-returns, so a round record keeps its shape (``history.record_from_dict`` still reads it).
+failures, its evaluation and training metrics, whether it trained; every other site's name in
+a free-text field (a job's summary or error) reads "another site". A ``viewer`` sees the
+aggregates only, every site's name replaced by "a site". The filters work on the JSON documents
+the admin API returns, so a round record keeps its shape (``history.record_from_dict`` still
+reads it).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def site_names(job: Mapping[str, object], rounds: Iterable[Mapping[str, object]]
     found: list[object] = [*more, *map(_site_of, failures), *_items(job.get("failed_sites"))]
     for record in rounds:
         found += _items(record.get("trained_sites")) + _items(record.get("site_eval"))
+        found += _items(record.get("site_train"))
         found += [_site_of(f) for f in _items(record.get("failures"))]
     return {n for n in found if isinstance(n, str)}
 
@@ -117,8 +119,9 @@ def round_view(record: Mapping[str, object], scope: Scope) -> dict[str, object]:
     if scope.all_sites:
         return out
     out["trained_sites"] = [s for s in _items(record.get("trained_sites")) if scope.sees(s)]
-    site_eval = record.get("site_eval")
-    out["site_eval"] = ({s: e for s, e in site_eval.items() if scope.sees(s)}
-                        if isinstance(site_eval, Mapping) else {})
+    for key in ("site_eval", "site_train"):  # each site's own numbers
+        per_site = record.get(key)
+        out[key] = ({s: e for s, e in per_site.items() if scope.sees(s)}
+                    if isinstance(per_site, Mapping) else {})
     out["failures"] = failures_view(_items(record.get("failures")), scope)
     return out

@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 import tempfile
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,9 +23,11 @@ from fedcare.core.errors import ConfigError, SiteError
 from fedcare.core.job import Job
 from fedcare.core.policy import SitePolicy
 from fedcare.core.privacy_policy import PrivacyPolicy
+from fedcare.core.tracking import TrackingConfig
 from fedcare.core.trainer import SiteContext
 from fedcare.server.controller import RoundController, RunResult
-from fedcare.server.events import RunListener
+from fedcare.server.events import ListenerGroup, RunListener
+from fedcare.server.tracking import Tracker
 from fedcare.sim.identity import ThrowawayIdentities
 from fedcare.site.chain import build_filters
 from fedcare.site.privacy_guard import PrivacyGuard
@@ -162,6 +166,8 @@ def simulate(
     data_dirs: Mapping[str, Path] | None = None,
     site_privacy: PrivacyArg = None,
     privacy_dir: Path | None = None,
+    tracking: TrackingConfig | None = None,
+    run_name: str | None = None,
 ) -> RunResult:
     """Run ``job`` over simulated sites and return the final model and history.
 
@@ -175,6 +181,11 @@ def simulate(
         privacy_dir: Where the sites keep their privacy ledgers (``privacy_dir/SITE/
             privacy.db``, kept across runs as a real site's are); None: in memory, for this
             run only.
+        tracking: Experiment tracking of the run (TensorBoard event files, MLflow), as a
+            server kit's ``tracking:`` section; a backend that fails is dropped with a warning.
+        run_name: Names the run there (its TensorBoard folder, its MLflow run): by default
+            the run folder's name (``run_dir``), else the job's name, the time and a random
+            suffix (a run of the same name would go on in the same runs).
     """
     site_ids = simulation_sites(job, num_sites)
     if site_policy is not None and not isinstance(site_policy, SitePolicy):
@@ -209,6 +220,12 @@ def simulate(
                 if len(connected) < job.min_sites:
                     raise SiteError(f"site processes failed to start: {reasons}", job_id=job.name)
                 log.warning("job %s: going on without %s: %s", job.name, missing, reasons)
+        if tracking is not None and tracking.enabled:
+            name = run_name or (Path(run_dir).name if run_dir is not None else
+                                f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                f"{uuid.uuid4().hex[:6]}")
+            tracker = Tracker(tracking, name, tags={"job_name": job.name})
+            listener = ListenerGroup(*([listener] if listener else []), tracker)
         controller = RoundController(job, transport, run_dir=run_dir, listener=listener,
                                      connect_timeout_s=connect_timeout_s)
         return controller.run()

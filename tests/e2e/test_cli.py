@@ -52,9 +52,17 @@ def test_wrong_number_of_sites_for_natural_partition(tmp_path):
 @pytest.mark.parametrize("mode", ["federated", "simulated"])
 def test_demo_prints_the_table_and_writes_the_run_folder(tmp_path, mode):
     extra = ["--simulate"] if mode == "simulated" else []
-    out = run("demo", "heart", "--out", str(tmp_path), *extra, cwd=tmp_path)
+    out = run("demo", "heart", "--out", str(tmp_path), "--tensorboard", "tb", *extra,
+              cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     text = out.stdout
+    # one TensorBoard run per seed (a job id, or the run folder's name and the seed), each with
+    # the server's and the four hospitals' event files
+    assert "TensorBoard: tensorboard --logdir tb" in text
+    (tracked,) = (tmp_path / "tb").iterdir()
+    assert any((tracked / "server").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (tracked / "sites").iterdir()) == [
+        "cleveland", "hungary", "switzerland", "va"]
     for label in ("Cleveland", "Budapest", "Zurich+Basel", "VA Long Beach", "mean",
                   "(a) local", "(b) pooled", "(c) FedAvg"):
         assert label in text

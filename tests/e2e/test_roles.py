@@ -138,16 +138,19 @@ def test_metrics_show_the_aggregates_to_all_and_per_site_data_to_its_own(finishe
     assert [r["round_num"] for r in full] == [0, 1]
     assert full[1]["trained_sites"] == ["site-0"]
     assert sorted(full[1]["site_eval"]) == SITES
+    assert list(full[1]["site_train"]) == ["site-0"]  # each trained site's own numbers
     assert sorted(f["site_id"] for f in full[1]["failures"]) == ["site-1", "site-2"]
     # after round 1 every entry of w is 1.0 (site-0 alone): mse (1 - t)^2 per site, t = 1, 2, 3,
     # weighted by 5, 10, 15 evaluation samples
     assert full[1]["eval_metrics"]["mse"] == pytest.approx((0 * 5 + 1 * 10 + 4 * 15) / 30)
     own = seen["site_admin"][1]
     assert own["trained_sites"] == [] and list(own["site_eval"]) == ["site-1"]
+    assert own["site_train"] == {}  # site-0's training numbers are site-0's
     assert own["site_eval"]["site-1"] == {"num_samples": 10, "metrics": {"mse": 1.0}}
     assert [f["site_id"] for f in own["failures"]] == ["site-1"]
     viewer = seen["viewer"][1]
     assert (viewer["trained_sites"], viewer["site_eval"], viewer["failures"]) == ([], {}, [])
+    assert viewer["site_train"] == {}
     for role in ("site_admin", "viewer"):
         assert [r["eval_metrics"] for r in seen[role]] == [r["eval_metrics"] for r in full]
         assert [r["train_metrics"] for r in seen[role]] == [r["train_metrics"] for r in full]

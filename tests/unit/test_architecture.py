@@ -1,6 +1,8 @@
 """Layering rules from STYLE.md, checked on the source: imports flow one way."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,9 @@ ALLOWED = {
     "provision": {"core", "provision"},
     "analytics": {"core", "analytics"},
 }
+#: Optional libraries, each imported (lazily) by its one writer only.
+TRACKING_LIBRARIES = {"tensorboard": "server/tracking/tensorboard.py",
+                      "mlflow": "server/tracking/mlflow.py"}
 TORCH_FREE = {"core", "algorithms", "transport", "site", "server", "sim", "datasets",
               "provision", "analytics"}
 
@@ -55,9 +60,26 @@ def test_core_layers_never_import_torch_or_pickle(layer):
         assert not found, f"{path.relative_to(PACKAGE)} imports {found}"
 
 
+def test_tracking_libraries_are_imported_only_by_their_writers():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name in imports(path):
+            owner = TRACKING_LIBRARIES.get(name.split(".")[0])
+            assert owner in (None, path.relative_to(PACKAGE).as_posix()), (
+                f"{path.relative_to(PACKAGE)} imports {name}")
+
+
+def test_importing_fedcare_and_its_tracker_loads_no_tracking_library():
+    code = ("import sys, fedcare, fedcare.server.tracking, fedcare.sim.simulator; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorboard', 'mlflow', "
+            "'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize("package", ["fedcare", "fedcare.core", "fedcare.server",
-                                     "fedcare.transport", "fedcare.site", "fedcare.algorithms",
-                                     "fedcare.provision"])
+                                     "fedcare.server.tracking", "fedcare.transport",
+                                     "fedcare.site", "fedcare.algorithms", "fedcare.provision"])
 def test_public_names_are_exported(package):
     module = __import__(package, fromlist=["__all__"])
     assert sorted(module.__all__) == list(module.__all__)

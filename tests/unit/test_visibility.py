@@ -19,6 +19,8 @@ RECORD = {
     "failures": [{"site_id": "site-1", "round_num": 1, "kind": "evaluate", "message": "late",
                   "connection_lost": False}],
     "duration_s": 0.5,
+    "site_train": {"site-0": {"num_samples": 50, "metrics": {"loss": 0.7}},
+                   "site-1": {"num_samples": 100, "metrics": {"loss": 0.4}}},
 }
 JOB = {"job_id": "job-0123456789", "status": "finished", "error": None,
        "summary": "finished with 2 of 3 sites; site-1: round 1 train: disk full; recovered "
@@ -45,6 +47,7 @@ def test_a_site_admin_sees_its_own_site_and_the_aggregates():
     view = round_view(RECORD, scope)
     assert view["trained_sites"] == ["site-1"]
     assert list(view["site_eval"]) == ["site-1"]
+    assert list(view["site_train"]) == ["site-1"]
     assert [f["site_id"] for f in view["failures"]] == ["site-1"]
     assert (view["train_metrics"], view["eval_metrics"]) == ({"loss": 0.5}, {"mse": 0.25})
     record_from_dict(view)  # the shape of a round record is kept
@@ -60,6 +63,7 @@ def test_a_viewer_sees_aggregates_and_no_site_name():
     scope = scope_of("viewer")
     view = round_view(RECORD, scope)
     assert (view["trained_sites"], view["site_eval"], view["failures"]) == ([], {}, [])
+    assert view["site_train"] == {}
     assert view["eval_metrics"] == {"mse": 0.25}
     job = job_view(JOB, site_names(JOB, [RECORD], []), scope)
     assert job["failed_sites"] == {}

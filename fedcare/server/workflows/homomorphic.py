@@ -43,7 +43,7 @@ from fedcare.core.message import Config, Metrics, StatsResult, TrainResult
 from fedcare.core.secagg.crypto import KEY_BYTES
 from fedcare.core.validation import non_finite
 from fedcare.core.weights import Weights
-from fedcare.core.workflow import SiteFailure, StepOutcome, WorkflowContext
+from fedcare.core.workflow import SiteFailure, SiteMetrics, StepOutcome, WorkflowContext
 from fedcare.server.metrics import WeightedMetrics
 from fedcare.server.workflows.steps import RoundSteps
 from fedcare.server.workflows.training import TrainRounds
@@ -140,7 +140,9 @@ class HomomorphicAggregation(TrainRounds):
         log.info("job %s round %d: homomorphically summed %d of %d sites (context from %s)",
                  ctx.job_id, round_num, len(summed), len(selected), elected)
         ctx.finish_round(round_num, new_weights,
-                         StepOutcome(summed, train_metrics.result(), failures), started)
+                         StepOutcome(summed, train_metrics.result(), failures,
+                                     {s: SiteMetrics(samples[s], dict(metrics[s]))
+                                      for s in summed}), started)
         return new_weights
 
     def _settings(self) -> Config:

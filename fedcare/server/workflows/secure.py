@@ -46,7 +46,7 @@ from fedcare.core.secagg.masks import pair_seed, remove_masks
 from fedcare.core.secagg.shamir import SHARE_BYTES, combine
 from fedcare.core.validation import incompatibilities, non_finite
 from fedcare.core.weights import Weights
-from fedcare.core.workflow import SiteFailure, StepOutcome, WorkflowContext
+from fedcare.core.workflow import SiteFailure, SiteMetrics, StepOutcome, WorkflowContext
 from fedcare.server.metrics import WeightedMetrics
 from fedcare.server.streams import RoundStreams
 from fedcare.server.workflows.steps import RoundSteps
@@ -169,7 +169,9 @@ class SecureAggregation(TrainRounds):
         log.info("job %s round %d: securely summed %d of %d sites (t=%d, %s graph)", ctx.job_id,
                  round_num, len(u3), len(selected), t,
                  "complete" if self.neighbours is None else f"degree-{self.neighbours}")
-        ctx.finish_round(round_num, new_weights, StepOutcome(u3, summary, failures), started)
+        site_train = {s: SiteMetrics(samples[s], dict(metrics[s])) for s in u3}
+        ctx.finish_round(round_num, new_weights, StepOutcome(u3, summary, failures, site_train),
+                         started)
         return new_weights
 
     @staticmethod

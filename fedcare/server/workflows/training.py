@@ -21,7 +21,14 @@ from fedcare.core.int8 import dequantise, is_quantised
 from fedcare.core.message import TaskKind, TrainResult
 from fedcare.core.validation import incompatibilities, non_finite
 from fedcare.core.weights import Weights
-from fedcare.core.workflow import Gather, SiteFailure, StepOutcome, Workflow, WorkflowContext
+from fedcare.core.workflow import (
+    Gather,
+    SiteFailure,
+    SiteMetrics,
+    StepOutcome,
+    Workflow,
+    WorkflowContext,
+)
 from fedcare.server.checks import values_problem
 from fedcare.server.metrics import WeightedMetrics
 from fedcare.server.streams import RoundStreams
@@ -93,6 +100,7 @@ class TrainRounds(Workflow):
         expected = strategy.result_spec(weights)
         train_metrics = WeightedMetrics()
         trained: list[str] = []
+        site_train: dict[str, SiteMetrics] = {}
         # A transport that can (gRPC) folds each upload into the aggregate as it arrives. The
         # ids come from a request without payload or streams: the streams must not reach the
         # model, nor themselves (a reference cycle would keep the round's model and the
@@ -123,6 +131,7 @@ class TrainRounds(Workflow):
                     streams.add(site_id, result)
                 train_metrics.add(result.num_samples, result.metrics)
                 trained.append(site_id)
+                site_train[site_id] = SiteMetrics(result.num_samples, dict(result.metrics))
                 del result, arrival  # dropped before the next one arrives: one upload in memory
         ctx.require(aggregator.num_results, round_num, "train", failures)
         new_weights = aggregator.finish()
@@ -131,8 +140,8 @@ class TrainRounds(Workflow):
             raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
                                    "good model", job_id=ctx.job_id, round_num=round_num)
         metrics = {**train_metrics.result(), **strategy.round_metrics(round_num)}
-        ctx.finish_round(round_num, new_weights, StepOutcome(trained, metrics, failures),
-                         started)
+        ctx.finish_round(round_num, new_weights,
+                         StepOutcome(trained, metrics, failures, site_train), started)
         return new_weights
 
 

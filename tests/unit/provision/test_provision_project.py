@@ -126,7 +126,9 @@ def test_kit_config_yaml_has_only_the_keys_of_its_kind():
     assert set(yaml.safe_load(site.to_yaml())) == {*BASE, "kind", "data_dir", "code", "policy",
                                                   "privacy"}
     server = KitConfig.model_validate({**BASE, "kind": "server", "workspace": "w", "crl": "c"})
-    assert set(yaml.safe_load(server.to_yaml())) == {*BASE, "kind", "workspace", "crl", "code"}
+    assert set(yaml.safe_load(server.to_yaml())) == {*BASE, "kind", "workspace", "crl", "code",
+                                                    "tracking"}
+    assert KitConfig.model_validate(yaml.safe_load(server.to_yaml())) == server
     admin = KitConfig.model_validate({**BASE, "kind": "admin", "role": "viewer"})
     assert yaml.safe_load(admin.to_yaml())["role"] == "viewer"
     assert KitConfig.model_validate(yaml.safe_load(site.to_yaml())) == site
