@@ -202,3 +202,19 @@ def test_a_reason_in_a_visible_cell_names_no_other_site():
         (GLOBAL, "a"): Cell(error="validate raised TimeoutError: waited for b")})
     view = CrossSiteMatrix.from_dict(cross_site_view(matrix.to_dict(), scope_of("site_admin:a")))
     assert view.cell(GLOBAL, "a").error == "validate raised TimeoutError: waited for another site"
+
+
+def test_fedcare_simulate_writes_the_three_files_into_the_run_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.main import app
+
+    done = CliRunner().invoke(app, ["simulate", HEART, "--param", "num_rounds=2", "--param",
+                                    "cross_site=true", "--out", str(tmp_path)],
+                              env={"COLUMNS": "150"})
+    assert done.exit_code == 0, done.output
+    (run_dir,) = tmp_path.iterdir()
+    assert {p.name for p in run_dir.iterdir()} >= set(FILES)
+    assert "heart: cross-site validation after round 2, accuracy" in done.output
+    matrix = CrossSiteMatrix.from_dict(json.loads((run_dir / "cross_site.json").read_text()))
+    assert matrix.models == (GLOBAL, *(local_model(h) for h in sorted(HOSPITALS)))
