@@ -65,6 +65,8 @@ def test_a_site_that_fails_a_statistics_pass_is_reported():
 def test_cross_site_validation_gives_the_models_by_sites_matrix(tmp_path):
     job = dataclasses.replace(toyjob.make_job(num_rounds=1),
                               workflows=(TrainRounds(), CrossSiteValidation()))
+    (tmp_path / "cross_site-models-x1").mkdir()  # left by a server killed mid-step
+    (tmp_path / "cross_site-models-x1" / "site-0.npz").write_bytes(b"a site's model")
     result = simulate(job, run_dir=tmp_path)
     saved = result.results["cross_site"]
     matrix = CrossSiteMatrix.from_dict(saved)

@@ -19,12 +19,14 @@ Both task kinds are optional for a site's privacy policy: a site whose ``task_ki
 ``submit_model`` (or ``validate``) still takes part in the job and refuses only those tasks;
 its row (or column) of the matrix is then empty, every cell saying why. No failure here stops
 the job: every other cell is kept. The server keeps the local models on disk (one in memory at
-a time besides the global model) only while the step runs, and deletes them when it ends.
+a time besides the global model) only while the step runs, and deletes them when it ends (and
+those a server killed during the step left, when the step runs again).
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,9 @@ from fedcare.core.validation import incompatibilities
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import Gather, SiteFailure, Workflow, WorkflowContext
 from fedcare.server.checkpoint import load_weights, save_weights
+
+#: The start of the name of the folder that holds the local models while the step runs.
+_MODELS = "cross_site-models-"
 
 
 def _constant(config: Config) -> Callable[[str], Config]:
@@ -69,7 +74,9 @@ class CrossSiteValidation(Workflow):
         cells: dict[tuple[str, str], Cell] = {}
         if ctx.run_dir is not None:
             ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="cross_site-", dir=ctx.run_dir) as folder:
+            for left in ctx.run_dir.glob(f"{_MODELS}*"):  # by a server killed mid-step
+                shutil.rmtree(left, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=_MODELS, dir=ctx.run_dir) as folder:
             models: list[tuple[str, Path | Weights]] = [(GLOBAL, weights)]
             if self.include_local:
                 saved, missing = self._collect(ctx, round_num, weights, Path(folder), sites)
