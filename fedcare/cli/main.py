@@ -16,6 +16,7 @@ from rich.table import Table
 from fedcare.cli.output import console, fail
 from fedcare.core import logs
 from fedcare.core.config import load_job
+from fedcare.core.cross_site import RESULT
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.policy import SitePolicy
 from fedcare.core.tracking import TrackingConfig
@@ -157,6 +158,8 @@ def simulate_cmd(
     console.print(result.summary, markup=False, highlight=False)
     for name in result.results:
         console.print(f"{name}: {run_dir / (name + '.json')}", markup=False, highlight=False)
+    if RESULT in result.results:
+        _cross_site_files(result.results[RESULT], run_dir)
     if not result.history.rounds[-1].site_eval:  # nothing evaluated (e.g. statistics alone)
         console.print(f"run folder: {run_dir}", markup=False, highlight=False)
         return
@@ -178,6 +181,19 @@ def simulate_cmd(
     if tracking is not None and tracking.tensorboard is not None:
         console.print(f"TensorBoard: tensorboard --logdir {tracking.tensorboard}",
                       markup=False, highlight=False)
+
+
+def _cross_site_files(document: dict[str, object], run_dir: Path) -> None:
+    """Print the run's cross-site matrix and write its CSV, JSON and PNG into the run folder."""
+    from fedcare.cli.cross_site import choose_metric, print_matrix, write_matrix
+    from fedcare.core.cross_site import CrossSiteMatrix
+
+    matrix = CrossSiteMatrix.from_dict(document)
+    metric = choose_metric(matrix, None)
+    print_matrix(console, matrix, metric)
+    written = write_matrix(matrix, run_dir, metric)
+    console.print("cross-site validation: " + ", ".join(map(str, written)), markup=False,
+                  highlight=False)
 
 
 @app.command("demo")
@@ -237,6 +253,7 @@ def bench_flamby(
 def _register() -> None:
     from fedcare.cli.attack import privacy_app
     from fedcare.cli.audit import audit_app, site_uploads
+    from fedcare.cli.cross_site import admin_cross_site
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.job import job_app
     from fedcare.cli.poc import poc_command
@@ -247,6 +264,7 @@ def _register() -> None:
     app.add_typer(server_app, name="server")
     app.add_typer(site_app, name="site")
     app.add_typer(admin_app, name="admin")
+    admin_app.command("cross-site")(admin_cross_site)
     app.add_typer(job_app, name="job")
     app.add_typer(audit_app, name="audit")
     site_app.command("uploads")(site_uploads)

@@ -1,4 +1,4 @@
-"""Learning-curve PNGs from a run's history (matplotlib, headless)."""
+"""PNGs of a run (matplotlib, headless): learning curves, the cross-site validation heatmap."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedcare.core.cross_site import CrossSiteMatrix
 from fedcare.server.history import History
 
 if TYPE_CHECKING:
@@ -78,3 +79,37 @@ def learning_curve(history: History, path: Path, *, metric: str | None = None,
         return None
     fig.savefig(path)
     return path
+
+
+def cross_site_figure(matrix: CrossSiteMatrix, metric: str, *, title: str = "") -> Figure:
+    """The heatmap of ``metric``: models as rows, sites as columns, each cell's value written
+    in it; an empty cell (or one without the metric) is grey and reads "n/a"."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    values = np.array([[np.nan if (v := matrix.value(m, s, metric)) is None else v
+                        for s in matrix.sites] for m in matrix.models], dtype=float).reshape(
+        len(matrix.models), len(matrix.sites))
+    fig = Figure(figsize=(1.6 + 1.3 * max(len(matrix.sites), 1),
+                          1.4 + 0.55 * max(len(matrix.models), 1)), dpi=120)
+    ax = fig.subplots()
+    shown = np.ma.masked_invalid(values)
+    cmap = colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    image = ax.imshow(shown, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(matrix.sites)), list(matrix.sites), rotation=30, ha="right")
+    ax.set_yticks(range(len(matrix.models)), list(matrix.models))
+    finite = values[np.isfinite(values)]
+    middle = float(finite.mean()) if finite.size else 0.0
+    for i in range(len(matrix.models)):
+        for j in range(len(matrix.sites)):
+            value = values[i, j]
+            text = "n/a" if not np.isfinite(value) else f"{value:.3f}"
+            colour = "black" if not np.isfinite(value) or value > middle else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+    ax.set_xlabel("site (its held-out test data)")
+    ax.set_ylabel("model")
+    ax.set_title(title or f"cross-site validation: {metric}")
+    fig.colorbar(image, ax=ax, label=metric)
+    fig.tight_layout()
+    return fig

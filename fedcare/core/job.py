@@ -215,6 +215,12 @@ class Job:
         return any(w.needs_local_models for w in self.workflows or ())
 
     @property
+    def optional_task_kinds(self) -> frozenset[str]:
+        """The task kinds a site may refuse and still run this job (see
+        :attr:`fedcare.core.workflow.Workflow.optional_kinds`)."""
+        return frozenset(k for w in self.workflows or () for k in w.optional_kinds)
+
+    @property
     def task_kinds(self) -> frozenset[str] | None:
         """The task kinds this job's server sends a site, or None when a workflow of its own
         does not say (then a site checks each task as it comes)."""

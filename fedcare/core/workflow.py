@@ -195,6 +195,10 @@ class Workflow(ABC):
     #: job's: ``evaluate_every``), so a site can refuse a job before it starts; None: not
     #: declared, and a site checks each task as it comes.
     task_kinds: tuple[str, ...] | None = None
+    #: Those of ``task_kinds`` a site's privacy policy may refuse and still take part in the
+    #: job: it refuses those tasks alone, and the workflow goes on without their results
+    #: (cross-site validation: a site that will not send its model).
+    optional_kinds: tuple[str, ...] = ()
 
     def check_job(self, job: Job) -> None:  # noqa: B027 - optional hook
         """Refuse (ConfigError, one line) a job this workflow cannot run, e.g. a threshold

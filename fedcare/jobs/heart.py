@@ -22,6 +22,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
 from fedcare.core.weights import Weights
 from fedcare.datasets.heart import HOSPITALS
+from fedcare.server.workflows import CrossSiteValidation, FederatedStatistics, TrainRounds
 
 PARTITIONS = ("natural", "iid", "label_skew", "quantity_skew")
 ALGORITHMS = {
@@ -75,6 +76,7 @@ def make_job(
     algorithm_params: dict[str, Any] | None = None,
     split: str = "seeded",
     dp: dict[str, float] | None = None,
+    cross_site: bool = False,
 ) -> Job:
     """The heart-disease job.
 
@@ -86,6 +88,9 @@ def make_job(
     server; the standardisation buffers are kept frozen); ``dp`` = ``{max_grad_norm, delta,
     noise_multiplier | target_epsilon}`` trains every site by DP-SGD (sample-level, Opacus); a
     target epsilon is spread over ``num_rounds`` x ``local_steps`` steps.
+
+    ``cross_site``: after training, cross-site validation (every hospital's local model and the
+    global model, evaluated at every hospital: ``cross_site.json`` with the run).
     """
     if split not in ("seeded", "flamby"):
         raise ConfigError(f"heart job: split must be 'seeded' or 'flamby', got {split!r}")
@@ -95,6 +100,8 @@ def make_job(
         raise ConfigError("heart job: need local_steps >= 1, lr > 0, batch_size >= 0, "
                           f"weight_decay >= 0 (got {local_steps}, {lr}, {batch_size}, "
                           f"{weight_decay})")
+    if not isinstance(cross_site, bool):
+        raise ConfigError(f"heart job: cross_site must be true or false, got {cross_site!r}")
     split_rng_seed = seed if split_seed is None else split_seed
 
     if algorithm not in ALGORITHMS:
@@ -132,6 +139,8 @@ def make_job(
         min_sites=1 if algorithm == "cyclic" else min_sites,
         round_timeout_s=round_timeout_s,
         site_ids=HOSPITALS if partition == "natural" else None,
-        statistics=FeatureMoments(),
+        statistics=None if cross_site else FeatureMoments(),
+        workflows=((FederatedStatistics(FeatureMoments()), TrainRounds(), CrossSiteValidation())
+                   if cross_site else None),
         seed=seed,
     )

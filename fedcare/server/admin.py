@@ -1,4 +1,4 @@
-"""The admin API of the server: submit, status, sites, abort, download, metrics, watch.
+"""The admin API of the server: submit, status, sites, abort, download, metrics, watch, result.
 
 Every call is authorised from the caller's verified certificate: a project admin may do
 everything, a site admin may read (status, sites, metrics, watch), a viewer may read and
@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import grpc
@@ -26,6 +26,7 @@ from fedcare.server.audited import audited
 from fedcare.server.checkpoint import Checkpointer
 from fedcare.server.visibility import (
     Scope,
+    cross_site_view,
     failures_view,
     job_view,
     round_view,
@@ -43,9 +44,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ = {"Status", "Sites", "Metrics", "Watch"}
+READ = {"Status", "Sites", "Metrics", "Watch", "Result"}
 #: The ids the server gives jobs (``Store.add_job``): nothing else names a job.
 JOB_ID = re.compile(r"job-[0-9a-f]{10}")
+#: What names a workflow's result (``run_dir/<name>.json``): nothing else is read.
+RESULT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: Results a caller other than a project admin may read, each through its view.
+RESULT_VIEWS: dict[str, Callable[[Mapping[str, object], Scope], dict[str, object]]] = {
+    "cross_site": cross_site_view,
+}
 PERMISSIONS = {
     "project_admin": READ | {"Submit", "Abort", "Download"},
     "site_admin": READ,
@@ -166,6 +173,33 @@ class AdminService(pb_grpc.AdminServicer):
         reply = Reply(f"{request.job_id}/download", "server",
                       result=TrainResult(weights, max(round_num, 1), {"round_num": round_num}))
         yield from to_chunks(encode_parts(reply))
+
+    @audited
+    def Result(self, request: pb.ResultRef, context: grpc.ServicerContext) -> pb.JsonReply:
+        caller = self._caller(context, "Result")
+        job_id = self._job_id(pb.JobRef(job_id=request.job_id), context, caller, "Result")
+        name = request.name
+        if not RESULT_NAME.fullmatch(name):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{one_line(name, 80)!r} is not a result name")
+        scope = scope_of(caller.role)
+        view = RESULT_VIEWS.get(name)
+        if view is None and not scope.all_sites:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{caller.name}: only a project admin may read result {name}")
+        if self.server.store.job(job_id) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
+        path = self.server.workspace / "jobs" / job_id / f"{name}.json"
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            shown = view(document, scope) if view is not None else document
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id} has no result {name} (yet)")
+        except (OSError, ValueError) as exc:  # a damaged file: said, not served
+            log.error("job %s: cannot read result %s at %s: %s", job_id, name, path, exc)
+            context.abort(grpc.StatusCode.DATA_LOSS,
+                          f"job {job_id}: result {name} cannot be read: {one_line(exc, 200)}")
+        return pb.JsonReply(json=json.dumps(shown))
 
     @audited
     def Watch(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.JsonReply]:

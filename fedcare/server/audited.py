@@ -127,7 +127,8 @@ def _target(request: object, reply: object) -> str:
     """What a call was about, one bounded line: the job, or what was submitted."""
     parts = []
     for value in (getattr(reply, "job_id", ""), getattr(request, "job_id", ""),
-                  getattr(request, "entry_point", ""), getattr(request, "params_json", "")):
+                  getattr(request, "entry_point", ""), getattr(request, "params_json", ""),
+                  getattr(request, "name", "")):
         if isinstance(value, str) and value and value not in parts:
             parts.append(value)
     return one_line(" ".join(parts), 500)

@@ -7,6 +7,11 @@ a free-text field (a job's summary or error) reads "another site". A ``viewer`` 
 aggregates only, every site's name replaced by "a site". The filters work on the JSON documents
 the admin API returns, so a round record keeps its shape (``history.record_from_dict`` still
 reads it).
+
+A cross-site validation matrix (:mod:`fedcare.core.cross_site`) follows the same rule: a cell
+is per-site data of the site whose data it was evaluated on and, for a local model, of the site
+that trained it. A site admin sees only the cells that concern no other site: the global model
+and its own local model on its own data; a viewer sees no cell.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from fedcare.core.cross_site import CrossSiteMatrix, owner
 
 
 @dataclass(frozen=True)
@@ -125,3 +132,22 @@ def round_view(record: Mapping[str, object], scope: Scope) -> dict[str, object]:
                     if isinstance(per_site, Mapping) else {})
     out["failures"] = failures_view(_items(record.get("failures")), scope)
     return out
+
+
+def cross_site_view(document: Mapping[str, object], scope: Scope) -> dict[str, object]:
+    """A cross-site matrix document with only the cells the caller may see (see above).
+
+    Raises:
+        ValueError: the document is not a cross-site matrix.
+    """
+    matrix = CrossSiteMatrix.from_dict(document)
+    if scope.all_sites:
+        return matrix.to_dict()
+    names = {*matrix.sites, *(o for m in matrix.models if (o := owner(m)) is not None)}
+
+    def visible(model: str, site: str) -> bool:
+        trained_by = owner(model)
+        return scope.sees(site) and (trained_by is None or scope.sees(trained_by))
+
+    view = matrix.restricted(visible, lambda error: redact(error, names, scope) or "")
+    return view.to_dict()

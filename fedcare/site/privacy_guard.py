@@ -87,7 +87,10 @@ class PrivacyGuard:
             return problem
         kinds = job.task_kinds
         if policy.task_kinds is not None and kinds is not None:
-            refused = sorted(k for k in kinds if policy.refuses_kind(k))
+            # a kind the job can do without (a site's model for cross-site validation) is
+            # refused task by task, and the site takes part in the rest
+            refused = sorted(k for k in kinds - job.optional_task_kinds
+                             if policy.refuses_kind(k))
             if refused:
                 return (f"the job sends task kinds {refused}, which this site's privacy policy "
                         f"does not allow (privacy.task_kinds: {sorted(policy.task_kinds)})")

@@ -9,6 +9,7 @@ import pytest
 import toyjob
 
 from fedcare import EvalResult, Job, Weights, simulate
+from fedcare.core.cross_site import CrossSiteMatrix
 from fedcare.core.workflow import Gather, Workflow
 from fedcare.datasets.heart import HOSPITALS, load_raw_columns
 from fedcare.jobs.heart_stats import make_job as heart_stats
@@ -64,20 +65,26 @@ def test_a_site_that_fails_a_statistics_pass_is_reported():
 def test_cross_site_validation_gives_the_models_by_sites_matrix(tmp_path):
     job = dataclasses.replace(toyjob.make_job(num_rounds=1),
                               workflows=(TrainRounds(), CrossSiteValidation()))
+    (tmp_path / "cross_site-models-x1").mkdir()  # left by a server killed mid-step
+    (tmp_path / "cross_site-models-x1" / "site-0.npz").write_bytes(b"a site's model")
     result = simulate(job, run_dir=tmp_path)
-    saved = result.results["cross_site_validation"]
-    assert list(saved["local"]) == ["site-0", "site-1", "site-2"]
+    saved = result.results["cross_site"]
+    matrix = CrossSiteMatrix.from_dict(saved)
+    assert matrix.models == ("global", "local:site-0", "local:site-1", "local:site-2")
+    assert matrix.sites == ("site-0", "site-1", "site-2")
     targets = {"site-0": 1.0, "site-1": 2.0, "site-2": 3.0}
     for site, target in targets.items():
         # the toy site's local model is its target everywhere; its mse at j is (t_i - t_j)^2
-        assert saved["global"][site]["mse"] == pytest.approx((MEAN_ALL - target) ** 2)
+        assert matrix.value("global", site, "mse") == pytest.approx((MEAN_ALL - target) ** 2)
         for owner, owner_target in targets.items():
-            assert saved["local"][owner][site]["mse"] == pytest.approx(
+            assert matrix.value(f"local:{owner}", site, "mse") == pytest.approx(
                 (owner_target - target) ** 2)
-    assert json.loads((tmp_path / "cross_site_validation.json").read_text()) == saved
-    assert saved["failures"] == [] and saved["num_samples"]["site-2"] == 15
-    assert sorted(p.name for p in (tmp_path / "cross_site").iterdir()) == [
-        "site-0.npz", "site-1.npz", "site-2.npz"]
+    assert json.loads((tmp_path / "cross_site.json").read_text()) == saved
+    assert not any(matrix.cell(m, s).empty for m in matrix.models for s in matrix.sites)
+    assert matrix.cell("global", "site-2").num_samples == 15
+    # the sites' local models are kept on the server only while the step runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints", "cross_site.json", "metrics.csv", "metrics.json"]
 
 
 class CountRows(Workflow):
@@ -243,12 +250,13 @@ def test_cross_site_validation_with_scaffold_and_a_site_called_global():
         toyjob.make_job(num_rounds=1), strategy=algorithms.Scaffold(),
         trainer=lambda ctx: ScaffoldToy(ctx.site_index), site_ids=("global", "b", "c"),
         workflows=(TrainRounds(), CrossSiteValidation()))
-    saved = simulate(job).results["cross_site_validation"]
+    result = simulate(job)
+    matrix = CrossSiteMatrix.from_dict(result.results["cross_site"])
     # control-variate changes are not part of a local model; "global" is just a site's name
-    assert saved["failures"] == []
-    assert sorted(saved["local"]) == ["b", "c", "global"]
-    assert saved["local"]["global"]["global"]["mse"] == pytest.approx(0.0)  # its own data
-    assert saved["global"]["global"]["mse"] > 0.1  # the global model is not site "global"'s
+    assert result.failures == []
+    assert matrix.models == ("global", "local:b", "local:c", "local:global")
+    assert matrix.value("local:global", "global", "mse") == pytest.approx(0.0)  # its own data
+    assert matrix.value("global", "global", "mse") > 0.1  # not site "global"'s model
 
 
 def test_excluded_variables_do_not_break_an_initial_model_from_a_site():
@@ -317,7 +325,7 @@ def test_statistics_after_training_run_again_when_a_job_resumes(tmp_path):
     resumed = RoundController(resumed_job, transport(resumed_job), resume=Checkpoint(
         1, checkpoints.load(1), [r for r in run.history.rounds if r.round_num <= 1])).run()
     assert [r.round_num for r in resumed.history.rounds] == [0, 1, 2]
-    assert "statistics" in resumed.results and "cross_site_validation" in resumed.results
+    assert "statistics" in resumed.results and "cross_site" in resumed.results
     np.testing.assert_allclose(resumed.weights["b"], MEAN_ALL, rtol=1e-6)
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fedcare/transport/grpc/fedcare.proto\x12\nfedcare.v1\"7\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0c\n\x04last\x18\x03 \x01(\x08\" \n\nPackageRef\x12\x12\n\npackage_id\x18\x01 \x01(\t\"J\n\rSubmitRequest\x12\x13\n\x0b\x65ntry_point\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0f\n\x07package\x18\x03 \x01(\x0c\"\x1d\n\x0bSubmitReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x07\n\x05\x45mpty\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t2A\n\nFederation\x12\x33\n\x07\x43onnect\x12\x11.fedcare.v1.Chunk\x1a\x11.fedcare.v1.Chunk(\x01\x30\x01\x32@\n\x08Packages\x12\x34\n\x05\x46\x65tch\x12\x16.fedcare.v1.PackageRef\x1a\x11.fedcare.v1.Chunk0\x01\x32\x81\x03\n\x05\x41\x64min\x12<\n\x06Submit\x12\x19.fedcare.v1.SubmitRequest\x1a\x17.fedcare.v1.SubmitReply\x12\x32\n\x06Status\x12\x11.fedcare.v1.Empty\x1a\x15.fedcare.v1.JsonReply\x12\x31\n\x05Sites\x12\x11.fedcare.v1.Empty\x1a\x15.fedcare.v1.JsonReply\x12\x32\n\x05\x41\x62ort\x12\x12.fedcare.v1.JobRef\x1a\x15.fedcare.v1.JsonReply\x12\x33\n\x08\x44ownload\x12\x12.fedcare.v1.JobRef\x1a\x11.fedcare.v1.Chunk0\x01\x12\x34\n\x07Metrics\x12\x12.fedcare.v1.JobRef\x1a\x15.fedcare.v1.JsonReply\x12\x34\n\x05Watch\x12\x12.fedcare.v1.JobRef\x1a\x15.fedcare.v1.JsonReply0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fedcare/transport/grpc/fedcare.proto\x12\nfedcare.v1\"7\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0c\n\x04last\x18\x03 \x01(\x08\" \n\nPackageRef\x12\x12\n\npackage_id\x18\x01 \x01(\t\"J\n\rSubmitRequest\x12\x13\n\x0b\x65ntry_point\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0f\n\x07package\x18\x03 \x01(\x0c\"\x1d\n\x0bSubmitReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\")\n\tResultRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x07\n\x05\x45mpty\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t2A\n\nFederation\x12\x33\n\x07\x43onnect\x12\x11.fedcare.v1.Chunk\x1a\x11.fedcare.v1.Chunk(\x01\x30\x01\x32@\n\x08Packages\x12\x34\n\x05\x46\x65tch\x12\x16.fedcare.v1.PackageRef\x1a\x11.fedcare.v1.Chunk0\x01\x32\xb9\x03\n\x05\x41\x64min\x12<\n\x06Submit\x12\x19.fedcare.v1.SubmitRequest\x1a\x17.fedcare.v1.SubmitReply\x12\x32\n\x06Status\x12\x11.fedcare.v1.Empty\x1a\x15.fedcare.v1.JsonReply\x12\x31\n\x05Sites\x12\x11.fedcare.v1.Empty\x1a\x15.fedcare.v1.JsonReply\x12\x32\n\x05\x41\x62ort\x12\x12.fedcare.v1.JobRef\x1a\x15.fedcare.v1.JsonReply\x12\x33\n\x08\x44ownload\x12\x12.fedcare.v1.JobRef\x1a\x11.fedcare.v1.Chunk0\x01\x12\x34\n\x07Metrics\x12\x12.fedcare.v1.JobRef\x1a\x15.fedcare.v1.JsonReply\x12\x34\n\x05Watch\x12\x12.fedcare.v1.JobRef\x1a\x15.fedcare.v1.JsonReply0\x01\x12\x36\n\x06Result\x12\x15.fedcare.v1.ResultRef\x1a\x15.fedcare.v1.JsonReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREPLY']._serialized_end=248
   _globals['_JOBREF']._serialized_start=250
   _globals['_JOBREF']._serialized_end=274
-  _globals['_EMPTY']._serialized_start=276
-  _globals['_EMPTY']._serialized_end=283
-  _globals['_JSONREPLY']._serialized_start=285
-  _globals['_JSONREPLY']._serialized_end=310
-  _globals['_FEDERATION']._serialized_start=312
-  _globals['_FEDERATION']._serialized_end=377
-  _globals['_PACKAGES']._serialized_start=379
-  _globals['_PACKAGES']._serialized_end=443
-  _globals['_ADMIN']._serialized_start=446
-  _globals['_ADMIN']._serialized_end=831
+  _globals['_RESULTREF']._serialized_start=276
+  _globals['_RESULTREF']._serialized_end=317
+  _globals['_EMPTY']._serialized_start=319
+  _globals['_EMPTY']._serialized_end=326
+  _globals['_JSONREPLY']._serialized_start=328
+  _globals['_JSONREPLY']._serialized_end=353
+  _globals['_FEDERATION']._serialized_start=355
+  _globals['_FEDERATION']._serialized_end=420
+  _globals['_PACKAGES']._serialized_start=422
+  _globals['_PACKAGES']._serialized_end=486
+  _globals['_ADMIN']._serialized_start=489
+  _globals['_ADMIN']._serialized_end=930
 # @@protoc_insertion_point(module_scope)

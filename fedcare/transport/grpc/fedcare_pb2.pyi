@@ -137,6 +137,29 @@ class JobRef(_message.Message):
 Global___JobRef: _TypeAlias = JobRef  # noqa: Y015
 
 @_typing.final
+class ResultRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    """a workflow's saved result, e.g. cross_site"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultRef: _TypeAlias = ResultRef  # noqa: Y015
+
+@_typing.final
 class Empty(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

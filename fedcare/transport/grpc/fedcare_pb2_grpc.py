@@ -221,6 +221,11 @@ class AdminStub:
                 request_serializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JobRef.SerializeToString,
                 response_deserializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JsonReply.FromString,
                 _registered_method=True)
+        self.Result = channel.unary_unary(
+                '/fedcare.v1.Admin/Result',
+                request_serializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.ResultRef.SerializeToString,
+                response_deserializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JsonReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -270,6 +275,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Result(self, request, context):
+        """a workflow's result, as the caller may see it
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +318,11 @@ def add_AdminServicer_to_server(servicer, server):
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
                     request_deserializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JobRef.FromString,
+                    response_serializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JsonReply.SerializeToString,
+            ),
+            'Result': grpc.unary_unary_rpc_method_handler(
+                    servicer.Result,
+                    request_deserializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.ResultRef.FromString,
                     response_serializer=fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JsonReply.SerializeToString,
             ),
     }
@@ -498,6 +515,33 @@ class Admin:
             target,
             '/fedcare.v1.Admin/Watch',
             fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JobRef.SerializeToString,
+            fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Result(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcare.v1.Admin/Result',
+            fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.ResultRef.SerializeToString,
             fedcare_dot_transport_dot_grpc_dot_fedcare__pb2.JsonReply.FromString,
             options,
             channel_credentials,

@@ -103,6 +103,8 @@ class AdminStub:
     """a codec message holding the global model"""
     Metrics: _grpc.UnaryUnaryMultiCallable[_fedcare_pb2.JobRef, _fedcare_pb2.JsonReply]
     Watch: _grpc.UnaryStreamMultiCallable[_fedcare_pb2.JobRef, _fedcare_pb2.JsonReply]
+    Result: _grpc.UnaryUnaryMultiCallable[_fedcare_pb2.ResultRef, _fedcare_pb2.JsonReply]
+    """a workflow's result, as the caller may see it"""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -117,6 +119,8 @@ class AdminAsyncStub(AdminStub):
     """a codec message holding the global model"""
     Metrics: _aio.UnaryUnaryMultiCallable[_fedcare_pb2.JobRef, _fedcare_pb2.JsonReply]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_fedcare_pb2.JobRef, _fedcare_pb2.JsonReply]  # type: ignore[assignment]
+    Result: _aio.UnaryUnaryMultiCallable[_fedcare_pb2.ResultRef, _fedcare_pb2.JsonReply]  # type: ignore[assignment]
+    """a workflow's result, as the caller may see it"""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admins: project admin (everything), site admin (own site), viewer (read only)."""
@@ -170,5 +174,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _fedcare_pb2.JobRef,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_fedcare_pb2.JsonReply], _abc.AsyncIterator[_fedcare_pb2.JsonReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Result(
+        self,
+        request: _fedcare_pb2.ResultRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fedcare_pb2.JsonReply, _abc.Awaitable[_fedcare_pb2.JsonReply]]:
+        """a workflow's result, as the caller may see it"""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
