@@ -36,8 +36,8 @@ def sent(monkeypatch):
     sent = {}
     start_job = simulator.start_job
 
-    def recording(job, context, policy, privacy):
-        handle = start_job(job, context, policy, privacy)
+    def recording(job, context, policy, privacy, *identity):
+        handle = start_job(job, context, policy, privacy, *identity)
 
         def handler(task):
             reply = handle(task)
