@@ -7,6 +7,8 @@ Same model (1 M float32 parameters in 8 tensors) and trivial local step as bench
 
 * 10 sites: a real mTLS federation of processes on loopback (``PocFederation``): round wall
   time (median of rounds 2..R), bytes on the wire (loopback counters: TLS, HTTP/2, TCP).
+  ``--processes 50 100`` adds such federations of 50 and 100 site processes with SecAgg+
+  (each site process takes about 100 MB; all of them share this machine's cores).
 * 10, 50, 100 sites simulated in one process (threads over the in-memory transport, the
   simulator's): the 2 cores of this machine cannot host 50-100 site processes. Every site's
   work (training, key agreement, masking) runs on the same 2 cores, so the time ratio is that
@@ -115,7 +117,7 @@ def federation(num_sites: int, num_params: int, rounds: int, entry_point: str,
             fed.provision()
             fed.start_server()
             fed.start_sites()
-            fed.wait_for_sites(num_sites)
+            fed.wait_for_sites(num_sites, timeout_s=60 + 5 * num_sites)
             server_pid = fed.server.pid  # type: ignore[union-attr]
             admin = fed.admin()
             time.sleep(0.5)
@@ -151,15 +153,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 sites only, no 25 M case")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sites", type=int, nargs="*", default=[10, 50, 100])
+    parser.add_argument("--processes", type=int, nargs="*", default=[],
+                        help="also these numbers of site processes, SecAgg+ (many GB of RAM)")
+    parser.add_argument("--only-processes", action="store_true",
+                        help="just the --processes cases")
     args = parser.parse_args()
     num_params = 1_000_000
     cases: list[dict[str, object]] = []
-    real = {"plain": federation(10, num_params, args.rounds, "benchjob:make_job"),
-            "secagg": federation(10, num_params, args.rounds, "benchjob:make_secure_job")}
-    cases.append({"sites": 10, "how": "processes", "mode": "secagg",
-                  **_ratios(real["plain"], real["secagg"]), "plain": real["plain"],
-                  "secure": real["secagg"]})
-    for sites in [10] if args.quick else args.sites:
+    if not args.only_processes:
+        real = {"plain": federation(10, num_params, args.rounds, "benchjob:make_job"),
+                "secagg": federation(10, num_params, args.rounds, "benchjob:make_secure_job")}
+        cases.append({"sites": 10, "how": "processes", "mode": "secagg",
+                      **_ratios(real["plain"], real["secagg"]), "plain": real["plain"],
+                      "secure": real["secagg"]})
+    for sites in args.processes:
+        degree = secagg_plus_degree(sites)
+        plain = federation(sites, num_params, args.rounds, "benchjob:make_job")
+        secure = federation(sites, num_params, args.rounds, "benchjob:make_secure_job",
+                            {"neighbours": degree})
+        cases.append({"sites": sites, "how": "processes", "mode": "secagg+", "degree": degree,
+                      **_ratios(plain, secure), "plain": plain, "secure": secure})
+    for sites in [] if args.only_processes else [10] if args.quick else args.sites:
         plain = simulated(sites, num_params, args.rounds, "plain")
         for mode in ("secagg", "secagg+"):
             if mode == "secagg+" and secagg_plus_degree(sites) >= sites - 1:
@@ -169,7 +183,7 @@ def main() -> None:
                           "degree": secagg_plus_degree(sites) if mode == "secagg+" else None,
                           **_ratios(plain, secure), "plain": plain, "secure": secure})
     memory = None
-    if not args.quick:
+    if not (args.quick or args.only_processes):
         memory = federation(8, 25_000_000, args.rounds, "benchjob:make_secure_job")
     print(json.dumps({"name": "secagg", "git_sha": git_sha(),
                       "params": {"num_params": num_params, "rounds": args.rounds,
