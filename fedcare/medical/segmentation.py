@@ -10,7 +10,7 @@ Dice per foreground label (MONAI's DiceMetric on the argmax prediction), reporte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,13 +98,13 @@ class SegmentationTrainer:
         self.seed = seed
         self.compute = compute or pick_compute()
         self.batch_size = batch_size
+        self.train_volumes, self.test_volumes = list(train), list(test)
         self.num_train, self.num_test = len(train), len(test)
         with seeded(seed):
             self.model = spec.build().to(self.compute.device)
             self._initial = get_weights(self.model)
         self._train_set = training_dataset(train, self.roi_size, flip=flip) if train else None
         self._test_set = evaluation_dataset(test) if test else None
-        self._test_names = [v.name for v in test]
         self.generator = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -172,15 +172,19 @@ class SegmentationTrainer:
         num = len(self.label_names)
         metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
         out = {}
-        for name, item in zip(self._test_names, self._test_set, strict=True):
+        for name, item in zip(self.test_names, self._test_set, strict=True):
             prediction = one_hot(self.predict(item["image"])[None], num)
             truth = one_hot(torch.as_tensor(item["label"])[None], num)
             out[name] = [float(d) for d in metric(prediction, truth)[0]]
         return out
 
-    def dice(self) -> dict[str, float]:
-        """Mean Dice over the test volumes per foreground label, and their mean."""
-        scores = np.array(list(self.dice_per_case().values()))
+    def dice(self, names: Collection[str] | None = None) -> dict[str, float]:
+        """Mean Dice over the test volumes (or those named) per foreground label, and the
+        mean of those (``dice_mean``)."""
+        per_case = self.dice_per_case()
+        scores = np.array([d for n, d in per_case.items() if names is None or n in names])
+        if not len(scores):
+            raise ValueError(f"none of the test volumes {sorted(per_case)} is in {names}")
         per_label = scores.mean(axis=0)
         metrics = {f"dice_{n}": float(d) for n, d in zip(self.label_names[1:], per_label,
                                                           strict=True)}
@@ -191,9 +195,13 @@ class SegmentationTrainer:
         set_weights(self.model, weights)
         return EvalResult(self.num_test, self.dice())
 
+    @property
+    def test_names(self) -> list[str]:
+        return [v.name for v in self.test_volumes]
+
     def test_images(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """(name, normalised image, label) of each test volume, for figures."""
         if self._test_set is None:
             return []
         return [(n, torch.as_tensor(i["image"]), torch.as_tensor(i["label"]))
-                for n, i in zip(self._test_names, self._test_set, strict=True)]
+                for n, i in zip(self.test_names, self._test_set, strict=True)]
