@@ -25,12 +25,13 @@ from monai.transforms import (
     RandSpatialCropd,
     SpatialPadd,
 )
+from nibabel.filebasedimages import ImageFileError
 
 from fedcare.datasets.hippocampus import CasePaths
 
 log = logging.getLogger(__name__)
 #: What reading a broken file raises, through nibabel, gzip and MONAI's reader layer.
-_READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, zlib.error)
+_READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, zlib.error, ImageFileError)
 
 
 @dataclass(frozen=True)
