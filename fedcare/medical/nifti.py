@@ -65,6 +65,14 @@ class LoadedCases:
     problems: list[CaseProblem]
 
 
+class CaseError(ValueError):
+    """One case refused; ``problem`` says which file and why."""
+
+    def __init__(self, problem: CaseProblem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
 class NoUsableCase(ValueError):
     """Every case of a folder was refused: nothing to train or test on."""
 
@@ -113,14 +121,6 @@ def load_case(case: CasePaths, labels: Iterable[int]) -> Volume:
         raise CaseError(CaseProblem(case.label, f"label values {unknown} are not among the "
                                                 f"declared labels {declared}"))
     return Volume(case.name, image, label.to(torch.int64))
-
-
-class CaseError(ValueError):
-    """One case refused; ``problem`` says which file and why."""
-
-    def __init__(self, problem: CaseProblem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
 
 
 def load_cases(cases: Sequence[CasePaths], labels: Iterable[int], *,

@@ -172,7 +172,8 @@ class SegmentationTrainer:
         num = len(self.label_names)
         metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
         out = {}
-        for name, item in zip(self.test_names, self._test_set, strict=True):
+        for index, name in enumerate(self.test_names):
+            item = self._test_set[index]
             prediction = one_hot(self.predict(item["image"])[None], num)
             truth = one_hot(torch.as_tensor(item["label"])[None], num)
             out[name] = [float(d) for d in metric(prediction, truth)[0]]
@@ -203,5 +204,6 @@ class SegmentationTrainer:
         """(name, normalised image, label) of each test volume, for figures."""
         if self._test_set is None:
             return []
+        items = [self._test_set[i] for i in range(self.num_test)]
         return [(n, torch.as_tensor(i["image"]), torch.as_tensor(i["label"]))
-                for n, i in zip(self.test_names, self._test_set, strict=True)]
+                for n, i in zip(self.test_names, items, strict=True)]
