@@ -55,8 +55,8 @@ def peak_rss_mib(pid: int) -> float | None:
     return None
 
 
-def _federated(console: Console, fed: PocFederation, params: dict[str, object],
-               run_dir: Path) -> tuple[History, Weights]:
+def _federated(console: Console, fed: PocFederation, params: dict[str, object]
+               ) -> tuple[History, Weights]:
     """Submit the job as the admin, follow it round by round, fetch history and model."""
     admin = fed.admin()
     job_id = admin.Submit(pb.SubmitRequest(entry_point=demo.ENTRY_POINT,
@@ -106,7 +106,7 @@ def run_hippocampus_demo(console: Console, run_dir: Path, *, federated: bool = T
                       f"{len(SITES)} hospital site processes, mutual TLS (logs in "
                       f"{fed.log_dir})")
         try:
-            history, weights = _federated(console, fed, params, run_dir)
+            history, weights = _federated(console, fed, params)
             assert fed.server is not None
             memory = {"server": peak_rss_mib(fed.server.pid),
                       **{s: peak_rss_mib(p.pid) for s, p in fed.sites.items()}}
