@@ -80,7 +80,8 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
         fed = PocFederation(run_dir / "federation", list(HOSPITALS))
         fed.provision()
         if tracking is not None:
-            fed.edit_kit("server", lambda config: config.update(tracking=_absolute(tracking)))
+            fed.edit_kit("server", lambda config: config.update(
+                tracking=tracking_section(tracking)))
         address = fed.start_server()
         fed.start_sites()
         fed.wait_for_sites(len(HOSPITALS))
@@ -118,7 +119,7 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
                       markup=False, highlight=False)
 
 
-def _absolute(tracking: TrackingConfig) -> dict[str, object]:
+def tracking_section(tracking: TrackingConfig) -> dict[str, object]:
     """The tracking section for the POC server's kit: a TensorBoard folder given here, made
     absolute (the kit would take a relative one from its own folder)."""
     section = tracking.model_dump(exclude_none=True)

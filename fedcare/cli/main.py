@@ -198,27 +198,35 @@ def _cross_site_files(document: dict[str, object], run_dir: Path) -> None:
 
 @app.command("demo")
 def demo_cmd(
-    name: Annotated[str, typer.Argument(help="which demo: heart")] = "heart",
-    seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 1,
+    name: Annotated[str, typer.Argument(help="which demo: heart or hippocampus")] = "heart",
+    seeds: Annotated[int, typer.Option(help="heart: number of seeds (0..N-1)")] = 1,
     simulate: Annotated[bool, typer.Option(
         "--simulate", help="run in the simulator instead of a real local federation")] = False,
     processes: Annotated[bool, typer.Option(help="with --simulate: one process per site")] = False,
-    param: Annotated[list[str], typer.Option(help="heart job parameter key=value")] = [],  # noqa: B006
+    param: Annotated[list[str], typer.Option(help="job parameter key=value")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
     tensorboard: TensorBoardOption = None,
     mlflow_uri: MlflowUriOption = None,
     mlflow_experiment: MlflowExperimentOption = None,
 ) -> None:
-    """The main job: FedAvg across four real hospitals vs local and pooled training."""
-    from fedcare.cli.demo import run_heart_demo
-
-    if name != "heart":
-        raise fail(ConfigError(f"unknown demo {name!r}; available: heart"))
+    """heart: FedAvg across four real hospitals vs local and pooled training. hippocampus:
+    federated 3D segmentation of real MRI (MONAI UNet) vs local and pooled training."""
+    if name not in ("heart", "hippocampus"):
+        raise fail(ConfigError(f"unknown demo {name!r}; available: heart, hippocampus"))
     if seeds < 1:
         raise fail(ConfigError(f"--seeds must be >= 1, got {seeds}"))
     try:
         params = _parse_params(param)
         tracking = _tracking(tensorboard, mlflow_uri, mlflow_experiment)
+        if name == "hippocampus":
+            from fedcare.cli.hippocampus import run_hippocampus_demo
+
+            run_hippocampus_demo(console, _run_dir(out, "hippocampus-demo"),
+                                 federated=not simulate, processes=processes, params=params,
+                                 tracking=tracking)
+            return
+        from fedcare.cli.demo import run_heart_demo
+
         run_heart_demo(console, _run_dir(out, "heart-demo"), seeds=seeds, processes=processes,
                        params=params, federated=not simulate, tracking=tracking)
     except FedcareError as exc:

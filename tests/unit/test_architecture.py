@@ -22,6 +22,8 @@ ALLOWED = {
     "datasets": {"datasets"},
     "provision": {"core", "provision"},
     "analytics": {"core", "analytics"},
+    # MONAI trainers: core's Trainer protocol over the torch adapter and the packaged data
+    "medical": {"core", "medical", "datasets", "pytorch", "algorithms"},
 }
 #: Optional libraries, each imported (lazily) by its one writer only.
 TRACKING_LIBRARIES = {"tensorboard": "server/tracking/tensorboard.py",
@@ -85,3 +87,18 @@ def test_public_names_are_exported(package):
     assert sorted(module.__all__) == list(module.__all__)
     for name in module.__all__:
         assert hasattr(module, name), f"{package}.{name}"
+
+
+def test_only_fedcare_medical_imports_monai():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.is_relative_to(PACKAGE / "medical"):
+            continue
+        found = {n.split(".")[0] for n in imports(path)} & {"monai"}
+        assert not found, f"{path.relative_to(PACKAGE)} imports MONAI"
+
+
+@pytest.mark.parametrize("server_half", ["heart.py", "hippocampus.py"])
+def test_job_server_halves_import_no_torch_or_medical(server_half):
+    for name in imports(PACKAGE / "jobs" / server_half):
+        assert name.split(".")[0] not in {"torch", "monai"}, f"{server_half} imports {name}"
+        assert not name.startswith("fedcare.medical"), f"{server_half} imports {name}"
