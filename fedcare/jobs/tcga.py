@@ -17,6 +17,7 @@ from fedcare.algorithms.fedprox import MU_KEY
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
 from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
+from fedcare.core.metric_parts import ratio_parts
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.tcga_brca import CENTERS, NUM_FEATURES, load_center
@@ -46,14 +47,20 @@ def cox_loss(risk: torch.Tensor, event: torch.Tensor, time: torch.Tensor) -> tor
     return -((risk - at_risk) * event).sum() / event.sum().clamp(min=1.0)
 
 
-def c_index(risk: np.ndarray, event: np.ndarray, time: np.ndarray) -> float:
-    """Harrell's C: of the pairs where the earlier time is an observed death, the share in
-    which that patient has the higher risk (ties count 1/2). NaN without such pairs."""
+def c_index_pairs(risk: np.ndarray, event: np.ndarray, time: np.ndarray
+                  ) -> tuple[float, float]:
+    """Harrell's C as its additive parts: (concordant, comparable) pairs, where a pair is
+    comparable when the earlier time is an observed death and concordant when that patient
+    has the higher risk (ties count 1/2)."""
     comparable = (time[:, None] < time[None, :]) & (event[:, None] == 1)
-    if not comparable.any():
-        return math.nan
     concordant = (risk[:, None] > risk[None, :]) + 0.5 * (risk[:, None] == risk[None, :])
-    return float((concordant * comparable).sum() / comparable.sum())
+    return float((concordant * comparable).sum()), float(comparable.sum())
+
+
+def c_index(risk: np.ndarray, event: np.ndarray, time: np.ndarray) -> float:
+    """Harrell's C (see :func:`c_index_pairs`); NaN without comparable pairs."""
+    concordant, comparable = c_index_pairs(risk, event, time)
+    return concordant / comparable if comparable else math.nan
 
 
 class TcgaTrainer:
@@ -92,9 +99,11 @@ class TcgaTrainer:
         risk = self.model(torch.from_numpy(x)).numpy()
         metrics = {"loss": float(cox_loss(torch.from_numpy(risk), torch.from_numpy(e),
                                           torch.from_numpy(t)))}
-        concordance = c_index(risk, e, t)
-        if not math.isnan(concordance):  # a centre whose test set has no comparable pair
-            metrics["c_index"] = concordance
+        concordant, comparable = c_index_pairs(risk, e, t)
+        if comparable:  # a centre whose test set has no comparable pair has no C-index
+            metrics["c_index"] = concordant / comparable
+        # the federation's C-index: its pairs summed over centres, not a mean of centres
+        metrics.update(ratio_parts("c_index", concordant, comparable))
         return EvalResult(len(e), metrics)
 
     def statistics(self, config: Config) -> StatsResult:
@@ -159,4 +168,4 @@ def make_job(*, num_rounds: int = 40, local_steps: int = 5, lr: float = 0.1, see
                statistics=FeatureMoments(), seed=seed)
 
 
-__all__ = ["CoxModel", "SiteContext", "c_index", "cox_loss", "make_job"]
+__all__ = ["CoxModel", "SiteContext", "c_index", "c_index_pairs", "cox_loss", "make_job"]

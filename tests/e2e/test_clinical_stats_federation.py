@@ -40,8 +40,8 @@ def test_cohort_job_of_a_real_federation_is_downloaded_with_suppression(tmp_path
     folder = tmp_path / "out" / job_id
     assert {p.name for p in folder.iterdir()} >= {"cohort.json", "cohort.csv",
                                                   "cohort_age.png", "cohort_trestbps.png"}
-    rows = {(r["group"], r["column"], r["site"]): r
-            for r in csv.DictReader(open(folder / "cohort.csv"))}
+    text = (folder / "cohort.csv").read_text().splitlines()
+    rows = {(r["group"], r["column"], r["site"]): r for r in csv.DictReader(text)}
     tables = {s: heart_table(s) for s in SITES}
     # switzerland has 10 women: below its min_rows, so they are in no total
     assert (tables["switzerland"].column("sex") == 0).sum() == 10
