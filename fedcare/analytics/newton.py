@@ -21,6 +21,7 @@ import numpy as np
 
 from fedcare.analytics import regression as site_half
 from fedcare.analytics.gather import gather_all, summed
+from fedcare.analytics.preprocess import Preprocessing
 from fedcare.analytics.table import join_names
 from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.message import Config, StatsResult
@@ -42,6 +43,12 @@ class RegressionSpec:
         time: Cox: the follow-up time column.
         stratified: Cox: one baseline hazard per site (only per-site gradient and Hessian
             leave a site) instead of one for the federation.
+        impute: Replace a missing covariate by the federation's mean of it (a first round
+            of per-column sums); otherwise rows missing a covariate are left out.
+        missing_indicators: With ``impute``: add a 0/1 column ``NAME_missing`` for each
+            covariate missing somewhere in the federation.
+        standardise: Centre and scale the covariates by the federation's mean and standard
+            deviation; the coefficients are then per standard deviation.
         max_iter: Newton steps at most.
         tolerance: Converged when the log-likelihood changes by less than this (relative)
             and the Newton step is below 1e-6, or the step alone below 1e-9 (relative to the
@@ -53,6 +60,9 @@ class RegressionSpec:
     covariates: tuple[str, ...]
     time: str | None = None
     stratified: bool = False
+    impute: bool = False
+    missing_indicators: bool = False
+    standardise: bool = False
     max_iter: int = 50
     tolerance: float = 1e-10
 
@@ -66,13 +76,20 @@ class RegressionSpec:
             raise ConfigError("a regression needs at least one covariate")
         if len(set(self.covariates)) != len(self.covariates):
             raise ConfigError(f"covariates repeat: {list(self.covariates)}")
+        if self.missing_indicators and not self.impute:
+            raise ConfigError("missing_indicators needs impute: a row missing a covariate is "
+                              "otherwise left out, and its indicator would always be 0")
         object.__setattr__(self, "covariates", tuple(self.covariates))
         join_names(self.covariates, "covariates")
 
     @property
-    def names(self) -> list[str]:
-        """The coefficients' names, in order."""
-        return (["intercept"] if self.model == "logistic" else []) + list(self.covariates)
+    def preprocesses(self) -> bool:
+        return self.impute or self.standardise
+
+    def names(self, prep: Preprocessing | None = None) -> list[str]:
+        """The coefficients' names, in order (with ``prep``'s indicator columns)."""
+        columns = prep.names(self.covariates) if prep is not None else list(self.covariates)
+        return (["intercept"] if self.model == "logistic" else []) + columns
 
     def config(self, name: str) -> Config:
         return {"name": name, "covariates": ",".join(self.covariates), "outcome": self.outcome,
@@ -125,9 +142,14 @@ class NewtonFit(Workflow):
 
     def run(self, ctx: WorkflowContext, weights: Weights) -> Weights:
         spec = self.spec
-        setup = gather_all(ctx, 0, spec.config(site_half.SETUP), None, None,
+        prep, sites = self._preprocessing(ctx)
+        first = 1 if prep is not None else 0
+        carried = prep.to_weights() if prep is not None else {}
+        setup = gather_all(ctx, first, spec.config(site_half.SETUP),
+                           Weights(dict(carried)) if carried else None, sites,
                            "regression set-up")
         sites = sorted(setup)
+        names = spec.names(prep)
         rows = sum(float(r.values["rows"][0]) for r in setup.values())
         events = sum(float(r.values["events"][0]) for r in setup.values())
         if rows == 0:
@@ -139,7 +161,7 @@ class NewtonFit(Workflow):
                 fixed["event_times"] = np.unique(np.concatenate(
                     [r.values["event_times"] for r in setup.values()]))
         step_name = site_half.LOGISTIC if spec.model == "logistic" else site_half.COX
-        beta = np.zeros(len(spec.names))
+        beta = np.zeros(len(names))
         previous: tuple[np.ndarray, float] | None = None
         iterations, halvings = 0, 0
         while True:
@@ -148,9 +170,9 @@ class NewtonFit(Workflow):
                 raise AggregationError(f"{spec.model} fit did not converge in {spec.max_iter} "
                                        "Newton steps (perfect separation, or a covariate "
                                        "with no events on one side?)", job_id=ctx.job_id)
-            replies = gather_all(ctx, iterations, spec.config(step_name),
-                                   Weights({"beta": beta, **fixed}), sites,
-                                   f"regression step {iterations}")
+            replies = gather_all(ctx, first + iterations, spec.config(step_name),
+                                 Weights({"beta": beta, **fixed, **carried}), sites,
+                                 f"regression step {iterations}")
             loglik, gradient, hessian = self._combine(replies, beta)
             if previous is not None and loglik < previous[1] - 1e-12 * abs(previous[1]):
                 if halvings >= 30:
@@ -159,7 +181,7 @@ class NewtonFit(Workflow):
                 continue
             halvings = 0
             try:
-                covariance = information_inverse(hessian, spec.names)
+                covariance = information_inverse(hessian, names)
             except AggregationError as exc:
                 raise AggregationError(exc.message, job_id=ctx.job_id) from None
             step = covariance @ gradient
@@ -175,12 +197,40 @@ class NewtonFit(Workflow):
                    "rows": {s: float(r.values["rows"][0]) for s, r in setup.items()},
                    "events": {s: float(r.values["events"][0]) for s, r in setup.items()},
                    "num_rows": rows, "num_events": events, "iterations": iterations,
-                   "rounds": iterations + 1, "loglik": loglik,
-                   "coefficients": wald_table(beta, covariance, spec.names)}
+                   "rounds": iterations + 1 + first, "loglik": loglik,
+                   "preprocessing": None if prep is None else {
+                       "impute": spec.impute, "standardise": spec.standardise,
+                       "impute_mean": dict(zip(spec.covariates, prep.impute_mean.tolist(),
+                                               strict=True)),
+                       "scale": dict(zip(spec.covariates, prep.scale.tolist(), strict=True)),
+                       "indicators": [n for n, on in zip(spec.covariates, prep.indicator,
+                                                         strict=True) if on]},
+                   "coefficients": wald_table(beta, covariance, names)}
         ctx.save_result("regression", summary)
         se = np.sqrt(np.diag(covariance))
         return Weights({**weights, "beta": beta, "se": se, **{k: v for k, v in fixed.items()
                                                              if k == "offset"}})
+
+    def _preprocessing(self, ctx: WorkflowContext
+                       ) -> tuple[Preprocessing | None, list[str] | None]:
+        """The federated preprocessing the spec asks for (a round of per-column sums), and
+        the sites that answered it; (None, None) when it asks for none."""
+        spec = self.spec
+        if not spec.preprocesses:
+            return None, None
+        replies = gather_all(ctx, 0, spec.config(site_half.MOMENTS), None, None,
+                             "regression preprocessing")
+        totals = {k: summed(replies, k) for k in ("present", "sum", "sum_sq", "missing")}
+        try:
+            prep = Preprocessing.from_totals(totals, standardise=spec.standardise,
+                                             indicators=spec.missing_indicators)
+        except ValueError as exc:
+            raise AggregationError(f"covariates {list(spec.covariates)}: {exc}",
+                                   job_id=ctx.job_id) from None
+        if not spec.impute:  # standardise only: rows missing a covariate are left out
+            prep = Preprocessing(np.full_like(prep.centre, np.nan), prep.centre, prep.scale,
+                                 prep.indicator)
+        return prep, sorted(replies)
 
     def _combine(self, replies: Mapping[str, StatsResult], beta: np.ndarray
                  ) -> tuple[float, np.ndarray, np.ndarray]:

@@ -17,7 +17,10 @@ What leaves a site, per Newton step of ``p`` covariates:
   ``min_rows`` policy, where that matters.
 
 Rows with a missing value in any column the model uses are left out (complete cases), at
-every site alike, so the pooled reference is the complete-case fit on pooled rows.
+every site alike, so the pooled reference is the complete-case fit on pooled rows; unless the
+task carries a federated :class:`~fedcare.analytics.preprocess.Preprocessing` (mean
+imputation, missing indicators, standardisation), which every site applies alike: then only
+rows missing the outcome (or time) are left out.
 """
 
 from __future__ import annotations
@@ -26,25 +29,32 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedcare.analytics.preprocess import Preprocessing, column_moments
 from fedcare.analytics.table import DataError, SiteTable, names_of
 from fedcare.core.message import Config, StatsResult
 from fedcare.core.weights import Weights
 
 #: Task names of the regression passes (``config["name"]``).
 SETUP, LOGISTIC, COX = "regression_setup", "logistic_step", "cox_step"
+MOMENTS = "regression_moments"
 
 
-def model_rows(table: SiteTable, config: Config) -> tuple[np.ndarray, np.ndarray,
-                                                          np.ndarray | None]:
-    """``(x, outcome, time)`` of the complete cases: ``x`` the covariates, ``outcome`` the 0/1
-    label (logistic) or event indicator (Cox), ``time`` the follow-up (Cox) or None."""
+def model_rows(table: SiteTable, config: Config,
+               model: Mapping[str, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(x, outcome, time)`` of the rows used: ``x`` the covariates (preprocessed when the
+    task carries a preprocessing), ``outcome`` the 0/1 label (logistic) or event indicator
+    (Cox), ``time`` the follow-up (Cox) or None."""
     covariates = names_of(config["covariates"], "covariates")
     outcome_name = str(config["outcome"])
     time_name = str(config.get("time", "")) or None
     x = table.matrix(covariates)
     outcome = table.column(outcome_name)
     time = table.column(time_name) if time_name else None
-    keep = ~np.isnan(x).any(axis=1) & ~np.isnan(outcome)
+    prep = Preprocessing.from_model(model) if model is not None else None
+    keep = ~np.isnan(outcome)
+    if prep is None or np.isnan(prep.impute_mean).any():  # no imputation: complete cases
+        keep &= ~np.isnan(x).any(axis=1)
     if time is not None:
         keep &= ~np.isnan(time)
     bad = np.setdiff1d(np.unique(outcome[keep]), [0.0, 1.0])
@@ -53,13 +63,26 @@ def model_rows(table: SiteTable, config: Config) -> tuple[np.ndarray, np.ndarray
                         f"{bad[:5].tolist()}")
     if time is not None and (time[keep] < 0).any():
         raise DataError(f"site {table.site_id}: column {time_name!r} has negative times")
-    return x[keep], outcome[keep], None if time is None else time[keep]
+    x = x[keep] if prep is None else prep.apply(x[keep])
+    return x, outcome[keep], None if time is None else time[keep]
 
 
-def regression_setup(table: SiteTable, config: Config) -> StatsResult:
-    """Counts and column sums of the complete cases (the server centres Cox covariates on
-    the federation's means), and for a pooled Cox model this site's distinct event times."""
-    x, outcome, time = model_rows(table, config)
+def regression_moments(table: SiteTable, config: Config) -> StatsResult:
+    """Per covariate, the sums of a federated preprocessing (present values, their sum and
+    sum of squares, missing values) over the rows with an outcome (and time)."""
+    covariates = names_of(config["covariates"], "covariates")
+    keep = ~np.isnan(table.column(str(config["outcome"])))
+    if config.get("time"):
+        keep &= ~np.isnan(table.column(str(config["time"])))
+    return StatsResult(Weights(column_moments(table.matrix(covariates)[keep])),
+                       int(keep.sum()))
+
+
+def regression_setup(table: SiteTable, config: Config,
+                     model: Mapping[str, np.ndarray] | None = None) -> StatsResult:
+    """Counts and column sums of the rows used (the server centres Cox covariates on the
+    federation's means), and for a pooled Cox model this site's distinct event times."""
+    x, outcome, time = model_rows(table, config, model)
     values = {"rows": np.array([len(x)], np.float64), "events": np.array([outcome.sum()]),
               "sum": x.sum(axis=0)}
     if time is not None and not bool(config.get("stratified", False)):
@@ -124,12 +147,12 @@ def step_sums(table: SiteTable, config: Config, model: Mapping[str, np.ndarray] 
     centre ``offset`` of the covariates; for pooled Cox the federation's ``event_times``)."""
     if model is None or "beta" not in model:
         raise DataError(f"site {table.site_id}: a regression step needs the coefficients")
-    x, outcome, time = model_rows(table, config)
+    x, outcome, time = model_rows(table, config, model)
     beta = np.asarray(model["beta"], np.float64)
     if config["name"] == LOGISTIC:
         if beta.shape != (x.shape[1] + 1,):
             raise DataError(f"site {table.site_id}: {beta.size} coefficients for "
-                            f"{x.shape[1]} covariates and an intercept")
+                            f"{x.shape[1]} model columns and an intercept")
         return StatsResult(Weights(logistic_step(x, outcome, beta)), len(x))
     if time is None:
         raise DataError(f"site {table.site_id}: a Cox step needs a time column")

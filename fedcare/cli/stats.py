@@ -99,6 +99,12 @@ def stats_fit(
     time: Annotated[str | None, typer.Option(help="cox: the follow-up time column")] = None,
     stratified: Annotated[bool, typer.Option(
         help="cox: a baseline hazard per site (only per-site sums leave a site)")] = False,
+    impute: Annotated[bool, typer.Option(
+        help="replace missing covariates by the federation's means")] = False,
+    missing_indicators: Annotated[bool, typer.Option(
+        help="with --impute: a 0/1 column per covariate missing somewhere")] = False,
+    standardise: Annotated[bool, typer.Option(
+        help="covariates by the federation's mean and sd (coefficients per sd)")] = False,
     data_dir: DataDirOpt = [],  # noqa: B006
     min_rows: MinRowsOpt = 0,
     out: OutOpt = Path("runs"),
@@ -107,8 +113,9 @@ def stats_fit(
     from fedcare.jobs.clinical import regression_job
 
     _run(regression_job, {"dataset": dataset, "model": model, "outcome": outcome,
-                          "covariates": covariate, "time": time, "stratified": stratified},
-         data_dir, min_rows, out)
+                          "covariates": covariate, "time": time, "stratified": stratified,
+                          "impute": impute, "missing_indicators": missing_indicators,
+                          "standardise": standardise}, data_dir, min_rows, out)
 
 
 def admin_stats(ctx: typer.Context, job_id: str, out: Annotated[Path, typer.Option(

@@ -42,8 +42,10 @@ class ClinicalSite:
     def statistics(self, config: Config, model: Mapping[str, np.ndarray] | None = None
                    ) -> StatsResult:
         name = config.get("name")
+        if name == regression.MOMENTS:
+            return regression.regression_moments(self.table, config)
         if name == regression.SETUP:
-            return regression.regression_setup(self.table, config)
+            return regression.regression_setup(self.table, config, model)
         if name in (regression.LOGISTIC, regression.COX):
             return regression.step_sums(self.table, config, model)
         if name == survival.TASK:
@@ -86,10 +88,15 @@ def _job(name: str, dataset: str, workflow: NewtonFit | survival.KaplanMeier
 
 def regression_job(*, dataset: str, model: str, outcome: str,
                    covariates: str | list[str], time: str | None = None,
-                   stratified: bool = False, sites: list[str] | None = None) -> Job:
-    """Logistic or Cox regression, fitted exactly across the sites (result ``regression``)."""
+                   stratified: bool = False, impute: bool = False,
+                   missing_indicators: bool = False, standardise: bool = False,
+                   sites: list[str] | None = None) -> Job:
+    """Logistic or Cox regression, fitted exactly across the sites (result ``regression``);
+    optionally with federated mean imputation, missing indicators and standardisation."""
     spec = RegressionSpec(model, outcome, _names(covariates, "covariates"), time,
-                          bool(stratified))
+                          bool(stratified), impute=bool(impute),
+                          missing_indicators=bool(missing_indicators),
+                          standardise=bool(standardise))
     return _job("regression", dataset, NewtonFit(spec), sites)
 
 

@@ -101,3 +101,29 @@ def test_kaplan_meier_and_logrank_on_tcga_equal_lifelines():
 def test_chi2_tail_matches_scipy(df):
     for x in (0.3, 2.0, 9.5, 40.0):
         assert chi2_sf(x, df) == pytest.approx(stats.chi2.sf(x, df), rel=1e-10)
+
+
+def test_federated_imputation_indicators_and_standardisation_equal_pooled():
+    """Missing values replaced by the federation's means (not each hospital's), indicator
+    columns, columns standardised by the federation's mean and sd: the pooled fit of the
+    pooled rows preprocessed the same way."""
+    covariates = ["age", "sex", "chol", "fbs", "thalach"]
+    result = simulate(clinical.regression_job(
+        dataset="heart", model="logistic", outcome="disease", covariates=covariates,
+        impute=True, missing_indicators=True, standardise=True))
+    document = result.results["regression"]
+    tables = [heart_table(h) for h in HOSPITALS]
+    x = np.concatenate([t.matrix(covariates) for t in tables])
+    y = np.concatenate([t.column("disease") for t in tables])
+    x, y = x[~np.isnan(y)], y[~np.isnan(y)]
+    missing = np.isnan(x)
+    mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+    design = np.column_stack([(np.where(missing, mean, x) - mean) / sd,
+                              missing[:, missing.any(axis=0)]])
+    ref = sm.Logit(y, sm.add_constant(design)).fit(disp=0, tol=1e-12)
+    fit = _fit(document)
+    assert [r["covariate"] for r in document["coefficients"]][-3:] == [
+        "chol_missing", "fbs_missing", "thalach_missing"]
+    np.testing.assert_allclose(fit["coef"], ref.params, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fit["se"], ref.bse, atol=1e-6, rtol=0)
+    assert document["num_rows"] == len(y) == 920
