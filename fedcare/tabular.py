@@ -48,6 +48,9 @@ class StandardisedLinear(nn.Module):
         indicators: Columns that get a missing-value indicator, appended after the features.
     """
 
+    scaler_mean: torch.Tensor
+    scaler_std: torch.Tensor
+
     def __init__(self, num_features: int, *, bias: bool = True,
                  indicators: Sequence[int] = ()) -> None:
         super().__init__()

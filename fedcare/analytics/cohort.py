@@ -28,7 +28,7 @@ import numpy as np
 
 from fedcare.analytics.gather import gather_all, summed
 from fedcare.analytics.survival import site_min_rows
-from fedcare.analytics.table import DataError, SiteTable, join_names, names_of
+from fedcare.analytics.table import DataError, SiteTable, group_label, join_names, names_of
 from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.message import Config, StatsResult
 from fedcare.core.weights import Weights
@@ -64,9 +64,10 @@ def site_summary(table: SiteTable, config: Config,
     cells = np.zeros((len(groups), x.shape[1], 4))
     for g, code in enumerate(groups):
         rows = (group == code) if code in reported else np.zeros(len(x), bool)
-        values, ok = x[rows], present[rows]
-        cells[g] = np.stack([ok.sum(0), (~ok).sum(0), np.where(ok, values, 0.0).sum(0),
-                             np.where(ok, values, 0.0).__pow__(2).sum(0)], axis=1)
+        ok = present[rows]
+        values = np.where(ok, x[rows], 0.0)
+        cells[g] = np.stack([ok.sum(0), (~ok).sum(0), values.sum(0), (values**2).sum(0)],
+                            axis=1)
     small = (cells[:, :, 0] < limit) & (cells[:, :, 0] + cells[:, :, 1] > 0)
     cells[small] = 0.0
     out: dict[str, np.ndarray] = {"suppressed": small.astype(np.float64)}
@@ -175,7 +176,7 @@ class CohortStatistics(Workflow):
         suppressed_bins = {s: int(r.values["suppressed_bins"].sum()) for s, r in second.items()}
         with np.errstate(divide="ignore", invalid="ignore"):
             sd = np.sqrt(np.where(total["count"] > 1, dev / (total["count"] - 1), np.nan))
-        labels = [_label(self.group, g) for g in groups]
+        labels = [group_label(self.group, g) for g in groups]
         cells = []
         for g, label in enumerate(labels):
             for c, column in enumerate(self.columns):
@@ -224,8 +225,3 @@ class CohortStatistics(Workflow):
 def _num(value: float, ok: bool = True) -> float | None:
     return float(value) if ok and math.isfinite(float(value)) else None
 
-
-def _label(group: str | None, code: float) -> str:
-    if not group:
-        return "all"
-    return f"{group}={int(code) if float(code).is_integer() else code}"

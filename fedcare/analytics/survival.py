@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedcare.analytics.gather import gather_all, summed
-from fedcare.analytics.table import DataError, SiteTable
+from fedcare.analytics.table import DataError, SiteTable, group_label
 from fedcare.core.errors import AggregationError
 from fedcare.core.message import Config, StatsResult
 from fedcare.core.weights import Weights
@@ -168,7 +168,7 @@ class KaplanMeier(Workflow):
         rows = np.zeros(len(groups))
         for reply in first.values():
             rows[np.searchsorted(groups, reply.values["groups"])] += reply.values["group_rows"]
-        curves = [self._curve(_label(self.group, code), rows[g], times, d[g], n[g])
+        curves = [self._curve(group_label(self.group, code), rows[g], times, d[g], n[g])
                   for g, code in enumerate(groups)]
         if len(groups) > 1:
             curves.insert(0, self._curve("all", rows.sum(), times, d.sum(axis=0),
@@ -176,7 +176,7 @@ class KaplanMeier(Workflow):
         result: dict[str, object] = {
             "event": self.event, "time": self.time, "group": self.group, "sites": sites,
             "curves": curves,
-            "site_rows": {s: {_label(self.group, c): float(k) for c, k in
+            "site_rows": {s: {group_label(self.group, c): float(k) for c, k in
                               zip(r.values["groups"], r.values["group_rows"], strict=True)}
                           for s, r in first.items()},
             "suppressed_groups": {s: int(r.values["suppressed"][0]) for s, r in first.items()},
@@ -195,8 +195,3 @@ class KaplanMeier(Workflow):
                 "times": t.tolist(), "at_risk": n[has].tolist(), "events_at": d[has].tolist(),
                 **{k: v.tolist() for k, v in curve.items()}}
 
-
-def _label(group: str | None, code: float) -> str:
-    if not group:
-        return "all"
-    return f"{group}={int(code) if float(code).is_integer() else code}"

@@ -108,3 +108,10 @@ def join_names(names: Sequence[str], what: str) -> str:
     if bad:
         raise DataError(f"{what}: column names must be non-empty and free of commas, got {bad}")
     return ",".join(names)
+
+
+def group_label(group: str | None, code: float) -> str:
+    """How a group of a numeric grouping column is named in results: ``stage=2``."""
+    if not group:
+        return "all"
+    return f"{group}={int(code) if float(code).is_integer() else code}"
