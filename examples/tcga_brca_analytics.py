@@ -107,9 +107,11 @@ def main() -> None:
         ref_coef, ref_se, ref_llf = pooled_cox(stratified)
         title = "stratified by region" if stratified else "one baseline hazard"
         lines += ["", f"## Cox model ({title}, Breslow ties)", "",
-                  f"Federated: {fed['iterations']} Newton steps ({fed['rounds']} rounds), "
+                  f"Federated: {fed['iterations']} Newton steps ({fed['rounds']} rounds with "
+                  f"set-up and scoring), "
                   f"log-likelihood {fed['loglik']:.9f}; pooled statsmodels "
-                  f"{ref_llf:.9f}.", "",
+                  f"{ref_llf:.9f}. C-index of the fit (pairs within regions, summed): "
+                  f"{fed['performance']['c_index']:.6f}.", "",
                   "| covariate | coef federated | coef pooled | se federated | se pooled "
                   "| HR (95% CI) | p |", "|---|---|---|---|---|---|---|"]
         for row, b, s in zip(fed["coefficients"], ref_coef, ref_se, strict=True):

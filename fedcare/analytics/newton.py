@@ -5,7 +5,9 @@ coefficients (:mod:`fedcare.analytics.regression`), the server adds them, which 
 pooled log-likelihood, gradient and Hessian exactly, and takes the step ``b += I^-1 g`` (``I``
 the observed information, minus the Hessian). A step that lowers the log-likelihood is halved.
 The fit converges in a handful of rounds, and its standard errors come from the same ``I``, so
-the federated fit equals the pooled one to floating-point rounding.
+the federated fit equals the pooled one to floating-point rounding. One last round scores the
+sites' rows with the fit (:mod:`fedcare.analytics.performance`: accuracy and AUC, or the
+C-index, from summed counts).
 
 Every site that answered the set-up must answer every step: a step without one of them would
 be a different model's, so the job stops naming the missing site.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedcare.analytics import performance
 from fedcare.analytics import regression as site_half
 from fedcare.analytics.gather import gather_all, summed
 from fedcare.analytics.preprocess import Preprocessing
@@ -192,12 +195,17 @@ class NewtonFit(Workflow):
                 break
             previous = (beta, loglik)
             beta = beta + step
+        scored = gather_all(ctx, first + iterations + 1, spec.config(performance.TASK),
+                            Weights({"beta": beta, **carried, **{
+                                k: v for k, v in fixed.items() if k == "offset"}}),
+                            sites, "regression performance")
         summary = {"model": spec.model, "outcome": spec.outcome, "time": spec.time,
                    "stratified": spec.stratified, "sites": sites,
                    "rows": {s: float(r.values["rows"][0]) for s, r in setup.items()},
                    "events": {s: float(r.values["events"][0]) for s, r in setup.items()},
                    "num_rows": rows, "num_events": events, "iterations": iterations,
-                   "rounds": iterations + 1 + first, "loglik": loglik,
+                   "rounds": iterations + 2 + first, "loglik": loglik,
+                   "performance": performance.summary(scored, spec.model),
                    "preprocessing": None if prep is None else {
                        "impute": spec.impute, "standardise": spec.standardise,
                        "impute_mean": dict(zip(spec.covariates, prep.impute_mean.tolist(),

@@ -51,6 +51,15 @@ def show_regression(out: Console, doc: Mapping[str, Any], folder: Path) -> list[
                       f"{row['ci_low']:.4f} .. {row['ci_high']:.4f}", _fmt(row["p"]),
                       _fmt(row["exp_coef"]))
     out.print(table)
+    perf = doc.get("performance") or {}
+    if doc["model"] == "cox" and perf.get("c_index") is not None:
+        out.print(f"C-index {perf['c_index']:.4f} (pairs within sites: "
+                  f"{perf['comparable_pairs']:.0f})", markup=False, highlight=False)
+    elif perf.get("accuracy") is not None:
+        out.print(f"accuracy {_fmt(perf['accuracy'])}, AUC {_fmt(perf['auc'])} (+- "
+                  f"{perf['auc_error_bound']:.1e}), sensitivity {_fmt(perf['sensitivity'])}, "
+                  f"specificity {_fmt(perf['specificity'])}: on the fitted rows, from summed "
+                  "counts", markup=False, highlight=False)
     path = folder / "regression.csv"
     path.write_text(_csv(doc["coefficients"], ["covariate", "coef", "se", "z", "p", "ci_low",
                                                "ci_high", "exp_coef"]), encoding="utf-8")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedcare.algorithms.fedavg import FedAvg
-from fedcare.analytics import cohort, regression, survival
+from fedcare.analytics import cohort, performance, regression, survival
 from fedcare.analytics.newton import NewtonFit, RegressionSpec
 from fedcare.analytics.table import DataError, SiteTable
 from fedcare.core.errors import ConfigError
@@ -48,6 +48,10 @@ class ClinicalSite:
             return regression.regression_setup(self.table, config, model)
         if name in (regression.LOGISTIC, regression.COX):
             return regression.step_sums(self.table, config, model)
+        if name == performance.TASK:
+            if model is None:
+                raise DataError(f"site {self.table.site_id}: scoring needs the coefficients")
+            return performance.site_performance(self.table, config, model)
         if name == survival.TASK:
             return survival.site_counts(self.table, config, model)
         if name == cohort.TASK:

@@ -8,6 +8,7 @@ import statsmodels.api as sm
 from lifelines import KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 from statsmodels.duration.hazard_regression import PHReg
 
 from fedcare.analytics.survival import chi2_sf
@@ -16,6 +17,7 @@ from fedcare.datasets.tcga_brca import CENTERS
 from fedcare.jobs import clinical
 from fedcare.jobs.clinical_data import heart_table, tcga_table
 from fedcare.sim.simulator import simulate
+from fedcare.tabular import c_index_pairs
 
 TCGA_COVARIATES = ["age_at_index", "ajcc_pathologic_stage_Stage IIA",
                    "ajcc_pathologic_stage_Stage IIB", "ajcc_pathologic_stage_Stage IIIA",
@@ -49,6 +51,12 @@ def test_logistic_on_heart_equals_pooled_statsmodels():
     assert document["loglik"] == pytest.approx(ref.llf, abs=1e-6)
     assert document["num_rows"] == keep.sum() == 740
     assert document["iterations"] <= 10
+    # performance of the fit from summed counts: accuracy exact, AUC within its bound
+    probability = ref.predict(sm.add_constant(x[keep]))
+    performance = document["performance"]
+    assert performance["accuracy"] == ((probability >= 0.5) == (y[keep] == 1)).mean()
+    pooled_auc = roc_auc_score(y[keep], probability)
+    assert abs(performance["auc"] - pooled_auc) <= performance["auc_error_bound"] < 1e-3
 
 
 @pytest.mark.parametrize("stratified", [False, True])
@@ -69,6 +77,14 @@ def test_cox_on_tcga_equals_pooled_statsmodels_breslow(stratified):
     np.testing.assert_allclose(fit["p"], ref.pvalues, atol=1e-6, rtol=0)
     assert document["loglik"] == pytest.approx(ref.llf, abs=1e-6)
     assert document["num_events"] == 151 and document["iterations"] <= 10
+    # the C-index: concordant over comparable pairs, formed within each region, summed
+    concordant = comparable = 0.0
+    for table in tables:
+        risk = table.matrix(TCGA_COVARIATES) @ fit["coef"]
+        pairs = c_index_pairs(risk, table.column("event"), table.column("time"))
+        concordant, comparable = concordant + pairs[0], comparable + pairs[1]
+    assert document["performance"]["c_index"] == pytest.approx(concordant / comparable,
+                                                               abs=1e-12)
 
 
 def test_kaplan_meier_and_logrank_on_tcga_equal_lifelines():
