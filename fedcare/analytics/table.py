@@ -46,9 +46,11 @@ class SiteTable:
     def column(self, name: str) -> np.ndarray:
         """One column's values (NaN = missing)."""
         if name not in self._columns:
-            shown = ", ".join(sorted(self._columns)[:20])
-            raise DataError(f"site {self.site_id}: no column {name!r} (it has {shown}"
-                            f"{', ...' if len(self._columns) > 20 else ''})")
+            # few names: the reason travels in one bounded line, with other sites' reasons
+            close = sorted(self._columns, key=lambda c: (c.lower()[:1] != name.lower()[:1], c))
+            shown = ", ".join(close[:6]) + (", ..." if len(close) > 6 else "")
+            raise DataError(f"site {self.site_id}: no column {name!r} (it has "
+                            f"{len(self._columns)}: {shown})")
         return self._columns[name]
 
     def matrix(self, names: Sequence[str]) -> np.ndarray:
