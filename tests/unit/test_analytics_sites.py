@@ -134,3 +134,36 @@ def test_a_site_below_min_rows_refuses_the_whole_fit(federation):
         simulate(clinical.regression_job(dataset="csv:t.csv", model="cox", outcome="event",
                                          time="time", covariates="age", sites=SITES),
                  data_dirs=dirs, site_privacy={"c": PrivacyPolicy(min_rows=100)})
+
+
+class _Echo:
+    """A trainer that answers a statistics task with the min_rows it was given."""
+
+    def statistics(self, config):
+        from fedcare.core.message import StatsResult
+        from fedcare.core.weights import Weights
+
+        return StatsResult(Weights({"min_rows": np.array([float(config.get("min_rows", -1))])}),
+                           500)
+
+    def train(self, weights, config):
+        raise NotImplementedError
+
+    def evaluate(self, weights, config):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(("site", "job", "applied"), [(20, None, 20), (20, 5, 20),
+                                                     (20, 50, 50), (0, None, -1), (0, 7, 7)])
+def test_the_site_agent_applies_its_min_rows_and_a_job_can_only_raise_it(site, job, applied):
+    from fedcare.core.message import Task
+    from fedcare.site.agent import SiteAgent
+    from fedcare.site.privacy_guard import PrivacyGuard
+    from fedcare.site.privacy_ledger import PrivacyLedger
+
+    guard = PrivacyGuard(PrivacyPolicy(min_rows=site), PrivacyLedger(None)) if site else None
+    agent = SiteAgent("a", _Echo(), privacy=guard)
+    config = {"name": "cohort"} if job is None else {"name": "cohort", "min_rows": job}
+    reply = agent.handle(Task("t1", "j", 0, "statistics", config=config))
+    assert reply.error is None, reply.error
+    assert reply.result.values["min_rows"][0] == applied
