@@ -31,10 +31,7 @@ _STAGE_COLUMNS = {"ajcc_pathologic_stage_Stage IA": 1, "ajcc_pathologic_stage_St
 
 def tcga_feature_names() -> list[str]:
     """The 39 TCGA-BRCA feature names, commas dropped (a comma cannot name a column here)."""
-    with open(Path(tcga_brca.__file__).parent / "brca.csv", encoding="utf-8") as fh:
-        import csv
-        header = next(csv.reader(fh))
-    return [name.replace(",", "") for name in header[1:1 + tcga_brca.NUM_FEATURES]]
+    return [name.replace(",", "") for name in tcga_brca.feature_names()]
 
 
 def tcga_table(site_id: str) -> SiteTable:
@@ -51,10 +48,9 @@ def tcga_table(site_id: str) -> SiteTable:
 
 
 def heart_table(site_id: str, data_dir: Path | None = None) -> SiteTable:
-    raw = heart.load_raw_columns(site_id, data_dir)
+    raw_file = heart.load_raw_file(site_id, data_dir)
+    raw, label = raw_file[:, :-1], raw_file[:, -1]
     columns = {name: raw[:, j] for j, name in enumerate(heart.RAW_FEATURES)}
-    path = Path(data_dir or Path(heart.__file__).parent) / heart._FILES[site_id]
-    label = heart._read_file(path)[:, -1]
     columns["disease"] = np.where(np.isnan(label), math.nan, (label > 0).astype(np.float64))
     x, _ = heart.load_raw(site_id, data_dir)
     model = np.full((len(raw), x.shape[1]), math.nan)
