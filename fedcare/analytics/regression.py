@@ -14,7 +14,9 @@ What leaves a site, per Newton step of ``p`` covariates:
   sums, plus its event counts per time and the sum of its events' covariates; and once, before
   the first step, the site's distinct event times (days). At a late time a risk set can hold one
   patient, whose covariates its sums then reveal: prefer the stratified model, or a site
-  ``min_rows`` policy, where that matters.
+  ``min_rows`` policy, where that matters. Its size grows as ``m * p * p`` (1,088 patients,
+  146 event times and 7 covariates: about 8,500 numbers a site and step); with thousands of event
+  times and dozens of covariates, the stratified model is also the one that scales.
 
 Rows with a missing value in any column the model uses are left out (complete cases), at
 every site alike, so the pooled reference is the complete-case fit on pooled rows; unless the

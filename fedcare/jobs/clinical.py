@@ -3,11 +3,15 @@
 Each job is statistics tasks only (no training): the site half, :class:`ClinicalSite`, reads
 the site's table (:mod:`fedcare.jobs.clinical_data`) and answers every task with sums over its
 rows; the server half is a workflow of :mod:`fedcare.analytics`. They run in the simulator
-(``fedcare stats ...``) and on a real federation (``fedcare admin KIT submit
-fedcare.jobs.clinical:regression --param ...``), unchanged::
+(``fedcare stats ...``) and on a real federation, unchanged: the three entry points are built
+in (a site's code policy allows them unless it sets ``builtin_jobs: false``)::
 
-    fedcare simulate fedcare.jobs.clinical:regression --param dataset=tcga_brca \\
-        --param model=cox --param outcome=event --param time=time --param covariates=...
+    fedcare simulate fedcare.jobs.clinical:regression_job --param dataset=tcga_brca \
+        --param model=cox --param outcome=event --param time=time \
+        --param 'covariates=[age_at_index, race_white]'
+    fedcare admin KIT submit fedcare.jobs.clinical:cohort_job --param dataset=csv:cohort.csv \
+        --param 'columns=[age, bmi]' --param group=sex
+    fedcare admin KIT stats JOB_ID --out results/
 """
 
 from __future__ import annotations
