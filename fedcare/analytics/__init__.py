@@ -17,9 +17,23 @@ A trainer serves them with one line::
 
     def statistics(self, config, model=None):
         return site_statistics(self.x, config, model)
+
+Clinical analyses, exact across sites (the federated answer equals the pooled one):
+:class:`NewtonFit` (logistic and Cox regression by Newton-Raphson on summed gradients and
+Hessians), :class:`KaplanMeier` (curves and the log-rank test from summed event and at-risk
+counts), :class:`CohortStatistics` (a cohort table with per-site suppression below the site's
+``min_rows``). Their site halves read a :class:`SiteTable`; the built-in jobs are in
+:mod:`fedcare.jobs.clinical`.
 """
 
+from fedcare.analytics.cohort import CohortStatistics, histogram_quantiles
+from fedcare.analytics.newton import NewtonFit, RegressionSpec, information_inverse, wald_table
 from fedcare.analytics.passes import Histogram, Mean, MissingValues, Variance
 from fedcare.analytics.site import site_statistics
+from fedcare.analytics.survival import KaplanMeier, km_curve, logrank
+from fedcare.analytics.table import DataError, SiteTable
 
-__all__ = ["Histogram", "Mean", "MissingValues", "Variance", "site_statistics"]
+__all__ = ["CohortStatistics", "DataError", "Histogram", "KaplanMeier", "Mean",
+           "MissingValues", "NewtonFit", "RegressionSpec", "SiteTable", "Variance",
+           "histogram_quantiles", "information_inverse", "km_curve", "logrank",
+           "site_statistics", "wald_table"]

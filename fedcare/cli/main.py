@@ -267,12 +267,15 @@ def _register() -> None:
     from fedcare.cli.poc import poc_command
     from fedcare.cli.privacy import site_policy, site_privacy
     from fedcare.cli.provision import provision_app
+    from fedcare.cli.stats import admin_stats, stats_app
 
     app.add_typer(provision_app, name="provision")
     app.add_typer(server_app, name="server")
     app.add_typer(site_app, name="site")
     app.add_typer(admin_app, name="admin")
     admin_app.command("cross-site")(admin_cross_site)
+    admin_app.command("stats")(admin_stats)
+    app.add_typer(stats_app, name="stats")
     app.add_typer(job_app, name="job")
     app.add_typer(audit_app, name="audit")
     site_app.command("uploads")(site_uploads)

@@ -66,6 +66,9 @@ class SitePolicy(BaseModel):
 
 #: The jobs fedcare ships: code the site and the server installed with fedcare itself.
 BUILTIN_JOBS = (
+    "fedcare.jobs.clinical:cohort_job",
+    "fedcare.jobs.clinical:kaplan_meier_job",
+    "fedcare.jobs.clinical:regression_job",
     "fedcare.jobs.heart:make_job",
     "fedcare.jobs.heart_stats:make_job",
     "fedcare.jobs.hippocampus:make_job",

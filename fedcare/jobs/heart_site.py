@@ -23,21 +23,16 @@ from fedcare.dpsgd import DpSgd
 from fedcare.jobs.heart import FeatureMoments, standardisation
 from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
 from fedcare.sim import partition
+from fedcare.tabular import StandardisedLinear
 
 NUM_FEATURES = len(FEATURE_NAMES)
 
 
-class HeartModel(nn.Module):
+class HeartModel(StandardisedLinear):
     """Standardise, then one linear layer; outputs the logit of heart disease."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("scaler_mean", torch.zeros(NUM_FEATURES))
-        self.register_buffer("scaler_std", torch.ones(NUM_FEATURES))
-        self.linear = nn.Linear(NUM_FEATURES, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.scaler_mean) / self.scaler_std).squeeze(-1)
+        super().__init__(NUM_FEATURES)
 
 
 @torch.no_grad()

@@ -1,104 +1,49 @@
 """Fed-TCGA-BRCA: a Cox proportional-hazards model across 6 regions (FLamby's benchmark).
 
 The model is a linear risk score on standardised features (global statistics computed
-federatedly, as in the heart job), trained on the Cox partial likelihood (Breslow, full batch);
-the metric is Harrell's concordance index on each centre's test patients.
+federatedly, as in the heart job), trained on the Cox partial likelihood (Breslow, full batch):
+:class:`fedcare.tabular.CoxTrainer`. The metric is Harrell's concordance index on each
+centre's test patients (the federation's: concordant over comparable pairs, summed over
+centres). For the exact Cox fit of these data see :mod:`fedcare.jobs.clinical`.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from torch import nn
 
-from fedcare.algorithms.fedprox import MU_KEY
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
-from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.tcga_brca import CENTERS, NUM_FEATURES, load_center
-from fedcare.jobs.heart import ALGORITHMS, FeatureMoments
-from fedcare.jobs.heart_site import feature_statistics, fit_scaler
-from fedcare.pytorch import ScaffoldSite, get_weights, proximal_term, set_weights
+from fedcare.jobs.heart import ALGORITHMS
+from fedcare.jobs.heart_site import fit_scaler
+from fedcare.pytorch import get_weights
+from fedcare.tabular import (
+    CoxTrainer,
+    StandardisedLinear,
+    TabularMoments,
+    c_index,
+    c_index_pairs,
+    cox_loss,
+)
 
 
-class CoxModel(nn.Module):
+class CoxModel(StandardisedLinear):
     """Standardise, then a linear log-hazard (no intercept: the partial likelihood ignores it)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("scaler_mean", torch.zeros(NUM_FEATURES))
-        self.register_buffer("scaler_std", torch.ones(NUM_FEATURES))
-        self.linear = nn.Linear(NUM_FEATURES, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.scaler_mean) / self.scaler_std).squeeze(-1)
+        super().__init__(NUM_FEATURES, bias=False)
 
 
-def cox_loss(risk: torch.Tensor, event: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood per event (Breslow; 0 without events)."""
-    order = torch.argsort(time, descending=True)
-    risk, event = risk[order], event[order]
-    at_risk = torch.logcumsumexp(risk, dim=0)  # log sum over patients still at risk
-    return -((risk - at_risk) * event).sum() / event.sum().clamp(min=1.0)
+class TcgaTrainer(CoxTrainer):
+    """One centre's :class:`~fedcare.tabular.CoxTrainer` on FLamby's train/test split."""
 
-
-def c_index(risk: np.ndarray, event: np.ndarray, time: np.ndarray) -> float:
-    """Harrell's C: of the pairs where the earlier time is an observed death, the share in
-    which that patient has the higher risk (ties count 1/2). NaN without such pairs."""
-    comparable = (time[:, None] < time[None, :]) & (event[:, None] == 1)
-    if not comparable.any():
-        return math.nan
-    concordant = (risk[:, None] > risk[None, :]) + 0.5 * (risk[:, None] == risk[None, :])
-    return float((concordant * comparable).sum() / comparable.sum())
-
-
-class TcgaTrainer:
     def __init__(self, site_id: str, seed: int) -> None:
         d = load_center(site_id)
-        self.train_data = (d.x_train, d.e_train, d.t_train)
-        self.test_data = (d.x_test, d.e_test, d.t_test)
-        torch.manual_seed(seed)
-        self.model = CoxModel()
-        self.scaffold = ScaffoldSite()  # idle unless the strategy sends control variates
-
-    def train(self, weights: Weights, config: Config) -> TrainResult:
-        steps, lr = int(config["local_steps"]), float(config["lr"])
-        scaffold = self.scaffold.begin(self.model, weights)
-        x, e, t = (torch.from_numpy(a) for a in self.train_data)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
-        loss = torch.zeros(())
-        for _ in range(steps):
-            loss = cox_loss(self.model(x), e, t)
-            mu = float(config.get(MU_KEY, 0.0))
-            if mu > 0:
-                loss = loss + proximal_term(self.model, weights, mu)
-            optimizer.zero_grad()
-            loss.backward()
-            if scaffold:
-                self.scaffold.correct(self.model)
-            optimizer.step()
-        extra = self.scaffold.end(self.model, steps, lr) if scaffold else {}
-        return TrainResult(Weights({**get_weights(self.model), **extra}), len(e),
-                           {"loss": float(loss.detach())})
-
-    @torch.no_grad()
-    def evaluate(self, weights: Weights, config: Config) -> EvalResult:
-        set_weights(self.model, weights)
-        x, e, t = self.test_data
-        risk = self.model(torch.from_numpy(x)).numpy()
-        metrics = {"loss": float(cox_loss(torch.from_numpy(risk), torch.from_numpy(e),
-                                          torch.from_numpy(t)))}
-        concordance = c_index(risk, e, t)
-        if not math.isnan(concordance):  # a centre whose test set has no comparable pair
-            metrics["c_index"] = concordance
-        return EvalResult(len(e), metrics)
-
-    def statistics(self, config: Config) -> StatsResult:
-        return feature_statistics(self.train_data[0], config)
+        super().__init__((d.x_train, d.e_train, d.t_train), (d.x_test, d.e_test, d.t_test),
+                         seed=seed)
 
 
 def _fit_central(x: np.ndarray, e: np.ndarray, t: np.ndarray, *, steps: int, lr: float,
@@ -156,7 +101,7 @@ def make_job(*, num_rounds: int = 40, local_steps: int = 5, lr: float = 0.1, see
                trainer=lambda ctx: TcgaTrainer(ctx.site_id, seed * 1000 + ctx.site_index),
                strategy=strategy, num_rounds=num_rounds,
                min_sites=1 if algorithm == "cyclic" else min_sites, site_ids=CENTERS,
-               statistics=FeatureMoments(), seed=seed)
+               statistics=TabularMoments(), seed=seed)
 
 
-__all__ = ["CoxModel", "SiteContext", "c_index", "cox_loss", "make_job"]
+__all__ = ["CoxModel", "SiteContext", "c_index", "c_index_pairs", "cox_loss", "make_job"]

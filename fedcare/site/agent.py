@@ -38,6 +38,7 @@ from fedcare.core.errors import PrivacyError
 from fedcare.core.identity import SiteIdentity
 from fedcare.core.int8 import dequantise, is_quantised
 from fedcare.core.message import (
+    Config,
     EvalResult,
     Reply,
     Result,
@@ -225,12 +226,24 @@ class SiteAgent:
     def _statistics(self, task: Task) -> Result:
         if not isinstance(self.trainer, StatisticsProvider):
             raise TypeError(f"{type(self.trainer).__name__} has no statistics() method")
+        config = self._with_min_rows(task.config)
         if task.weights is None:
-            stats = self.trainer.statistics(task.config)
+            stats = self.trainer.statistics(config)
         else:  # a pass that needs an earlier pass's result (a variance needs the mean)
-            stats = self.trainer.statistics(task.config, task.weights)  # type: ignore[call-arg]
+            stats = self.trainer.statistics(config, task.weights)  # type: ignore[call-arg]
         _expect(stats, StatsResult, "statistics")
         return StatsResult(values=Weights(stats.values), num_samples=stats.num_samples)
+
+    def _with_min_rows(self, config: Config) -> Config:
+        """The task's settings with this site's ``privacy.min_rows`` as ``min_rows`` (the
+        larger of the site's and the job's), so analyses suppress smaller cells here, before
+        anything leaves: the server can raise the threshold, never lower it."""
+        own = self.privacy.policy.min_rows if self.privacy is not None else 0
+        asked = config.get("min_rows", 0)
+        job = asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
+        if not own and "min_rows" not in config:
+            return config
+        return {**config, "min_rows": max(own, job, 0)}
 
     def _submit_model(self, task: Task) -> Result:
         # A trainer's own local_model() (its best checkpoint, say) only where no filter stands

@@ -81,7 +81,8 @@ def test_importing_fedcare_and_its_tracker_loads_no_tracking_library():
 
 @pytest.mark.parametrize("package", ["fedcare", "fedcare.core", "fedcare.server",
                                      "fedcare.server.tracking", "fedcare.transport",
-                                     "fedcare.site", "fedcare.algorithms", "fedcare.provision"])
+                                     "fedcare.site", "fedcare.algorithms", "fedcare.provision",
+                                     "fedcare.analytics"])
 def test_public_names_are_exported(package):
     module = __import__(package, fromlist=["__all__"])
     assert sorted(module.__all__) == list(module.__all__)

@@ -29,6 +29,7 @@ __all__ = [
     "load_hospital",
     "load_hospital_flamby",
     "load_raw",
+    "load_raw_file",
 ]
 
 _DATA_DIR = Path(__file__).parent
@@ -101,14 +102,20 @@ def _read_file(path: Path) -> np.ndarray:
 RAW_FEATURES = _RAW_COLUMNS[:-1]
 
 
-def load_raw_columns(site_id: str, data_dir: Path | None = None) -> np.ndarray:
-    """One hospital's 13 raw UCI attributes, float64 ``[rows, 13]``, every row, NaN where the
-    file says ``?`` (no row dropped): the input of federated descriptive statistics."""
+def load_raw_file(site_id: str, data_dir: Path | None = None) -> np.ndarray:
+    """One hospital's file as it is: float64 ``[rows, 14]``, the 13 attributes then ``num``
+    (0-4), every row, NaN where the file says ``?``."""
     _check_site(site_id)
     path = Path(data_dir or _DATA_DIR) / _FILES[site_id]
     if not path.is_file():
         raise ValueError(f"heart data for {site_id!r} not found: {path}")
-    return _read_file(path)[:, :-1]
+    return _read_file(path)
+
+
+def load_raw_columns(site_id: str, data_dir: Path | None = None) -> np.ndarray:
+    """One hospital's 13 raw UCI attributes, float64 ``[rows, 13]``, every row, NaN where the
+    file says ``?`` (no row dropped): the input of federated descriptive statistics."""
+    return load_raw_file(site_id, data_dir)[:, :-1]
 
 
 def load_raw(site_id: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

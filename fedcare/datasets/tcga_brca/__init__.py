@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CENTERS", "NUM_FEATURES", "CenterData", "load_all", "load_center"]
+__all__ = ["CENTERS", "NUM_FEATURES", "CenterData", "feature_names", "load_all", "load_center"]
 
 _DIR = Path(__file__).parent
 #: Site ids in FLamby's centre order 0..5.
@@ -42,6 +42,12 @@ def _rows() -> dict[str, list[float]]:
         if len(header) != NUM_FEATURES + 3:
             raise ValueError(f"brca.csv: expected {NUM_FEATURES + 3} columns, got {len(header)}")
         return {row[0]: [float(v) for v in row[1:]] for row in reader}
+
+
+def feature_names() -> list[str]:
+    """The 39 feature names of ``brca.csv``, in column order (two hold a comma)."""
+    with open(_DIR / "brca.csv", newline="") as fh:
+        return next(csv.reader(fh))[1:1 + NUM_FEATURES]
 
 
 def _split() -> list[tuple[str, str, int]]:
