@@ -15,16 +15,20 @@ WIDTH, HEIGHT = 480, 240
 #: Plot area inside the SVG: left, top, right, bottom margins in SVG units.
 LEFT, TOP, RIGHT, BOTTOM = 56, 12, 12, 32
 GLOBAL = "global"
+#: Up to this many rounds, each point of a line is also marked.
+MAX_DOTS = 30
 
 
 @dataclass(frozen=True)
 class Series:
-    """One line: ``points`` are (round_num, value) in round order; ``path`` is in SVG units."""
+    """One line: ``points`` are (round_num, value) in round order; ``path`` is in SVG units,
+    ``dots`` too: a marker per point while there are few (a one-round line is a dot)."""
 
     label: str
     points: tuple[tuple[int, float], ...]
     path: str
     color_index: int
+    dots: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,8 @@ def chart(title: str, lines: Mapping[str, Sequence[tuple[int, float]]],
             continue
         path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}"
                         for i, (x, y) in enumerate(line))
-        series.append(Series(label, tuple(line), path, labels.index(label)))
+        dots = tuple((sx(x), sy(y)) for x, y in line) if len(line) <= MAX_DOTS else ()
+        series.append(Series(label, tuple(line), path, labels.index(label), dots))
     rounds = sorted({x for x, _ in points})
     shown = rounds if len(rounds) <= 10 else rounds[:: math.ceil(len(rounds) / 10)]
     return Chart(title, tuple(series), tuple((sx(r), str(r)) for r in shown),

@@ -15,8 +15,17 @@
       .catch(() => {});
   }
 
+  // The first update repeats the failures the page already shows: each is added once.
+  const shownFailures = new Set(
+    Array.from($("failures").tBodies[0].rows, (row) => row.dataset.key));
+
   function addFailure(f) {
+    const round = f.round_num === null || f.round_num === undefined ? "-" : f.round_num;
+    const key = `${f.site_id}|${round}|${f.kind}|${f.message}`;
+    if (shownFailures.has(key)) return;
+    shownFailures.add(key);
     const row = document.createElement("tr");
+    row.dataset.key = key;
     for (const value of [f.site_id, f.round_num, f.kind, f.message]) {
       const cell = document.createElement("td");
       cell.textContent = value === null || value === undefined ? "-" : String(value);
