@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from fedcare.dashboard.charts import learning_curves
 from fedcare.dashboard.client import AdminApi, AdminCallError, JsonDict, may
 from fedcare.dashboard.heatmap import heatmaps
-from fedcare.dashboard.jobs import duration, failures_of, job_sites, when
+from fedcare.dashboard.jobs import duration, failures_of, job_sites, site_rows, when
 from fedcare.dashboard.prometheus import CONTENT_TYPE, exposition
 from fedcare.dashboard.security import COOKIE, Gate, Session, csrf_matches
 from fedcare.server.admin import JOB_ID
@@ -130,15 +130,11 @@ def create_app(api: AdminApi, gate: Gate) -> FastAPI:
     async def federation(request: Request) -> Response:
         sites: JsonDict = await call(api.sites)
         jobs: list[JsonDict] = await call(api.status)
-        connected = [str(s) for s in sites.get("connected") or []]  # type: ignore[attr-defined]
-        seen = sorted({str(s) for j in jobs for s in (j.get("failed_sites") or {})}  # type: ignore[attr-defined]
-                      - set(connected))
         states: dict[str, int] = {}
         for job in jobs:
             states[str(job.get("status"))] = states.get(str(job.get("status")), 0) + 1
-        return page(request, "federation.html", connected=connected, seen=seen,
-                    count=sites.get("count", len(connected)), states=states,
-                    checked=time.time())
+        return page(request, "federation.html", sites=site_rows(sites, jobs),
+                    count=sites.get("count", 0), states=states, checked=time.time())
 
     @app.get("/jobs", response_class=HTMLResponse)
     async def jobs_page(request: Request) -> Response:

@@ -44,6 +44,38 @@ def failures_of(job: Mapping[str, object], rounds: Sequence[Mapping[str, object]
     return found
 
 
+@dataclass(frozen=True)
+class SiteRow:
+    """A site on the federation page: connected now or not, since when (Unix time, None if
+    the server does not know), and how the dashboard knows of it."""
+
+    site_id: str
+    connected: bool
+    since_s: float | None
+    source: str
+
+
+def site_rows(sites: Mapping[str, object], jobs: Sequence[Mapping[str, object]]
+              ) -> list[SiteRow]:
+    """The sites of an ``Admin.Sites`` reply, then those only a job's failures name."""
+    rows: dict[str, SiteRow] = {}
+    presence = sites.get("presence")
+    for site, info in (presence.items() if isinstance(presence, Mapping) else ()):
+        if isinstance(info, Mapping):
+            since = info.get("since_s")
+            rows[str(site)] = SiteRow(str(site), info.get("connected") is True,
+                                      float(since) if isinstance(since, int | float) else None,
+                                      "server")
+    for site in _list(sites.get("connected")):
+        if str(site) not in rows:
+            rows[str(site)] = SiteRow(str(site), True, None, "server")
+    for job in jobs:
+        for site in _list(job.get("failed_sites")):
+            if str(site) not in rows:
+                rows[str(site)] = SiteRow(str(site), False, None, f"failed in {job.get('job_id')}")
+    return sorted(rows.values(), key=lambda r: (not r.connected, r.site_id))
+
+
 def job_sites(job: Mapping[str, object], rounds: Sequence[Mapping[str, object]]) -> list[str]:
     """The sites the caller may see that took part in the job: trained, evaluated or failed."""
     names: set[str] = set()

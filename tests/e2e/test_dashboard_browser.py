@@ -107,6 +107,7 @@ def test_pages_load_and_a_job_advances_live_with_its_failed_site(setup):
     for site in SITES:
         assert page.locator("#sites").get_by_text(site, exact=True).is_visible()
     assert page.locator("#site-count").inner_text().startswith("3 site(s) connected")
+    assert page.locator("#sites tbody tr", has_text="UTC").count() == 3  # connected since
     shot(page, "federation")
 
     job_id = submit_toy(fed, {**FAILING, "num_rounds": 8, "train_delay_s": 0.4})

@@ -87,7 +87,10 @@ class FakeAdmin:
 
     def sites(self):
         self._allow("Sites")
-        return {"connected": ["site-0", "site-1"], "count": 2}
+        return {"connected": ["site-0", "site-1"], "count": 2,
+                "presence": {"site-0": {"connected": True, "since_s": 1.7e9},
+                             "site-1": {"connected": True, "since_s": None},
+                             "site-3": {"connected": False, "since_s": 1.7e9 + 60}}}
 
     def metrics(self, job_id):
         self._allow("Metrics")

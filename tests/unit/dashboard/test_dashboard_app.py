@@ -67,7 +67,9 @@ def test_the_federation_and_jobs_pages_show_sites_and_full_job_ids():
     _, client, _ = signed_in()
     page = client.get("/").text
     assert "site-0" in page and "site-1" in page and "connected" in page
-    assert "site-2" in page and "not connected" in page  # failed in a job, not connected now
+    assert "site-2" in page and "failed in job-0123456789" in page  # known from a failure
+    assert "site-3" in page and "2023-11-14 22:14:20 UTC" in page  # gone since
+    assert page.count("not connected") == 2
     assert "privacy ledger" in page.lower() and "fedcare site privacy KIT" in page
     jobs = client.get("/jobs").text
     assert JOB in jobs and DONE in jobs and "toyjob:make_job" in jobs
