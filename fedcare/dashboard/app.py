@@ -16,10 +16,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import anyio
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile
 
 from fedcare.dashboard.charts import learning_curves
 from fedcare.dashboard.client import AdminApi, AdminCallError, JsonDict, may

@@ -204,6 +204,15 @@ def test_a_viewer_has_no_abort_and_forged_aborts_are_refused(setup):
         assert answer.value.status in (401, 403)
         assert status(fed, job_id) == "running"  # nothing was aborted
 
+        # The admin's submit form reaches the server, whose refusal of a forged package shows.
+        admin.goto(f"{base}jobs")
+        admin.locator("#package").set_input_files(files=[{
+            "name": "forged.fcjob", "mimeType": "application/octet-stream",
+            "buffer": b"not a signed package"}])
+        admin.get_by_role("button", name="Submit", exact=True).click()
+        assert "job refused" in admin.locator("#error").inner_text()
+        shot(admin, "submit-refused")
+
         # The admin's own button, from the admin's page: aborted.
         admin.goto(f"{base}jobs/{job_id}")
         admin.locator("#abort").click()

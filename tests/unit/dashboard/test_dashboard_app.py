@@ -193,3 +193,22 @@ def test_pages_forbid_scripts_and_frames_from_elsewhere():
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
     for asset in ["/static/style.css", "/static/job.js"]:
         assert client.get(asset).status_code == 200
+
+
+def test_a_project_admin_submits_a_package_through_the_form():
+    api, client, _ = signed_in()
+    csrf = csrf_of(client.get("/jobs").text)
+    reply = client.post("/jobs", data={"csrf": csrf}, headers={"origin": ORIGIN},
+                        files={"package": ("job.fcjob", b"signed bytes")}, follow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["location"] == f"/jobs/{JOB}"
+    reply = client.post("/jobs", data={"csrf": csrf}, headers={"origin": ORIGIN})
+    assert reply.status_code == 400 and "choose a signed job package" in reply.text
+    assert api.calls.count("Submit") == 1
+
+
+def test_a_site_admin_cannot_submit_even_with_its_session_token():
+    api, client, gate = signed_in("site_admin:site-0")
+    csrf = gate.session(client.cookies[COOKIE]).csrf_token
+    reply = client.post("/jobs", data={"csrf": csrf}, headers={"origin": ORIGIN},
+                        files={"package": ("job.fcjob", b"x")})
+    assert reply.status_code == 403 and "Submit" not in api.calls
