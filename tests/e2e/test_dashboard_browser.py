@@ -222,3 +222,18 @@ def test_a_viewer_has_no_abort_and_forged_aborts_are_refused(setup):
     finally:
         end(fed, job_id)
         viewer.close()
+
+
+def test_a_site_that_goes_away_shows_as_not_connected_since_then(setup):
+    fed, admin_url, _, browser = setup  # the module's last test: it stops a site
+    fed.sites["site-2"].send_signal(signal.SIGTERM)
+    fed.sites["site-2"].wait(timeout=10)
+    until(lambda: "site-2" not in json.loads(fed.admin().Sites(pb.Empty(), timeout=10).json)[
+        "connected"], 20, "site-2 to be gone")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(admin_url)
+    row = page.locator("#sites tbody tr", has_text="site-2")
+    assert "not connected" in row.inner_text() and "UTC" in row.inner_text()
+    assert page.locator("#site-count").inner_text().startswith("2 site(s) connected")
+    shot(page, "federation-site-gone")
+    page.close()
