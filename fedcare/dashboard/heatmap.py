@@ -26,9 +26,12 @@ class HeatCell:
 
 @dataclass(frozen=True)
 class Heatmap:
+    """``notes``: why each empty cell is empty, numbered as the cells say (``n/a [1]``)."""
+
     metric: str
     sites: tuple[str, ...]
     rows: tuple[tuple[str, tuple[HeatCell, ...]], ...]
+    notes: tuple[str, ...] = ()
 
 
 def heatmaps(document: Mapping[str, object]) -> list[Heatmap]:
@@ -44,6 +47,7 @@ def heatmaps(document: Mapping[str, object]) -> list[Heatmap]:
                   if (v := matrix.value(m, s, metric)) is not None]
         low, high = (min(values), max(values)) if values else (0.0, 0.0)
         rows = []
+        notes: list[str] = []
         for model in matrix.models:
             cells = []
             for site in matrix.sites:
@@ -51,12 +55,14 @@ def heatmaps(document: Mapping[str, object]) -> list[Heatmap]:
                 cell = matrix.cell(model, site)
                 if value is None:
                     reason = cell.error or f"no {metric}"
-                    cells.append(HeatCell("n/a", None, reason))
+                    if reason not in notes:
+                        notes.append(reason)
+                    cells.append(HeatCell(f"n/a [{notes.index(reason) + 1}]", None, reason))
                     continue
                 shade = round(9 * (value - low) / (high - low)) if high > low else 5
                 cells.append(HeatCell(f"{value:.4g}", shade,
                                       f"{model} on {site}: {metric} {value:.6g} "
                                       f"({cell.num_samples} samples)"))
             rows.append((model, tuple(cells)))
-        tables.append(Heatmap(metric, matrix.sites, tuple(rows)))
+        tables.append(Heatmap(metric, matrix.sites, tuple(rows), tuple(notes)))
     return tables

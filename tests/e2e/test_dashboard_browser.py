@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ playwright_api = pytest.importorskip("playwright.sync_api",
                                      reason="the browser tests need playwright (dev extra)")
 pytest.importorskip("fastapi", reason="the dashboard needs the dashboard extra")
 
+from fakeadmin import DONE, FakeAdmin  # noqa: E402
 from pocfed import submit_toy, toy_federation, until  # noqa: E402
 
 from fedcare.transport.grpc import fedcare_pb2 as pb  # noqa: E402
@@ -68,18 +70,66 @@ def dashboard(fed, kit):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def browser():
+    with playwright_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, browser):
     """One federation, the admin's and a viewer's dashboards, one browser, for the module."""
     with pytest.MonkeyPatch.context() as monkeypatch, \
             toy_federation(tmp_path_factory.mktemp("dash"), monkeypatch, SITES,
                            admins=[{"name": "vic", "role": "viewer"}]) as fed, \
-            dashboard(fed, "admin") as admin_url, dashboard(fed, "vic") as viewer_url, \
-            playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield fed, admin_url, viewer_url, browser
-        finally:
-            browser.close()
+            dashboard(fed, "admin") as admin_url, dashboard(fed, "vic") as viewer_url:
+        yield fed, admin_url, viewer_url, browser
+
+
+@contextlib.contextmanager
+def served(api):
+    """The dashboard app for ``api`` on uvicorn in a thread of this process; its sign-in URL."""
+    import uvicorn
+
+    from fedcare.dashboard import Gate, create_app
+    from fedcare.dashboard.serve import bind, url
+
+    sock = bind(0)
+    port = sock.getsockname()[1]
+    gate = Gate([f"127.0.0.1:{port}"])
+    server = uvicorn.Server(uvicorn.Config(create_app(api, gate), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started, 10, "uvicorn to start")
+        yield url(port, gate.token)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def test_the_cross_site_matrix_is_a_heatmap_table(browser):
+    """Drawn from a fake admin API's matrix: a POC job with cross-site validation needs the
+    heart job's torch sites, too slow for this module's budget."""
+    with served(FakeAdmin()) as link:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(link)
+        page.goto(f"{link.split('?')[0]}jobs/{DONE}")
+        table = page.locator("table.heatmap")
+        assert table.locator("caption").inner_text() == "mse"
+        empty = table.locator("td.empty")
+        assert empty.inner_text() == "n/a [1]"  # and why, readable without hovering:
+        assert page.locator("ol.notes li").all_inner_texts() == ["site-1 refused the task"]
+        dark, light = table.locator("td.h9"), table.locator("td.h0")
+        assert dark.inner_text() == "0.3" and light.inner_text() == "0.05"
+        assert dark.evaluate("e => getComputedStyle(e).backgroundColor") != light.evaluate(
+            "e => getComputedStyle(e).backgroundColor")
+        shot(page, "job-cross-site")
+        page.close()
 
 
 def shot(page, name):

@@ -212,3 +212,13 @@ def test_a_site_admin_cannot_submit_even_with_its_session_token():
     reply = client.post("/jobs", data={"csrf": csrf}, headers={"origin": ORIGIN},
                         files={"package": ("job.fcjob", b"x")})
     assert reply.status_code == 403 and "Submit" not in api.calls
+
+
+def test_text_from_the_federation_is_escaped_not_run():
+    api, client, _ = signed_in()
+    api.jobs[JOB]["summary"] = '<script>alert(1)</script>'
+    api.jobs[JOB]["params"] = {"x": "</code><img src=x onerror=alert(1)>"}
+    for path in ["/jobs", f"/jobs/{JOB}"]:
+        page = client.get(path).text
+        assert "<script>alert(1)" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -40,6 +40,8 @@ def test_the_heatmap_shades_values_and_keeps_the_reason_of_an_empty_cell():
     assert rows["local:site-0"][0].shade == 0 and rows["global"][1].shade == 9
     assert rows["local:site-0"][1].shade is None
     assert rows["local:site-0"][1].title == "site-1 refused the task"
+    assert rows["local:site-0"][1].text == "n/a [1]"
+    assert table.notes == ("site-1 refused the task",)
     with pytest.raises(ValueError):
         heatmaps({"cells": 3})
 
