@@ -90,7 +90,8 @@ class FakeAdmin:
         return {"connected": ["site-0", "site-1"], "count": 2,
                 "presence": {"site-0": {"connected": True, "since_s": 1.7e9},
                              "site-1": {"connected": True, "since_s": None},
-                             "site-3": {"connected": False, "since_s": 1.7e9 + 60}}}
+                             "site-3": {"connected": False, "since_s": 1.7e9 + 60}},
+                "received_bytes": 3_500_000, "sent_bytes": 12_000}
 
     def metrics(self, job_id):
         self._allow("Metrics")

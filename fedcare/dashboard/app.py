@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from fedcare.dashboard.charts import learning_curves
 from fedcare.dashboard.client import AdminApi, AdminCallError, JsonDict, may
 from fedcare.dashboard.heatmap import heatmaps
-from fedcare.dashboard.jobs import duration, failures_of, job_sites, site_rows, when
+from fedcare.dashboard.jobs import duration, failures_of, job_sites, site_rows, size, when
 from fedcare.dashboard.prometheus import CONTENT_TYPE, exposition
 from fedcare.dashboard.security import COOKIE, Gate, Session, csrf_matches
 from fedcare.server.admin import JOB_ID
@@ -51,7 +51,8 @@ def create_app(api: AdminApi, gate: Gate) -> FastAPI:
     """The app for one admin (``api``) behind one start-up token (``gate``)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.globals.update(may=lambda action: may(api.role, action), when=when)
+    templates.env.globals.update(may=lambda action: may(api.role, action), when=when,
+                                 size=size)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -135,7 +136,9 @@ def create_app(api: AdminApi, gate: Gate) -> FastAPI:
         for job in jobs:
             states[str(job.get("status"))] = states.get(str(job.get("status")), 0) + 1
         return page(request, "federation.html", sites=site_rows(sites, jobs),
-                    count=sites.get("count", 0), states=states, checked=time.time())
+                    count=sites.get("count", 0), states=states, checked=time.time(),
+                    received_bytes=sites.get("received_bytes"),
+                    sent_bytes=sites.get("sent_bytes"))
 
     @app.get("/jobs", response_class=HTMLResponse)
     async def jobs_page(request: Request) -> Response:

@@ -93,6 +93,18 @@ def when(seconds: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
+def size(size_bytes: object) -> str:
+    """Bytes for people, in decimal units: "3.5 MB"."""
+    if isinstance(size_bytes, bool) or not isinstance(size_bytes, int | float):
+        return "-"
+    value = float(size_bytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError  # the loop returns at GB
+
+
 def duration(rounds: Sequence[Mapping[str, object]]) -> float:
     """Seconds the job's rounds took, summed (the admin API gives no start or end time)."""
     total = 0.0

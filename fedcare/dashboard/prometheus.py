@@ -3,8 +3,7 @@
 Served by the dashboard at ``/metrics``, not by the server: the server speaks only mTLS gRPC,
 and a second listener there would be a second door to secure. The dashboard already reads
 everything through the admin API with the admin's certificate, so what it exposes is what
-that admin may see (a viewer's scrape has no per-site failures). Bytes moved are not exposed:
-the admin API does not report them.
+that admin may see (a viewer's scrape has no per-site failures).
 """
 
 from __future__ import annotations
@@ -68,6 +67,11 @@ def exposition(api: AdminApi) -> str:
     connected = sites.get("count", len(sites.get("connected") or []))  # type: ignore[arg-type]
     out.family("fedcare_sites_connected", "gauge", "Sites connected to the server now.",
                [({}, float(_int(connected)))])
+    for direction, key in (("received", "received_bytes"), ("sent", "sent_bytes")):
+        if isinstance(sites.get(key), int):
+            out.family(f"fedcare_{direction}_bytes_total", "counter",
+                       f"Bytes the server {direction} on the sites' streams since it started.",
+                       [({}, float(_int(sites.get(key))))])
     states = Counter(str(j.get("status")) for j in jobs)
     out.family("fedcare_jobs", "gauge", "Jobs the server knows, by state.",
                [({"status": s}, float(states.get(s, 0)))

@@ -285,5 +285,7 @@ def test_a_site_that_goes_away_shows_as_not_connected_since_then(setup):
     row = page.locator("#sites tbody tr", has_text="site-2")
     assert "not connected" in row.inner_text() and "UTC" in row.inner_text()
     assert page.locator("#site-count").inner_text().startswith("2 site(s) connected")
+    traffic = page.locator("#traffic").inner_text()
+    assert re.search(r"\d+\.\d [kMG]B in, \d+\.\d [kMG]B out", traffic), traffic
     shot(page, "federation-site-gone")
     page.close()

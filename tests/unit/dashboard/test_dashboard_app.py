@@ -70,6 +70,7 @@ def test_the_federation_and_jobs_pages_show_sites_and_full_job_ids():
     assert "site-2" in page and "failed in job-0123456789" in page  # known from a failure
     assert "site-3" in page and "2023-11-14 22:14:20 UTC" in page  # gone since
     assert page.count("not connected") == 2
+    assert "3.5 MB in, 12.0 kB out" in page
     assert "privacy ledger" in page.lower() and "fedcare site privacy KIT" in page
     jobs = client.get("/jobs").text
     assert JOB in jobs and DONE in jobs and "toyjob:make_job" in jobs
@@ -184,6 +185,8 @@ def test_metrics_are_prometheus_text_with_a_bearer_token_or_the_session():
     assert "fedcare_rounds_completed_total 3.0" in lines
     assert 'fedcare_jobs{status="running"} 1.0' in lines
     assert "fedcare_site_failures_total 1.0" in lines
+    assert "fedcare_received_bytes_total 3500000.0" in lines
+    assert "# TYPE fedcare_sent_bytes_total counter" in lines
     assert f'fedcare_job_rounds_completed{{job_id="{JOB}"}} 1.0' in lines
 
 
