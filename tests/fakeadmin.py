@@ -33,8 +33,9 @@ MATRIX = {"job_id": DONE, "round_num": 2, "models": ["global", "local:site-0"],
 
 
 class FakeWatch:
-    def __init__(self, updates):
+    def __init__(self, updates, then=None):
         self.updates = updates
+        self.then = then  # raised after the updates, as a stream the server ends with an error
         self.cancelled = threading.Event()
 
     def __iter__(self):
@@ -42,6 +43,8 @@ class FakeWatch:
             if self.cancelled.is_set():
                 return
             yield update
+        if self.then is not None:
+            raise self.then
 
     def cancel(self):
         self.cancelled.set()
@@ -57,6 +60,7 @@ class FakeAdmin:
         self.name = name
         self.calls = []
         self.watches = []
+        self.watch_error = None
         self.jobs = {
             JOB: {"job_id": JOB, "entry_point": "toyjob:make_job", "params": {"num_rounds": 3},
                   "status": "running", "submitted_by": "admin", "created_s": 1.7e9,
@@ -105,7 +109,7 @@ class FakeAdmin:
                    for r in range(1, 4)]
         updates[0]["new_failures"] = [{"site_id": "site-2", "round_num": 1, "kind": "train",
                                        "message": "disk full"}]
-        watch = FakeWatch(updates)
+        watch = FakeWatch(updates, self.watch_error)
         self.watches.append(watch)
         return watch
 

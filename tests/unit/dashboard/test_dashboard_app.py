@@ -11,7 +11,7 @@ pytest.importorskip("httpx2")  # Starlette's TestClient
 from fakeadmin import DONE, JOB, FakeAdmin
 from fastapi.testclient import TestClient
 
-from fedcare.dashboard import Gate, create_app
+from fedcare.dashboard import AdminCallError, Gate, create_app
 from fedcare.dashboard.security import COOKIE
 
 ORIGIN = "http://testserver"
@@ -164,6 +164,16 @@ def test_the_event_stream_emits_each_round_then_ends():
     assert updates[-1]["status"] == "finished"
     assert events[-1][0] == "end"
     assert api.watches[0].cancelled.is_set()  # the gRPC stream is closed with the page's
+
+
+def test_a_watch_the_server_ends_with_an_error_says_why():
+    api, client, _ = signed_in()
+    api.watch_error = AdminCallError("Watch", "PERMISSION_DENIED", "admin: certificate revoked")
+    with client.stream("GET", f"/jobs/{JOB}/events") as reply:
+        text = "".join(reply.iter_text())
+    kinds = re.findall(r"event: (\w+)\n", text)
+    assert kinds == ["update", "update", "update", "failure"]
+    assert "certificate revoked" in text.rsplit("event: failure", 1)[1]
 
 
 def test_the_charts_fragment_is_a_piece_of_html():
