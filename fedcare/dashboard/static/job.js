@@ -31,6 +31,7 @@
       cell.textContent = value === null || value === undefined ? "-" : String(value);
       row.appendChild(cell);
     }
+    row.firstChild.className = "site";
     row.lastChild.className = "wrap";
     $("failures").tBodies[0].appendChild(row);
     $("no-failures").hidden = true;
