@@ -19,7 +19,8 @@ def dashboard_command(
 ) -> None:
     """Open a web dashboard of the federation, as the admin of KIT, on 127.0.0.1.
 
-    It prints a link with a one-time start-up token; open it in this machine's browser.
+    It prints a link with a start-up token (a new one at each start); open it in this
+    machine's browser.
     """
     try:
         from fedcare.dashboard.client import GrpcAdminApi
