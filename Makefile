@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned, so nothing can pull a CUDA build through a version range.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,plot,flamby,privacy,medical,tracking,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,plot,flamby,privacy,medical,tracking,dashboard,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 # The library layers, type-checked strictly (the CLI and the example jobs are not).
 TYPED := fedcare/core fedcare/algorithms fedcare/transport fedcare/site fedcare/server \
-	fedcare/sim fedcare/provision fedcare/datasets fedcare/analytics
+	fedcare/sim fedcare/provision fedcare/datasets fedcare/analytics fedcare/dashboard
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -262,6 +262,7 @@ def _register() -> None:
     from fedcare.cli.attack import privacy_app
     from fedcare.cli.audit import audit_app, site_uploads
     from fedcare.cli.cross_site import admin_cross_site
+    from fedcare.cli.dashboard import dashboard_command
     from fedcare.cli.federation import admin_app, server_app, site_app
     from fedcare.cli.job import job_app
     from fedcare.cli.poc import poc_command
@@ -282,6 +283,7 @@ def _register() -> None:
     site_app.command("policy")(site_policy)
     site_app.command("privacy")(site_privacy)
     app.command("poc")(poc_command)
+    app.command("dashboard")(dashboard_command)
     app.add_typer(bench_app, name="bench")
     app.add_typer(privacy_app, name="privacy")
 

@@ -1,5 +1,10 @@
 """The admin API of the server: submit, status, sites, abort, download, metrics, watch, result.
 
+``Sites`` answers ``{"connected": [...], "count": N, "presence": {site: {"connected": bool,
+"since_s": float | None}}, "received_bytes": N, "sent_bytes": N}``: who is connected now, how
+many, since when each site the caller may see is connected or gone, and the bytes the sites'
+streams carried (replies in, tasks out), all since this server process started.
+
 Every call is authorised from the caller's verified certificate: a project admin may do
 everything, a site admin may read (status, sites, metrics, watch), a viewer may read and
 download results. Every call, allowed or refused, is audited with who asked for what
@@ -127,7 +132,12 @@ class AdminService(pb_grpc.AdminServicer):
         scope = scope_of(self._caller(context, "Sites").role)
         connected = self.server.transport.site_ids()
         sites = [s for s in connected if scope.sees(s)]
-        return pb.JsonReply(json=json.dumps({"connected": sites, "count": len(connected)}))
+        presence = {s: p for s, p in self.server.presence.view(connected).items()
+                    if scope.sees(s)}
+        received, sent = self.server.transport.traffic.totals()
+        return pb.JsonReply(json=json.dumps({"connected": sites, "count": len(connected),
+                                             "presence": presence, "received_bytes": received,
+                                             "sent_bytes": sent}))
 
     def _job_id(self, request: pb.JobRef, context: grpc.ServicerContext, caller: PeerIdentity,
                 action: str) -> str:

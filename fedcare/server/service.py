@@ -46,6 +46,7 @@ from fedcare.server.events import ListenerGroup, RunListener
 from fedcare.server.history import RoundRecord, record_from_dict
 from fedcare.server.lock import WorkspaceLock
 from fedcare.server.packages import PackageService, PackageStore
+from fedcare.server.presence import PresenceBook
 from fedcare.server.store import JobRow, Store
 from fedcare.server.tracking import Tracker
 from fedcare.transport.base import Transport
@@ -171,6 +172,8 @@ class FederationServer:
         self._wake = threading.Event()
         self._aborts: dict[str, threading.Event] = {}
         self.current: RoundController | None = None
+        #: Since when each site is connected, or gone (admin ``Sites``).
+        self.presence = PresenceBook()
         #: Why the runner cannot run jobs now (None: it can); submit refuses while it is set.
         self.runner_problem: str | None = None
         # how each job the store could not record ended: (status, error, summary)
@@ -204,6 +207,8 @@ class FederationServer:
 
     def _audit_connection(self, event: str, identity: PeerIdentity | None, detail: str) -> None:
         """A site connected, disconnected or was refused (``event``), as the transport saw it."""
+        if identity is not None and event in ("connected", "disconnected"):
+            self.presence.record(identity.name, event == "connected")
         self.store.audit(identity.name if identity else "(no certificate)",
                          f"site_{event}", detail, role=(identity.role or "") if identity else "")
 

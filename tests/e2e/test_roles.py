@@ -6,6 +6,7 @@ The README's roles table is this test's expectation, row by row.
 
 import json
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -125,9 +126,19 @@ def test_sites_shows_each_role_its_own_organisation_only(finished):
     seen = {role: json.loads(stub.Sites(pb.Empty(), timeout=10).json)
             for role, stub in stubs(fed).items()}
     seen["project_admin"]["connected"].sort()  # in the order they connected
+    presence = {role: reply.pop("presence") for role, reply in seen.items()}
+    traffic = {role: (reply.pop("received_bytes"), reply.pop("sent_bytes"))
+               for role, reply in seen.items()}
     assert seen == {"project_admin": {"connected": SITES, "count": 3},
                     "site_admin": {"connected": ["site-1"], "count": 3},
                     "viewer": {"connected": [], "count": 3}}
+    # since when each is connected: every site to the project admin, its own to a site admin
+    assert sorted(presence["project_admin"]) == SITES and presence["viewer"] == {}
+    assert presence["site_admin"] == {"site-1": presence["project_admin"]["site-1"]}
+    assert all(p["connected"] and abs(time.time() - p["since_s"]) < 300
+               for p in presence["project_admin"].values())
+    # the bytes of the sites' streams are an aggregate: every role sees them (a job ran)
+    assert all(received > 1000 and sent > 1000 for received, sent in traffic.values())
 
 
 def test_metrics_show_the_aggregates_to_all_and_per_site_data_to_its_own(finished):

@@ -62,6 +62,15 @@ def test_core_layers_never_import_torch_or_pickle(layer):
         assert not found, f"{path.relative_to(PACKAGE)} imports {found}"
 
 
+def test_nothing_imports_the_dashboard_but_itself_and_the_cli():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE).parts[0]
+        if where in ("dashboard", "cli"):
+            continue
+        found = {n for n in imports(path) if n.startswith("fedcare.dashboard")}
+        assert not found, f"{path.relative_to(PACKAGE)} imports {found}"
+
+
 def test_tracking_libraries_are_imported_only_by_their_writers():
     for path in sorted(PACKAGE.rglob("*.py")):
         for name in imports(path):
@@ -82,7 +91,7 @@ def test_importing_fedcare_and_its_tracker_loads_no_tracking_library():
 @pytest.mark.parametrize("package", ["fedcare", "fedcare.core", "fedcare.server",
                                      "fedcare.server.tracking", "fedcare.transport",
                                      "fedcare.site", "fedcare.algorithms", "fedcare.provision",
-                                     "fedcare.analytics"])
+                                     "fedcare.analytics", "fedcare.dashboard"])
 def test_public_names_are_exported(package):
     module = __import__(package, fromlist=["__all__"])
     assert sorted(module.__all__) == list(module.__all__)

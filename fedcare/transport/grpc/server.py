@@ -45,6 +45,7 @@ from fedcare.transport.grpc.tls import (
     server_credentials,
 )
 from fedcare.transport.streaming import StreamedUpload, peek_train_reply
+from fedcare.transport.traffic import Traffic
 
 log = logging.getLogger(__name__)
 Authorize = Callable[[PeerIdentity], str | None]
@@ -123,6 +124,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         self._stream_target: StreamTarget | None = None
         self._stall_timeout_s = stall_timeout_s
         self._hello_timeout_s = hello_timeout_s
+        #: Bytes of the sites' streams (tasks out, replies in), for the admin API.
+        self.traffic = Traffic()
         # Each site's stream holds a worker thread for as long as it is connected, so the pool
         # is sized for max_sites plus admin calls (threads are only created when needed). Past
         # that, gRPC refuses new calls with RESOURCE_EXHAUSTED instead of queueing them.
@@ -212,6 +215,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                 for chunk in to_wire_chunks(parts):
                     session.send_progress_at = time.monotonic()
                     yield chunk  # returns once gRPC has taken the chunk: the site is reading
+                    self.traffic.sent(len(chunk))
                 session.send_progress_at = None
             del parts  # sent: hold no model while waiting for the next task
         if session.end_reason is not None:  # tell the site why, e.g. a planned server stop
@@ -271,6 +275,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     self._permits.acquire()  # backpressure: at most N uploads held in memory
                     holding = True
                 session.upload_progress_at = time.monotonic()
+                self.traffic.received(len(raw))
                 chunk = WireChunk(raw)
                 if upload is None and not reassembler.in_progress:
                     upload = self._start_upload(session, chunk)
