@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from fedcare.core.errors import ConfigError, SiteError
 from fedcare.core.job import Job
@@ -44,9 +44,7 @@ from fedcare.site.start import start_job
 from fedcare.transport.base import Transport
 from fedcare.transport.memory import MemoryTransport
 from fedcare.transport.pipe import PipeTransport
-
-if TYPE_CHECKING:
-    from fedcare.transport.ray import SiteResources
+from fedcare.transport.resources import SiteResources
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,37 +36,12 @@ from fedcare.core.errors import ConfigError, TransportError
 from fedcare.core.message import Reply, Task
 from fedcare.core.weights import Weights
 from fedcare.transport.base import Transport
+from fedcare.transport.resources import SiteResources
 
 Handler = Callable[[Task], Reply]
 #: Builds one site's task handler, given its id, inside the actor that hosts the site. Sent
 #: to every actor once (so it must survive Ray's serialization); called once per site.
 HandlerFactory = Callable[[str], Handler]
-
-
-@dataclass(frozen=True)
-class SiteResources:
-    """What one simulated site needs while it runs a task, as Ray schedules it.
-
-    Attributes:
-        num_cpus: CPUs per site (> 0); fractions pack several sites per core.
-        num_gpus: GPUs per site (>= 0); 0.25 lets four sites share one GPU.
-    """
-
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (self.num_cpus > 0 and math.isfinite(self.num_cpus)):
-            raise ConfigError(f"num_cpus per site must be > 0, got {self.num_cpus}")
-        if not (self.num_gpus >= 0 and math.isfinite(self.num_gpus)):
-            raise ConfigError(f"num_gpus per site must be >= 0, got {self.num_gpus}")
-
-    def pool_size(self, available: dict[str, float], num_sites: int) -> int:
-        """How many actors of these resources fit in ``available`` (at most one per site)."""
-        fits = math.floor(available.get("CPU", 0.0) / self.num_cpus + 1e-9)
-        if self.num_gpus > 0:
-            fits = min(fits, math.floor(available.get("GPU", 0.0) / self.num_gpus + 1e-9))
-        return min(fits, num_sites)
 
 
 class SiteHost:
