@@ -48,12 +48,6 @@ class SiteStarter:
         self._data_dirs = dict(data_dirs)
         self._identities = identities  # PEM bytes: the keys are loaded at the actor
 
-    def __getstate__(self) -> dict[str, object]:
-        state = dict(self.__dict__)
-        if self._source is not None:
-            state["_job"] = None  # rebuilt where it runs
-        return state
-
     def __call__(self, site_id: str) -> Callable[[Task], Reply]:
         if self._job is None:
             assert self._source is not None

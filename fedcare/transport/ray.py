@@ -95,7 +95,12 @@ class RayTransport(Transport):
                 f"{available.get('CPU', 0.0):g} CPU and {available.get('GPU', 0.0):g} GPU")
         actor = ray.remote(SiteHost).options(num_cpus=resources.num_cpus,
                                              num_gpus=resources.num_gpus)
-        self._hosts: list[Any] = [actor.remote(build) for _ in range(size)]
+        try:
+            self._hosts: list[Any] = [actor.remote(build) for _ in range(size)]
+        except TypeError as exc:  # Ray could not serialize what builds the sites
+            raise ConfigError(f"the sites' job cannot be sent to Ray's actors "
+                              f"({_first_line(exc)}): load it from a config file or "
+                              "module:function, so each actor rebuilds it") from None
         self._host_of = {site_id: i % size for i, site_id in enumerate(site_ids)}
         # Per actor, its tasks not yet received, oldest first: an actor finishes them in order.
         self._pending: list[collections.deque[_Pending]] = [collections.deque()

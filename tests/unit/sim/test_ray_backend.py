@@ -6,7 +6,9 @@ actors. Skipped, saying so, when the ray extra is not installed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import regressionjob  # noqa: E402  (tests/, on the path)
 from raysites import EchoSites  # noqa: E402  (this folder, on the path)
 
 from fedcare import load_job, simulate  # noqa: E402
+from fedcare.core.errors import ConfigError  # noqa: E402
 from fedcare.core.message import Task, TaskKind  # noqa: E402
 from fedcare.core.weights import Weights  # noqa: E402
 from fedcare.transport.ray import RayTransport  # noqa: E402
@@ -129,3 +132,16 @@ def test_a_failing_site_replies_with_its_error_and_a_dead_actor_loses_its_sites(
     finally:
         transport.close()
     assert transport.site_ids() == []
+
+
+def test_a_job_ray_cannot_serialize_is_refused_with_the_way_out():
+    job = regressionjob.make_job()
+    lock = threading.Lock()  # a job holding a lock cannot be pickled
+
+    def trainer(ctx):
+        with lock:
+            return regressionjob.RegressionTrainer(ctx, 1, 0.1)
+
+    job = dataclasses.replace(job, trainer=trainer)
+    with pytest.raises(ConfigError, match=r"cannot be sent to Ray's actors.*module:function"):
+        simulate(job, num_sites=2, backend="ray")
