@@ -18,11 +18,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'fedcare[ray]'")
 
 import regressionjob  # noqa: E402  (tests/, on the path)
+import toyjob  # noqa: E402
 from raysites import EchoSites  # noqa: E402  (this folder, on the path)
 
 from fedcare import load_job, simulate  # noqa: E402
 from fedcare.core.errors import ConfigError  # noqa: E402
 from fedcare.core.message import Task, TaskKind  # noqa: E402
+from fedcare.core.policy import SitePolicy  # noqa: E402
 from fedcare.core.weights import Weights  # noqa: E402
 from fedcare.transport.ray import RayTransport  # noqa: E402
 from fedcare.transport.resources import SiteResources  # noqa: E402
@@ -145,3 +147,20 @@ def test_a_job_ray_cannot_serialize_is_refused_with_the_way_out():
     job = dataclasses.replace(job, trainer=trainer)
     with pytest.raises(ConfigError, match=r"cannot be sent to Ray's actors.*module:function"):
         simulate(job, num_sites=2, backend="ray")
+
+
+def test_each_sites_policy_applies_on_ray():
+    clip = SitePolicy.model_validate({"outbound": [{"clip_update_norm": {"max_norm": 0.5}}]})
+    # site-1's policy clips its update (norm 6 -> 0.5): its entries arrive as 2 / 12
+    expected = (10 * 1 + 20 * (2 / 12) + 30 * 3) / 60
+    result = simulate(toyjob.make_job(num_rounds=1), backend="ray",
+                      site_policy={"site-1": clip})
+    np.testing.assert_allclose(result.weights["w"], expected, rtol=1e-6)
+
+
+def test_secure_aggregation_signs_and_checks_keys_on_ray_as_in_threads():
+    # the sites' throwaway identities travel to the actors as PEM and sign their key adverts
+    threads = simulate(toyjob.make_secure_job(num_rounds=2))
+    on_ray = simulate(toyjob.make_secure_job(num_rounds=2), backend="ray")
+    assert on_ray.summary == threads.summary == "finished with 4 of 4 sites"
+    assert bits(on_ray.weights) == bits(threads.weights)
