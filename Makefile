@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned, so nothing can pull a CUDA build through a version range.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,plot,flamby,privacy,medical,tracking,dashboard,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[torch,plot,flamby,privacy,medical,tracking,dashboard,ray,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

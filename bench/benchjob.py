@@ -37,9 +37,11 @@ class TrivialTrainer:
         return EvalResult(self.num_samples, {})
 
 
-def make_job(num_params: int = 1_000_000, num_rounds: int = 3, min_sites: int = 1) -> Job:
+def make_job(num_params: int = 1_000_000, num_rounds: int = 3, min_sites: int = 1,
+             fraction: float = 1.0) -> Job:
+    """``fraction``: the share of sites FedAvg samples each round (bench/simscale.py)."""
     return Job(name="bench", initial_weights=lambda: model(num_params), trainer=TrivialTrainer,
-               strategy=FedAvg(), num_rounds=num_rounds, min_sites=min_sites,
+               strategy=FedAvg(fraction=fraction), num_rounds=num_rounds, min_sites=min_sites,
                round_timeout_s=600, evaluate_every=0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from fedcare.core.cross_site import RESULT
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.policy import SitePolicy
 from fedcare.core.tracking import TrackingConfig
-from fedcare.sim.simulator import simulate
+from fedcare.sim.simulator import BACKENDS, RAY_MISSING, Backend, simulate
+from fedcare.transport.resources import SiteResources
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedcare: federated learning for healthcare.")
@@ -116,11 +118,34 @@ def _read_site_policy(path: Path) -> SitePolicy | dict[str, SitePolicy]:
     return policies
 
 
+def _simulation_backend(name: str | None) -> Backend | None:
+    """``--backend``, checked; Ray's absence is said before any job is loaded."""
+    if name is None:
+        return None
+    for backend in BACKENDS:
+        if name == backend:
+            if backend == "ray" and importlib.util.find_spec("ray") is None:
+                raise ConfigError(RAY_MISSING)
+            return backend
+    raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+
+
 @app.command("simulate")
 def simulate_cmd(
     job: Annotated[str, typer.Argument(help="job file (.yaml/.toml/.json) or module:function")],
     sites: Annotated[int | None, typer.Option(help="number of simulated sites")] = None,
-    processes: Annotated[bool, typer.Option(help="one OS process per site")] = False,
+    processes: Annotated[bool, typer.Option(help="one OS process per site "
+                                                 "(same as --backend processes)")] = False,
+    backend: Annotated[str | None, typer.Option(
+        help="threads (default), processes, or ray (sites on a pool of Ray actors; "
+             "pip install 'fedcare[ray]')")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="with --backend ray: the Ray cluster to use (default: a local Ray for the run)")
+    ] = None,
+    site_cpus: Annotated[float | None, typer.Option(
+        help="with --backend ray: CPUs per site (default 1)")] = None,
+    site_gpus: Annotated[float | None, typer.Option(
+        help="with --backend ray: GPUs per site, e.g. 0.25 for four sites per GPU")] = None,
     rounds: Annotated[int | None, typer.Option(help="override the job's number of rounds")] = None,
     seed: Annotated[int | None, typer.Option(help="passed to the job as params.seed")] = None,
     param: Annotated[list[str], typer.Option(help="job parameter key=value")] = [],  # noqa: B006
@@ -145,14 +170,20 @@ def simulate_cmd(
         params = _parse_params(param)
         if seed is not None:
             params["seed"] = seed
+        resources = None
+        if site_cpus is not None or site_gpus is not None:
+            resources = SiteResources(num_cpus=1.0 if site_cpus is None else site_cpus,
+                                      num_gpus=site_gpus or 0.0)
+        kind = _simulation_backend(backend)
         loaded = load_job(job, params)
         if rounds is not None:
             loaded = dataclasses.replace(loaded, num_rounds=rounds)
         run_dir = _run_dir(out, loaded.name)
         with RichProgress(console, loaded.name) as progress:
-            result = simulate(loaded, num_sites=sites, processes=processes, run_dir=run_dir,
-                              listener=progress, site_policy=policy, data_dirs=folders,
-                              tracking=tracking)
+            result = simulate(loaded, num_sites=sites, processes=processes, backend=kind,
+                              ray_address=ray_address, site_resources=resources,
+                              run_dir=run_dir, listener=progress, site_policy=policy,
+                              data_dirs=folders, tracking=tracking)
     except FedcareError as exc:
         raise fail(exc) from None
     console.print(result.summary, markup=False, highlight=False)

@@ -1,14 +1,21 @@
-"""The simulator: a whole federation on one machine, every site isolated.
+"""The simulator: a whole federation on one machine (or a Ray cluster), every site isolated.
 
 Each site gets its own trainer instance built by the job for that site only (its own data
-partition). ``processes=False`` runs the sites as threads of this process over the in-memory
-transport; ``processes=True`` runs one OS process per site over pipes, each rebuilding the job
-from its entry point, which is exactly what a real site does. The controller is the same.
+partition). Three backends, one controller; only the transport changes:
+
+- ``threads`` (the default): the sites are threads of this process, over the in-memory
+  transport;
+- ``processes``: one OS process per site over pipes, each rebuilding the job from its entry
+  point, which is exactly what a real site does;
+- ``ray``: the sites are hosted by a pool of Ray actors, each declaring one site's resources
+  (:mod:`fedcare.transport.ray`), for populations of hundreds or thousands of sites and for
+  spreading a simulation over a Ray cluster.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -18,6 +25,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from fedcare.core.errors import ConfigError, SiteError
 from fedcare.core.job import Job
@@ -36,8 +44,14 @@ from fedcare.site.start import start_job
 from fedcare.transport.base import Transport
 from fedcare.transport.memory import MemoryTransport
 from fedcare.transport.pipe import PipeTransport
+from fedcare.transport.resources import SiteResources
 
 log = logging.getLogger(__name__)
+
+Backend = Literal["threads", "processes", "ray"]
+BACKENDS: tuple[Backend, ...] = ("threads", "processes", "ray")
+#: What a simulation with the Ray backend says when Ray is not installed.
+RAY_MISSING = "the ray backend needs Ray, which is not installed: pip install 'fedcare[ray]'"
 
 
 def simulation_sites(job: Job, num_sites: int | None) -> list[str]:
@@ -154,11 +168,45 @@ def _process_transport(job: Job, site_ids: list[str], policy: PolicyArg,
     return PipeTransport(commands, env=env)
 
 
+def _ray_transport(job: Job, site_ids: list[str], policy: PolicyArg,
+                   data_dirs: Mapping[str, Path] | None, privacy: PrivacyArg,
+                   privacy_dir: Path | None, identities: ThrowawayIdentities,
+                   resources: SiteResources | None) -> Transport:
+    """Sites on a pool of Ray actors; needs a running Ray (see ``ray_session``)."""
+    from fedcare.sim.ray_sites import SiteStarter
+    from fedcare.transport.ray import RayTransport
+
+    folders = {s: Path(d).resolve() for s, d in (data_dirs or {}).items()}
+    ledgers = {s: ledger_path(privacy_dir, s) for s in site_ids}
+    starter = SiteStarter(
+        job, site_ids, policies={s: _site_policy(policy, s) for s in site_ids},
+        privacy={s: _site_privacy(privacy, s) for s in site_ids},
+        ledgers={s: p.resolve() if p is not None else None for s, p in ledgers.items()},
+        data_dirs=folders, identities=identities)
+    return RayTransport(site_ids, starter, resources)
+
+
+def _backend(backend: Backend | None, processes: bool, job: Job) -> Backend:
+    if backend is None:
+        return "processes" if processes else "threads"
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}",
+                          job_id=job.name)
+    if processes and backend != "processes":
+        raise ConfigError(f"processes=True contradicts backend={backend!r}", job_id=job.name)
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(RAY_MISSING, job_id=job.name)
+    return backend
+
+
 def simulate(
     job: Job,
     *,
     num_sites: int | None = None,
     processes: bool = False,
+    backend: Backend | None = None,
+    ray_address: str | None = None,
+    site_resources: SiteResources | None = None,
     run_dir: Path | None = None,
     listener: RunListener | None = None,
     connect_timeout_s: float = 120.0,
@@ -172,6 +220,14 @@ def simulate(
     """Run ``job`` over simulated sites and return the final model and history.
 
     Args:
+        processes: Same as ``backend="processes"`` (kept for callers from before backends).
+        backend: ``threads`` (default), ``processes`` or ``ray``; every backend gives the
+            same model for the same seed.
+        ray_address: The Ray cluster to run on (``ray`` backend); None: the Ray already
+            initialised in this process, else a local Ray started for this run and shut
+            down after it.
+        site_resources: What each site needs on Ray (CPUs, a fraction of a GPU); the pool
+            of actors is as large as the cluster's resources hold. Default: 1 CPU.
         site_policy: The sites' own filter chains: one policy for every site, or one per site
             id (a site not named has none), exactly as a real site's kit declares it.
         data_dirs: Each site's own data folder (site id -> folder), handed to its trainer as
@@ -187,6 +243,11 @@ def simulate(
             the run folder's name (``run_dir``), else the job's name, the time and a random
             suffix (a run of the same name would go on in the same runs).
     """
+    kind = _backend(backend, processes, job)
+    if kind != "ray" and (ray_address is not None or site_resources is not None):
+        raise ConfigError("ray_address and site_resources are for backend='ray'",
+                          job_id=job.name)
+    processes = kind == "processes"
     site_ids = simulation_sites(job, num_sites)
     if site_policy is not None and not isinstance(site_policy, SitePolicy):
         _check_sites(site_ids, "site_policy", site_policy, job)
@@ -197,6 +258,14 @@ def simulate(
     # Simulated sites have no kits: a CA for this run certifies them, so secure and
     # homomorphic aggregation sign and check keys exactly as at real sites.
     identities = ThrowawayIdentities(site_ids)
+    if kind == "ray":
+        from fedcare.transport.ray import ray_session
+
+        with ray_session(ray_address):
+            hosts = _ray_transport(job, site_ids, site_policy, data_dirs, site_privacy,
+                                   privacy_dir, identities, site_resources)
+            return _run(job, hosts, run_dir, listener, connect_timeout_s, tracking,
+                        run_name)
     identity_dir = tempfile.TemporaryDirectory(prefix="fedcare-sim-") if processes else None
     transport: Transport
     try:
@@ -211,15 +280,34 @@ def simulate(
         raise
     try:
         if processes:
-            connected = transport.wait_for_sites(len(site_ids), connect_timeout_s)
-            missing = [s for s in site_ids if s not in connected]
-            if missing:
-                assert isinstance(transport, PipeTransport)
-                reasons = "; ".join(
-                    f"site {s}: {transport.failures.get(s, 'not ready in time')}" for s in missing)
-                if len(connected) < job.min_sites:
-                    raise SiteError(f"site processes failed to start: {reasons}", job_id=job.name)
-                log.warning("job %s: going on without %s: %s", job.name, missing, reasons)
+            assert isinstance(transport, PipeTransport)
+            _await_processes(job, site_ids, transport, connect_timeout_s)
+        return _run(job, transport, run_dir, listener, connect_timeout_s, tracking, run_name)
+    finally:
+        if identity_dir is not None:
+            identity_dir.cleanup()
+
+
+def _await_processes(job: Job, site_ids: list[str], transport: PipeTransport,
+                     connect_timeout_s: float) -> None:
+    """Wait for the site processes; too few ready closes them and fails the run."""
+    connected = transport.wait_for_sites(len(site_ids), connect_timeout_s)
+    missing = [s for s in site_ids if s not in connected]
+    if not missing:
+        return
+    reasons = "; ".join(
+        f"site {s}: {transport.failures.get(s, 'not ready in time')}" for s in missing)
+    if len(connected) < job.min_sites:
+        transport.close()
+        raise SiteError(f"site processes failed to start: {reasons}", job_id=job.name)
+    log.warning("job %s: going on without %s: %s", job.name, missing, reasons)
+
+
+def _run(job: Job, transport: Transport, run_dir: Path | None, listener: RunListener | None,
+         connect_timeout_s: float, tracking: TrackingConfig | None, run_name: str | None
+         ) -> RunResult:
+    """The controller's run over ``transport``, which is closed after it."""
+    try:
         if tracking is not None and tracking.enabled:
             name = run_name or (Path(run_dir).name if run_dir is not None else
                                 f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-"
@@ -231,5 +319,3 @@ def simulate(
         return controller.run()
     finally:
         transport.close()
-        if identity_dir is not None:
-            identity_dir.cleanup()

@@ -3,5 +3,6 @@
 from fedcare.transport.base import Transport
 from fedcare.transport.memory import MemoryTransport
 from fedcare.transport.pipe import PipeTransport
+from fedcare.transport.resources import SiteResources
 
-__all__ = ["MemoryTransport", "PipeTransport", "Transport"]
+__all__ = ["MemoryTransport", "PipeTransport", "SiteResources", "Transport"]

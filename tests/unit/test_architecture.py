@@ -28,6 +28,8 @@ ALLOWED = {
 #: Optional libraries, each imported (lazily) by its one writer only.
 TRACKING_LIBRARIES = {"tensorboard": "server/tracking/tensorboard.py",
                       "mlflow": "server/tracking/mlflow.py"}
+#: Ray, the simulator's optional backend: only its transport imports it (lazily chosen).
+RAY_IMPORTER = "transport/ray.py"
 TORCH_FREE = {"core", "algorithms", "transport", "site", "server", "sim", "datasets",
               "provision", "analytics"}
 
@@ -79,10 +81,17 @@ def test_tracking_libraries_are_imported_only_by_their_writers():
                 f"{path.relative_to(PACKAGE)} imports {name}")
 
 
+def test_ray_is_imported_by_its_transport_only():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if any(name.split(".")[0] == "ray" for name in imports(path)):
+            assert path.relative_to(PACKAGE).as_posix() == RAY_IMPORTER, (
+                f"{path.relative_to(PACKAGE)} imports ray")
+
+
 def test_importing_fedcare_and_its_tracker_loads_no_tracking_library():
     code = ("import sys, fedcare, fedcare.server.tracking, fedcare.sim.simulator; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorboard', 'mlflow', "
-            "'torch'}))")
+            "'torch', 'ray'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
