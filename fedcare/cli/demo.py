@@ -75,19 +75,7 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
                   "(UCI, CC BY 4.0). Feature scaling is computed federatedly; no row leaves "
                   "a site.")
     params = params or {}
-    fed = None
-    if federated:
-        fed = PocFederation(run_dir / "federation", list(HOSPITALS))
-        fed.provision()
-        if tracking is not None:
-            fed.edit_kit("server", lambda config: config.update(
-                tracking=tracking_section(tracking)))
-        address = fed.start_server()
-        fed.start_sites()
-        fed.wait_for_sites(len(HOSPITALS))
-        console.print(f"real federation on this machine: server {address} and 4 hospital "
-                      "site processes, mutual TLS (kits in "
-                      f"{fed.workdir / 'kits'}, logs in {fed.log_dir})")
+    fed = local_federation(console, run_dir, list(HOSPITALS), tracking) if federated else None
     results = []
     try:
         for seed in range(seeds):
@@ -117,6 +105,23 @@ def run_heart_demo(console: Console, run_dir: Path, *, seeds: int, processes: bo
     if tracking is not None and tracking.tensorboard is not None:
         console.print(f"TensorBoard: tensorboard --logdir {tracking.tensorboard}",
                       markup=False, highlight=False)
+
+
+def local_federation(console: Console, run_dir: Path, sites: list[str],
+                     tracking: TrackingConfig | None) -> PocFederation:
+    """A real federation on this machine for a demo: a server and one process per site, mutual
+    TLS, kits and logs under ``run_dir/federation``; ``tracking`` goes into the server's kit."""
+    fed = PocFederation(run_dir / "federation", sites)
+    fed.provision()
+    if tracking is not None:
+        fed.edit_kit("server", lambda config: config.update(tracking=tracking_section(tracking)))
+    address = fed.start_server()
+    fed.start_sites()
+    fed.wait_for_sites(len(sites))
+    console.print(f"real federation on this machine: server {address} and {len(sites)} "
+                  f"hospital site processes, mutual TLS (kits in {fed.workdir / 'kits'}, logs "
+                  f"in {fed.log_dir})")
+    return fed
 
 
 def tracking_section(tracking: TrackingConfig) -> dict[str, object]:

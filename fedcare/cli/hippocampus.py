@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedcare.cli.demo import tracking_section
+from fedcare.cli.demo import local_federation
 from fedcare.cli.plot import learning_curve
 from fedcare.cli.poc import PocFederation
 from fedcare.cli.progress import RichProgress
@@ -101,17 +101,7 @@ def run_hippocampus_demo(console: Console, run_dir: Path, *, federated: bool = T
     started = time.monotonic()
     facts: dict[str, object] = {"params": params, "budget": vars(demo.Budget.of(job))}
     if federated:
-        fed = PocFederation(run_dir / "federation", list(SITES))
-        fed.provision()
-        if tracking is not None:
-            fed.edit_kit("server", lambda config: config.update(
-                tracking=tracking_section(tracking)))
-        address = fed.start_server()
-        fed.start_sites()
-        fed.wait_for_sites(len(SITES))
-        console.print(f"real federation on this machine: server {address} and "
-                      f"{len(SITES)} hospital site processes, mutual TLS (logs in "
-                      f"{fed.log_dir})")
+        fed = local_federation(console, run_dir, list(SITES), tracking)
         try:
             history, weights = _federated(console, fed, params)
             assert fed.server is not None
