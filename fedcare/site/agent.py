@@ -164,6 +164,13 @@ class SiteAgent:
         """``result`` through the outbound chain, as it may leave the site; what that spent of
         the privacy budget is charged (and committed) first."""
         for site_filter in self.outbound:
+            if (isinstance(result, TrainResult) and is_quantised(result.weights)
+                    and task.weights is not None):
+                # a filter after int8_update (the job's run first) sees the values it stands
+                # for: int8 levels are no floating-point update, and would pass clipping,
+                # selection and noise untouched
+                result = dataclasses.replace(result, weights=dequantise(result.weights,
+                                                                        task.weights))
             result = site_filter.outbound(task, result)
         if self.privacy is not None:  # charged, and committed, before anything leaves
             self.privacy.after(task, result, self._reporters)
