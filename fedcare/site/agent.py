@@ -208,8 +208,8 @@ class SiteAgent:
             # these rounds encode the update themselves: they get the values int8 stands for
             result = dataclasses.replace(result, weights=dequantise(result.weights,
                                                                     task.weights))
-        if self.keep_local_model:
-            self._local_model = result.weights
+        # not kept as the local model: it leaves only inside a secure sum or a ciphertext, so
+        # sending it alone (cross-site validation) would release what those rounds hide
         return result
 
     def _homomorphic_train(self, task: Task) -> Result:
