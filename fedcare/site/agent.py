@@ -157,7 +157,10 @@ class SiteAgent:
             return Reply(task.task_id, self.site_id, error=error_text(task.kind, exc))
         if self.keep_local_model and task.kind == TaskKind.TRAIN:
             assert isinstance(result, TrainResult)
-            self._local_model = result.weights  # what left the site, filters applied
+            # what left the site, filters applied (as the values int8 levels stand for)
+            self._local_model = (dequantise(result.weights, task.weights)
+                                 if is_quantised(result.weights) and task.weights is not None
+                                 else result.weights)
         return Reply(task.task_id, self.site_id, result=result)
 
     def _filtered(self, task: Task, result: Result) -> Result:

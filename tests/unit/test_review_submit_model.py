@@ -33,3 +33,19 @@ def test_an_update_that_left_only_masked_is_not_submitted_in_the_clear():
     submitted = agent.handle(Task("j/r2/submit_model/s", "j", 2, TaskKind.SUBMIT_MODEL))
     assert submitted.result is None, (
         "the site's noised update, which left it only inside a secure sum, was sent alone")
+
+
+def test_a_local_model_sent_as_int8_is_submitted_as_the_model_it_stands_for():
+    from fedcare.core.policy import FilterSpec
+    from fedcare.core.validation import incompatibilities
+    from fedcare.site import build_filters
+
+    _, outbound = build_filters(None, [FilterSpec(name="int8_update")])
+    agent = SiteAgent("s", Step(), outbound, keep_local_model=True)
+    trained = agent.handle(Task("j/r1/train/s", "j", 1, TaskKind.TRAIN, START))
+    assert trained.error is None and trained.result.weights["w"].dtype == np.int8  # on the wire
+    submitted = agent.handle(Task("j/r2/submit_model/s", "j", 2, TaskKind.SUBMIT_MODEL))
+    assert submitted.error is None
+    # what cross-site validation checks the submitted model against (it would refuse int8)
+    assert incompatibilities(START, submitted.result.weights) == []
+    np.testing.assert_allclose(submitted.result.weights["w"], 0.5)
