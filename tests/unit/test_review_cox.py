@@ -34,3 +34,24 @@ def test_pooled_cox_sums_do_not_reveal_one_patient_at_a_site_with_min_rows():
     revealed = float(s1[0, 0] - s1[1, 0])
     assert not np.isclose(revealed, age[6]), (
         "one patient's age left a site with min_rows 5, by differencing two risk sets")
+
+
+@pytest.mark.xfail(strict=True, reason="review finding, not fixed: a site computes regression "
+                   "sums at any coefficients the server sends")
+def test_a_logistic_step_at_server_chosen_coefficients_does_not_reveal_one_patient():
+    rng = np.random.default_rng(1)
+    age = np.arange(50.0, 70.0)
+    bmi = rng.normal(27, 4, 20)
+    died = rng.integers(0, 2, 20).astype(float)
+    table = SiteTable("s", {"age": age, "bmi": bmi, "died": died})
+    guard = PrivacyGuard(PrivacyPolicy(min_rows=5), PrivacyLedger(None))
+    agent = SiteAgent("s", ClinicalSite(table), privacy=guard)
+    # a sigmoid so steep that only the 69-year-old has p(1 - p) > 1e-8
+    model = Weights({"beta": np.array([-69.0 * 20, 20.0, 0.0])})
+    config = {"name": "logistic_step", "covariates": "age,bmi", "outcome": "died"}
+    reply = agent.handle(Task("t", "j", 0, TaskKind.STATISTICS, model, config=config))
+    if reply.error is not None:
+        return  # refused: nothing left the site
+    hessian = reply.result.values["hessian"]
+    revealed = float(hessian[0, 2] / hessian[0, 0])
+    assert not np.isclose(revealed, bmi[-1]), "one patient's BMI left a site with min_rows 5"
