@@ -15,7 +15,9 @@ quantile that falls in the underflow or overflow bin is not given.
 Suppression happens at the site, before anything leaves it (the site's ``min_rows``): a group
 with fewer rows is not reported at all, a column of a group with fewer present values sends
 nothing for that cell, and a histogram bin with fewer values is sent as 0 (its count then is
-missing from the quantiles). The overall values are the sums of what the sites reported, so
+missing from the quantiles), with the next smallest bins too where the bins sent as 0 hold
+fewer than ``min_rows`` values in all (else the cell's count minus the bins sent reveals them).
+The overall values are the sums of what the sites reported, so
 no difference of totals reveals a suppressed cell.
 """
 
@@ -95,11 +97,24 @@ def site_summary(table: SiteTable, config: Config,
             edges = np.linspace(lows[c], highs[c], bins + 1)
             inside = np.histogram(column, bins=edges)[0]
             hist[g, c] = [(column < lows[c]).sum(), *inside, (column > highs[c]).sum()]
-    sparse = (hist > 0) & (hist < limit)
+    sparse = _suppressed_bins(hist, limit)
     out.update(count=cells[:, :, 0], sum=cells[:, :, 2], sum_sq_dev=dev,
                histogram=np.where(sparse, 0.0, hist),
                suppressed_bins=sparse.sum(axis=2).astype(np.float64))
     return StatsResult(Weights(out), len(x))
+
+
+def _suppressed_bins(hist: np.ndarray, limit: int) -> np.ndarray:
+    """The bins not sent: those under ``limit`` values, and then, where those hold fewer than
+    ``limit`` in all, the smallest others until they hold at least that (the group's count
+    minus the bins sent must not reveal a small bin)."""
+    sparse = (hist > 0) & (hist < limit)
+    for index in zip(*np.nonzero(sparse.any(axis=-1)), strict=True):
+        bins, hidden = hist[index], sparse[index]
+        while 0 < bins[hidden].sum() < limit and not hidden[bins > 0].all():
+            candidates = np.where(hidden | (bins == 0), np.inf, bins)
+            hidden[int(np.argmin(candidates))] = True
+    return sparse
 
 
 def histogram_quantiles(counts: np.ndarray, low: float, high: float,

@@ -11,8 +11,9 @@ After a fit, each site scores its own rows with the federation's coefficients an
   their sums' ratio (a pair across two sites would need one's risk scores at the other).
 
 A site's ``min_rows`` zeroes histogram bins with fewer values before they leave (the AUC then
-leaves those rows out, and says how many); confusion and pair counts are totals over the
-site's rows, which ``min_rows`` already bounds.
+leaves those rows out, and says how many), and a confusion table with a non-empty cell below
+it is sent as zeros, all four cells (coefficients the server picks can put one patient alone in
+a cell); pair counts are totals over the site's rows, which ``min_rows`` already bounds.
 """
 
 from __future__ import annotations
@@ -60,10 +61,14 @@ def site_performance(table: SiteTable, config: Config, model: Mapping[str, np.nd
                          np.histogram(probability[~positive], bins=edges)[0]]).astype(float)
         limit = site_min_rows(config)
         sparse = (hist > 0) & (hist < limit)
-        confusion = [(predicted & positive).sum(), (predicted & ~positive).sum(),
-                     (~predicted & ~positive).sum(), (~predicted & positive).sum()]
+        confusion = np.asarray([(predicted & positive).sum(), (predicted & ~positive).sum(),
+                                (~predicted & ~positive).sum(), (~predicted & positive).sum()],
+                               np.float64)
+        if ((confusion > 0) & (confusion < limit)).any():
+            # all four or none: one cell is the row count minus the other three
+            confusion = np.zeros(4)
         return StatsResult(Weights({
-            "confusion": np.asarray(confusion, np.float64),
+            "confusion": confusion,
             "histogram": np.where(sparse, 0.0, hist),
             "suppressed": np.array([hist[sparse].sum()])}), len(x))
     risk = (x - np.asarray(model["offset"], np.float64)) @ beta

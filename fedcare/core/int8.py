@@ -68,7 +68,11 @@ def dequantise(received: Mapping[str, np.ndarray], start: Mapping[str, np.ndarra
         if np.any(levels == np.iinfo(np.int8).min):
             raise ValueError(f"int8 update: {name!r} holds -128, outside the {LEVELS} levels")
         rebuilt = np.asarray(base, np.float64) + levels.astype(np.float64) * scale
-        out[name] = rebuilt.astype(base.dtype)
+        with np.errstate(over="ignore"):
+            out[name] = rebuilt.astype(base.dtype)
+        if not np.isfinite(out[name]).all():  # a whole result skips the streamed checks
+            raise ValueError(f"int8 update: the scale of {name!r} ({scale:.3g}) overflows "
+                             f"{base.dtype}")
     missing = [k for k, v in out.items() if v.dtype == np.int8 and k in start
                and start[k].dtype != np.int8]
     if missing:

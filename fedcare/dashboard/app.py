@@ -33,6 +33,8 @@ from fedcare.server.admin import JOB_ID
 HERE = Path(__file__).resolve().parent
 #: The largest job package the submit form takes (the CLI has no limit; a form should).
 MAX_PACKAGE_BYTES = 64 * 1024 * 1024
+#: What a submit form may carry besides the package (its CSRF token, part headers).
+FORM_OVERHEAD_BYTES = 64 * 1024
 #: What a live update sends of an ``Admin.Watch`` document.
 LIVE_FIELDS = ("job_id", "status", "round_num", "num_rounds", "eval_metrics", "new_failures",
                "summary", "error")
@@ -148,11 +150,18 @@ def create_app(api: AdminApi, gate: Gate) -> FastAPI:
 
     @app.post("/jobs")
     async def submit(request: Request) -> Response:
+        too_large = Refused(413, f"a job package over {size(MAX_PACKAGE_BYTES)} is not taken "
+                                 "here; submit it with `fedcare admin KIT submit`")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_PACKAGE_BYTES + FORM_OVERHEAD_BYTES:
+            raise too_large  # before the body is spooled to disk
         form = await checked_form(request, "Submit")
         upload = form.get("package")
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise Refused(400, "choose a signed job package (.fcjob) to submit")
-        package = await upload.read()
+        package = await upload.read(MAX_PACKAGE_BYTES + 1)  # max_part_size bounds fields only
+        if len(package) > MAX_PACKAGE_BYTES:
+            raise too_large
         job_id = await call(api.submit_package, package)
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 

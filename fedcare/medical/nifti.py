@@ -114,7 +114,7 @@ def load_case(case: CasePaths, labels: Iterable[int]) -> Volume:
     if not torch.isfinite(image).all():
         raise CaseError(CaseProblem(case.image, "image has NaN or infinite voxels"))
     values = torch.unique(label)
-    if not torch.equal(values, torch.round(values)):
+    if not (torch.isfinite(values).all() and torch.equal(values, torch.round(values))):
         raise CaseError(CaseProblem(case.label, "label has non-integer values"))
     unknown = sorted(set(int(v) for v in values.tolist()) - set(declared))
     if unknown:

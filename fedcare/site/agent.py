@@ -157,13 +157,23 @@ class SiteAgent:
             return Reply(task.task_id, self.site_id, error=error_text(task.kind, exc))
         if self.keep_local_model and task.kind == TaskKind.TRAIN:
             assert isinstance(result, TrainResult)
-            self._local_model = result.weights  # what left the site, filters applied
+            # what left the site, filters applied (as the values int8 levels stand for)
+            self._local_model = (dequantise(result.weights, task.weights)
+                                 if is_quantised(result.weights) and task.weights is not None
+                                 else result.weights)
         return Reply(task.task_id, self.site_id, result=result)
 
     def _filtered(self, task: Task, result: Result) -> Result:
         """``result`` through the outbound chain, as it may leave the site; what that spent of
         the privacy budget is charged (and committed) first."""
         for site_filter in self.outbound:
+            if (isinstance(result, TrainResult) and is_quantised(result.weights)
+                    and task.weights is not None):
+                # a filter after int8_update (the job's run first) sees the values it stands
+                # for: int8 levels are no floating-point update, and would pass clipping,
+                # selection and noise untouched
+                result = dataclasses.replace(result, weights=dequantise(result.weights,
+                                                                        task.weights))
             result = site_filter.outbound(task, result)
         if self.privacy is not None:  # charged, and committed, before anything leaves
             self.privacy.after(task, result, self._reporters)
@@ -201,8 +211,8 @@ class SiteAgent:
             # these rounds encode the update themselves: they get the values int8 stands for
             result = dataclasses.replace(result, weights=dequantise(result.weights,
                                                                     task.weights))
-        if self.keep_local_model:
-            self._local_model = result.weights
+        # not kept as the local model: it leaves only inside a secure sum or a ciphertext, so
+        # sending it alone (cross-site validation) would release what those rounds hide
         return result
 
     def _homomorphic_train(self, task: Task) -> Result:

@@ -10,7 +10,9 @@ data leaves a site, only the metrics its trainer reports.
 A site's *local model* is, by default, the last training update that left the site (the model
 it trained in the job's last round it took part in, from that round's global model, after its
 outbound filters: clipped, noised, variables excluded): what the server already received once,
-so submitting it releases nothing new and spends no more privacy budget. A trainer with a
+so submitting it releases nothing new and spends no more privacy budget. An update that left
+only inside a secure sum or a ciphertext (secure or homomorphic rounds) is not one: such a site
+has no local model to send, and its row says so. A trainer with a
 ``local_model(config)`` method sends its own instead (e.g. its best checkpoint), but only at a
 site without outbound filters, where nothing would have filtered it (see
 :class:`fedcare.site.SiteAgent`).
