@@ -64,11 +64,14 @@ class SitePolicy(BaseModel):
         return self.model_dump_json()
 
 
-#: The jobs fedcare ships: code the site and the server installed with fedcare itself.
+#: The jobs fedcare ships that a host runs by default: code the site and the server installed
+#: with fedcare itself. ``fedcare.jobs.clinical:regression_job`` ships too but is not among them:
+#: its Newton steps are sums at coefficients (and, for pooled Cox, event times) the server
+#: chooses, which a malicious server can pick to single out one patient; a site opts in by
+#: listing it in ``code.entry_points`` (see README, "Clinical analytics").
 BUILTIN_JOBS = (
     "fedcare.jobs.clinical:cohort_job",
     "fedcare.jobs.clinical:kaplan_meier_job",
-    "fedcare.jobs.clinical:regression_job",
     "fedcare.jobs.heart:make_job",
     "fedcare.jobs.heart_stats:make_job",
     "fedcare.jobs.hippocampus:make_job",
