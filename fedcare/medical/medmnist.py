@@ -8,7 +8,9 @@ MedMNIST is not naturally multi-site, so a simulated federation splits the offic
 split over the sites with the Dirichlet label-skew partitioner
 (:func:`fedcare.sim.partition.label_skew`). Each site's test set is its share of the official
 test split, cut class by class in the proportions the site holds of that class in training, so
-a site is tested on the label mix it trains on; the shares together are the whole test split.
+a site's skew carries over to its tests (up to the official splits' own difference in class
+balance, e.g. 74% pneumonia in PneumoniaMNIST's training split, 62.5% in its test split); the
+shares together are the whole test split.
 ``test="all"`` gives every site the whole official test split instead (global evaluation: the
 federation's weighted mean is then the metric on the official test split). The validation split
 is loaded and checked but not used by the trainer (no early stopping).
