@@ -200,6 +200,8 @@ def bench_medmnist(
     alpha: Annotated[float, typer.Option(help="Dirichlet label skew (small: strong)")] = 0.5,
     rounds: Annotated[int, typer.Option(help="federated rounds")] = 10,
     local_epochs: Annotated[int, typer.Option(help="epochs per round at each site")] = 1,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="images per step")] = 32,
     width: Annotated[int, typer.Option(help="ResNet width (channels of its first stage)")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     out: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
@@ -212,10 +214,11 @@ def bench_medmnist(
     unknown = sorted(set(dataset) - set(DATASETS))
     if unknown:
         raise fail(f"--dataset must be among {list(DATASETS)}, got {unknown}")
-    if seeds < 1 or sites < 1 or rounds < 1 or local_epochs < 1:
-        raise fail("--seeds, --sites, --rounds and --local-epochs must be >= 1")
+    if min(seeds, sites, rounds, local_epochs, width) < 1 or batch_size < 2 or not lr > 0:
+        raise fail("--seeds, --sites, --rounds, --local-epochs and --width must be >= 1, "
+                   "--batch-size >= 2 and --lr > 0")
     settings = Settings(sites=sites, alpha=alpha, rounds=rounds, local_epochs=local_epochs,
-                        width=width, device=device)
+                        lr=lr, batch_size=batch_size, width=width, device=device)
     try:
         report = run_benchmark(dataset or list(DATASETS), seeds, settings)
     except (FedcareError, ValueError) as exc:

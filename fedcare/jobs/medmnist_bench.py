@@ -55,7 +55,7 @@ class Settings:
     rounds: int = 10
     local_epochs: int = 1
     lr: float = 1e-3
-    batch_size: int = 64
+    batch_size: int = 32
     width: int = 16
     device: str = "auto"
     #: torch's intra-op threads for the run: 1 is faster per image on a small shared CPU (the
