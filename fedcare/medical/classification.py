@@ -25,8 +25,8 @@ import threading
 
 import numpy as np
 import torch
-from monai.metrics import compute_roc_auc
-from monai.networks.nets import ResNet
+from monai.metrics.rocauc import compute_roc_auc
+from monai.networks.nets.resnet import ResNet
 from torch import nn
 
 from fedcare.core.message import Config, EvalResult, TrainResult
@@ -57,11 +57,16 @@ def build_net(spatial_dims: int, num_classes: int, *, in_channels: int = 1,
         raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
     if in_channels < 1 or width < 1:
         raise ValueError(f"in_channels and width must be >= 1, got {in_channels}, {width}")
-    return ResNet(block="basic", layers=(1, 1, 1, 1),
+    return ResNet(block="basic", layers=[1, 1, 1, 1],
                   block_inplanes=[width, 2 * width, 4 * width, 8 * width],
                   spatial_dims=spatial_dims, n_input_channels=in_channels,
                   num_classes=num_classes, conv1_t_size=3,
                   conv1_t_stride=1 if spatial_dims == 2 else 2, no_max_pool=True)
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    return float(np.asarray(compute_roc_auc(torch.from_numpy(scores),
+                                            torch.from_numpy(positive.astype(np.float32)))))
 
 
 def roc_auc(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
@@ -71,11 +76,8 @@ def roc_auc(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     if len(present) < 2:
         return math.nan
     if num_classes == 2:
-        return float(compute_roc_auc(torch.from_numpy(probs[:, 1]),
-                                     torch.from_numpy(labels.astype(np.float32))))
-    aucs = [float(compute_roc_auc(torch.from_numpy(probs[:, c]),
-                                  torch.from_numpy((labels == c).astype(np.float32))))
-            for c in present]
+        return _auc(probs[:, 1], labels == 1)
+    aucs = [_auc(probs[:, c], labels == c) for c in present]
     return float(np.mean(aucs))
 
 
@@ -167,7 +169,7 @@ class ClassificationTrainer:
                 with self.compute.autocast():
                     loss = nn.functional.cross_entropy(self.model(x), y)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                torch.autograd.backward(scaler.scale(loss))
                 scaler.step(optimizer)
                 scaler.update()
                 total += float(loss.detach()) * len(rows)
