@@ -191,10 +191,14 @@ class ClassificationTrainer:
         return torch.cat(out).cpu().numpy()
 
     def evaluate(self, weights: Weights, config: Config) -> EvalResult:
+        """Accuracy, AUC and loss on this site's test set; the AUC is left out when the set
+        holds one class only (a site reports finite numbers; the federation's AUC is then the
+        mean over the sites that have one)."""
         if len(self.y_test) == 0:
             return EvalResult(0, {})
+        metrics = classification_metrics(self.logits(weights), self.y_test)
         return EvalResult(len(self.y_test),
-                          classification_metrics(self.logits(weights), self.y_test))
+                          {k: v for k, v in metrics.items() if math.isfinite(v)})
 
     def initial_model(self) -> Weights:
         """The model this trainer's seed draws (a job's server asks one site for it)."""

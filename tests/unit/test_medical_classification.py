@@ -73,6 +73,15 @@ def test_3d_volumes_train_and_evaluate():
     assert trainer.logits(trained.weights).shape == (8, 2)
 
 
+def test_a_test_set_of_one_class_reports_no_auc():
+    x = np.zeros((6, 1, 28, 28), np.uint8)
+    y = np.array([0, 1, 0, 1, 0, 1])
+    trainer = ClassificationTrainer(x, y, x[:3], np.zeros(3, np.int64), spatial_dims=2,
+                                    num_classes=2, width=4, compute=CPU)
+    metrics = trainer.evaluate(trainer.initial_model(), {}).metrics
+    assert "auc" not in metrics and set(metrics) == {"accuracy", "loss"}
+
+
 def test_shapes_that_do_not_match_spatial_dims_are_refused():
     x2 = np.zeros((4, 1, 28, 28), np.uint8)
     y = np.array([0, 1, 0, 1])
