@@ -6,9 +6,9 @@
 
 The logic is :mod:`fedcare.jobs.medmnist_bench` (also ``fedcare bench medmnist``): per data set
 and seed, pooled training, each label-skewed site alone, and FedAvg in the simulator, with the
-same small MONAI ResNet and epochs; every model scored on the official test split. On two CPU
-cores the default run (3 sites, alpha 0.5, 10 rounds x 1 epoch, width 16) takes about ten
-minutes; a GPU is used when present.
+same small MONAI ResNet and epochs; every model scored on the official test split. The default
+run (3 sites, alpha 0.5, 10 rounds x 1 epoch, batch 32, width 16) costs about 11 CPU minutes a
+seed; a GPU is used when present.
 
 Prints one JSON object, then a table; ``--out`` also writes the JSON there.
 """

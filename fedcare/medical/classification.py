@@ -1,18 +1,19 @@
 """Image classification at one site: a small MONAI ResNet, 2D or 3D, behind core's Trainer.
 
-The network is MONAI's ``ResNet`` with one basic block per stage (a ResNet-10, the shape of
-the MedMNIST paper's ResNet-18 at a quarter of its width by default) and a 3x3 stem without
-max-pooling, as the paper's ResNets for 28-pixel images have. In 3D the stem has stride 2:
-28^3 volumes at full resolution cost twenty times more per image on a CPU, for nothing a
-tissue-shape mask at this size needs. It trains with cross-entropy and Adam; Adam's moments
-start afresh each round, since they belong to the weights the previous round left, not to
-the global model a site is sent.
+The network is MONAI's ``ResNet`` with one basic block per stage (a ResNet-10: the MedMNIST
+paper's ResNet-18 with one block per stage instead of two, at a quarter of its width by
+default) and a 3x3 stem without max-pooling, as the paper's ResNets for 28-pixel images have.
+In 3D the stem has stride 2: 28^3 volumes at full resolution cost twenty times more per image
+on a CPU, for nothing a tissue-shape mask at this size needs. It trains with cross-entropy and
+Adam; Adam's moments start afresh each round, since they belong to the weights the previous
+round left, not to the global model a site is sent.
 
-Metrics: accuracy (arg-max), ROC AUC (binary, or the macro mean of one-vs-rest AUCs; NaN when
-the test set has one class only) and the mean cross-entropy. Runs are repeatable: the initial
-model is drawn under ``seeded(seed)`` and the batch order from the trainer's own generator, so
-sites training in threads of one simulator do not disturb each other's randomness. On a CUDA
-machine the trainer computes there with mixed precision (:func:`pick_compute`).
+Metrics: accuracy (arg-max), ROC AUC (binary, or the macro mean of one-vs-rest AUCs; undefined,
+and left out of a site's report, when its test set holds one class) and the mean
+cross-entropy. Runs are repeatable: the initial model is drawn under ``seeded(seed)`` and the
+batch order from the trainer's own generator, so sites training in threads of one simulator do
+not disturb each other's randomness. On a CUDA machine the trainer computes there with mixed
+precision (:func:`pick_compute`).
 
 Batch-norm layers are ordinary parameters and buffers here; under FedBN the site agent keeps
 them (:func:`fedcare.pytorch.batch_norm_patterns` names them exactly).
@@ -48,8 +49,8 @@ def build_net(spatial_dims: int, num_classes: int, *, in_channels: int = 1,
         spatial_dims: 2 (images ``(C, H, W)``) or 3 (volumes ``(C, D, H, W)``).
         num_classes: Outputs (logits), at least 2.
         in_channels: Image channels (1 for MedMNIST's grey images and masks).
-        width: Channels of the first stage; 16 keeps a 28^3 volume at ~2.5 ms per training
-            image on two CPU cores, 64 is the paper's ResNet width.
+        width: Channels of the first stage; 16 keeps a 28^3 volume at a few milliseconds per
+            training image on one CPU core, 64 is the paper's ResNet width.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
