@@ -76,6 +76,7 @@ BUILTIN_JOBS = (
     "fedcare.jobs.heart_stats:make_job",
     "fedcare.jobs.hippocampus:make_job",
     "fedcare.jobs.tcga:make_job",
+    "fedcare.jobs.medmnist:make_job",
 )
 _ENTRY_POINT = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 

@@ -22,8 +22,9 @@ ALLOWED = {
     "datasets": {"datasets"},
     "provision": {"core", "provision"},
     "analytics": {"core", "analytics"},
-    # MONAI trainers: core's Trainer protocol over the torch adapter and the packaged data
-    "medical": {"core", "medical", "datasets", "pytorch", "algorithms"},
+    # MONAI trainers: core's Trainer protocol over the torch adapter and the packaged data;
+    # MedMNIST's site shares come from the simulator's partitioners (pure numpy, sim.partition)
+    "medical": {"core", "medical", "datasets", "pytorch", "algorithms", "sim"},
 }
 #: Optional libraries, each imported (lazily) by its one writer only.
 TRACKING_LIBRARIES = {"tensorboard": "server/tracking/tensorboard.py",
