@@ -145,7 +145,17 @@ def _print_table(console: Console, table: dict[str, dict[str, float]], seeds: in
                                          ("local", "pooled", "fedavg", "local_all_tests")))
     out.add_row("[bold]mean", *(f"[bold]{table[c]['mean']:.3f}" for c in
                                 ("local", "pooled", "fedavg", "local_all_tests")))
+    sums = table["from_sums"]
+    out.add_row("[bold]all test rows", *(f"[bold]{sums[f'{c}_accuracy']:.3f}" for c in
+                                         ("local", "pooled", "fedavg")), "")
     console.print(out)
+    console.print("ROC AUC, mean per hospital | all test rows (from sums): " + ", ".join(
+        f"{name} {table[f'auc_{c}']['mean']:.3f} | {sums[f'{c}_auc']:.3f}"
+        for name, c in (("(a)", "local"), ("(b)", "pooled"), ("(c)", "fedavg"))))
+    console.print("'mean' is the unweighted mean over hospitals (what FLamby reports); 'all "
+                  "test rows' is the metric of the four test sets together, from the counts "
+                  "and score histograms each hospital's evaluation sends (for (a), each "
+                  "hospital's own model).")
     console.print(f"FLamby (NeurIPS 2022) mean per-centre accuracy: pooled "
                   f"{FLAMBY_REFERENCE['pooled']}, FedAvg {FLAMBY_REFERENCE['fedavg']}, "
                   f"FedAdagrad {FLAMBY_REFERENCE['fedadagrad']}.")

@@ -25,12 +25,16 @@ class BaselineResult:
     """Test accuracies per hospital.
 
     ``local_cross[h]`` is the local model of ``h`` evaluated on every hospital's test set,
-    averaged over hospitals, as FLamby reports local training.
+    averaged over hospitals, as FLamby reports local training. ``local_metrics`` and
+    ``pooled_metrics`` hold every test metric per hospital (AUC, and the additive parts a
+    site would send, :func:`fedcare.jobs.heart_site.score`).
     """
 
     local: dict[str, float]
     local_cross: dict[str, float]
     pooled: dict[str, float]
+    local_metrics: dict[str, dict[str, float]]
+    pooled_metrics: dict[str, dict[str, float]]
 
 
 def _train(x: np.ndarray, y: np.ndarray, *, seed: int, steps: int, lr: float, batch_size: int,
@@ -50,15 +54,16 @@ def run_baselines(*, seed: int, num_rounds: int, local_steps: int, lr: float,
     hospitals = data or load_all(seed=seed)
     kwargs = dict(seed=seed, steps=num_rounds * local_steps, lr=lr, batch_size=batch_size,
                   weight_decay=weight_decay)
-    local, cross = {}, {}
+    local, cross, local_metrics = {}, {}, {}
     for site_id, h in hospitals.items():
         model = _train(h.x_train, h.y_train, **kwargs)  # type: ignore[arg-type]
-        local[site_id] = score(model, h.x_test, h.y_test)["accuracy"]
+        local_metrics[site_id] = score(model, h.x_test, h.y_test)
+        local[site_id] = local_metrics[site_id]["accuracy"]
         cross[site_id] = float(np.mean(
             [score(model, o.x_test, o.y_test)["accuracy"] for o in hospitals.values()]))
     x_all = np.concatenate([h.x_train for h in hospitals.values()])
     y_all = np.concatenate([h.y_train for h in hospitals.values()])
     pooled_model = _train(x_all, y_all, **kwargs)  # type: ignore[arg-type]
-    pooled = {s: score(pooled_model, h.x_test, h.y_test)["accuracy"]
-              for s, h in hospitals.items()}
-    return BaselineResult(local, cross, pooled)
+    pooled_metrics = {s: score(pooled_model, h.x_test, h.y_test) for s, h in hospitals.items()}
+    pooled = {s: m["accuracy"] for s, m in pooled_metrics.items()}
+    return BaselineResult(local, cross, pooled, local_metrics, pooled_metrics)

@@ -15,6 +15,7 @@ from torch import nn
 from fedcare.algorithms.fedprox import MU_KEY
 from fedcare.core.dp import DpSgdSettings
 from fedcare.core.message import Config, EvalResult, StatsResult, TrainResult
+from fedcare.core.metric_parts import auc_parts, ratio_parts, roc_auc
 from fedcare.core.privacy import PrivacySpend
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
@@ -76,13 +77,22 @@ def fit(model: HeartModel, x: np.ndarray, y: np.ndarray, *, steps: int, lr: floa
 
 @torch.no_grad()
 def score(model: HeartModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy (threshold 0.5) and mean binary cross-entropy."""
+    """Accuracy (threshold 0.5), mean binary cross-entropy and ROC AUC (left out where the
+    test rows hold one class), with the additive parts of accuracy and AUC
+    (:mod:`fedcare.core.metric_parts`) from which the server computes the federation's."""
     model.eval()
     logits = model(torch.from_numpy(x))
     yt = torch.from_numpy(y)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, yt)
-    accuracy = ((logits > 0).float() == yt).float().mean()
-    return {"accuracy": float(accuracy), "loss": float(loss)}
+    correct = float(((logits > 0).float() == yt).float().sum())
+    probabilities = torch.sigmoid(logits.double()).numpy()
+    metrics = {"accuracy": correct / len(y), "loss": float(loss),
+               **ratio_parts("accuracy", correct, len(y)),
+               **auc_parts("auc", probabilities, y)}
+    auc = roc_auc(probabilities, y)
+    if np.isfinite(auc):
+        metrics["auc"] = auc
+    return metrics
 
 
 def _row_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
+from fedcare.core.metric_parts import ratio_parts
 from fedcare.core.trainer import SiteContext
 from fedcare.core.weights import Weights
 from fedcare.datasets.tcga_brca import CENTERS, NUM_FEATURES, load_center
@@ -62,23 +63,30 @@ def _fit_central(x: np.ndarray, e: np.ndarray, t: np.ndarray, *, steps: int, lr:
 
 
 @torch.no_grad()
-def _test_c_index(model: CoxModel, site_id: str) -> float:
+def _test_metrics(model: CoxModel, site_id: str) -> dict[str, float]:
+    """What a centre's evaluation reports: its C-index (where defined) and its pair counts."""
     d = load_center(site_id)
-    return c_index(model(torch.from_numpy(d.x_test)).numpy(), d.e_test, d.t_test)
+    concordant, comparable = c_index_pairs(model(torch.from_numpy(d.x_test)).numpy(), d.e_test,
+                                           d.t_test)
+    metrics = ratio_parts("c_index", concordant, comparable)
+    if comparable > 0:
+        metrics["c_index"] = concordant / comparable
+    return metrics
 
 
 def run_baselines(*, seed: int, num_rounds: int, local_steps: int, lr: float
-                  ) -> tuple[dict[str, float], dict[str, float]]:
-    """Test C-index per centre of (local-only models, the pooled model), same step budget."""
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Test metrics per centre (C-index and its pair counts) of (local-only models, the pooled
+    model), same step budget."""
     steps = num_rounds * local_steps
     data = {c: load_center(c) for c in CENTERS}
-    local = {c: _test_c_index(_fit_central(d.x_train, d.e_train, d.t_train, steps=steps, lr=lr,
+    local = {c: _test_metrics(_fit_central(d.x_train, d.e_train, d.t_train, steps=steps, lr=lr,
                                            seed=seed), c) for c, d in data.items()}
     pooled_model = _fit_central(np.concatenate([d.x_train for d in data.values()]),
                                 np.concatenate([d.e_train for d in data.values()]),
                                 np.concatenate([d.t_train for d in data.values()]),
                                 steps=steps, lr=lr, seed=seed)
-    return local, {c: _test_c_index(pooled_model, c) for c in CENTERS}
+    return local, {c: _test_metrics(pooled_model, c) for c in CENTERS}
 
 
 def make_job(*, num_rounds: int = 40, local_steps: int = 5, lr: float = 0.1, seed: int = 0,

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedcare.core.metric_parts import AUC_BINS, is_bin
 from fedcare.core.text import one_line
 
 #: The largest sample count a site may report: exact in float64, and small enough that a
@@ -17,10 +18,14 @@ MAX_NUM_SAMPLES = 2**53
 _MAX_WEIGHTED_MAGNITUDE = 1e290
 #: The longest metric name a site may report.
 MAX_METRIC_NAME = 128
-#: The most metrics one result may report. With the name bound, one site adds at most ~10 KB
-#: to a round's record per reply, so no site can grow a job's ``Metrics`` (and ``download``)
-#: out of bounds; per-class metrics of a 20-class model still fit.
+#: The most metrics one result may report, histogram bins aside. With the name bound, one site
+#: adds at most ~10 KB to a round's record per reply, so no site can grow a job's ``Metrics``
+#: (and ``download``) out of bounds; per-class metrics of a 20-class model still fit.
 MAX_METRICS = 64
+#: The most histogram-bin parts (:func:`fedcare.core.metric_parts.auc_parts`) one result may
+#: report besides: two classes of ``AUC_BINS`` bins, with the other metrics within the wire's
+#: 1,024. The server sums them and keeps no site's bins in the round's record.
+MAX_BIN_PARTS = 2 * AUC_BINS
 
 
 def finite_number(value: object) -> bool:
@@ -44,8 +49,11 @@ def count_problem(num_samples: object) -> str | None:
 
 def metrics_problem(metrics: Mapping[str, object]) -> str | None:
     """Why reported metrics cannot be used, or None."""
-    if len(metrics) > MAX_METRICS:
-        return f"reported {len(metrics)} metrics, at most {MAX_METRICS} are taken"
+    bins = sum(1 for k in metrics if isinstance(k, str) and is_bin(k))
+    if len(metrics) - bins > MAX_METRICS:
+        return f"reported {len(metrics) - bins} metrics, at most {MAX_METRICS} are taken"
+    if bins > MAX_BIN_PARTS:
+        return f"reported {bins} histogram bins, at most {MAX_BIN_PARTS} are taken"
     names = [k for k in metrics if not (isinstance(k, str) and 0 < len(k) <= MAX_METRIC_NAME
                                         and k.isprintable())]
     if names:

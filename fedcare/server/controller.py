@@ -36,6 +36,7 @@ from fedcare.core.errors import (
 )
 from fedcare.core.job import Job
 from fedcare.core.message import EvalResult, Reply, StatsResult, Task, TaskKind, TrainResult
+from fedcare.core.metric_parts import is_bin
 from fedcare.core.text import one_line
 from fedcare.core.validation import non_finite
 from fedcare.core.weights import Weights
@@ -493,7 +494,8 @@ class RoundController:
             for arrival in arrivals:
                 result = arrival.result
                 assert isinstance(result, EvalResult)
-                site_eval[arrival.site_id] = SiteEval(result.num_samples, dict(result.metrics))
+                site_eval[arrival.site_id] = SiteEval(  # histogram bins: summed only
+                    result.num_samples, {k: v for k, v in result.metrics.items() if not is_bin(k)})
                 overall.add(result.num_samples, result.metrics)
         record = RoundRecord(round_num, sorted(outcome.trained), dict(outcome.train_metrics),
                              overall.result(), dict(sorted(site_eval.items())), failures,

@@ -36,3 +36,39 @@ def test_a_ratio_without_a_positive_denominator_is_left_out():
     metrics.add(10, {"accuracy": 0.5})
     metrics.add(30, {"accuracy": 0.9})
     assert metrics.result() == {"accuracy": pytest.approx(0.8)}  # correct / rows, exactly
+
+
+def test_auc_of_summed_histograms_is_the_pooled_auc_within_its_bound():
+    from sklearn.metrics import roc_auc_score
+
+    from fedcare.core.metric_parts import auc_parts, pooled_aucs, roc_auc
+
+    rng = np.random.default_rng(5)
+    metrics = WeightedMetrics()
+    scores, labels = [], []
+    for n, shift in ((30, 0.0), (200, 0.8), (9, -0.5)):  # sites score differently
+        y = (rng.random(n) < 0.4).astype(np.float32)
+        p = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.5 * y + shift)))
+        p[:3] = np.round(p[:3], 1)  # exact ties too
+        assert roc_auc(p, y) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        metrics.add(n, {"auc": roc_auc(p, y), **auc_parts("auc", p, y)})
+        scores.append(p)
+        labels.append(y)
+    pooled = roc_auc_score(np.concatenate(labels), np.concatenate(scores))
+    result = metrics.result()
+    assert 0 < result["auc.max_error"] < 0.01
+    assert abs(result["auc"] - pooled) <= result["auc.max_error"]
+    assert not any(".pos." in k or ".neg." in k for k in result)  # bins are summed, not kept
+    # one bin: every pair tied, AUC one half, bound one half
+    assert pooled_aucs({"m.pos.3": 2.0, "m.neg.3": 5.0}) == {"m": 0.5, "m.max_error": 0.5}
+    assert pooled_aucs({"m.pos.3": 2.0}) == {}  # one class: no AUC
+    assert np.isnan(roc_auc(np.array([0.2, 0.4]), np.array([1, 1])))
+
+
+def test_histogram_bins_have_their_own_cap_at_the_server():
+    from fedcare.server.checks import MAX_BIN_PARTS, MAX_METRICS, metrics_problem
+
+    bins = {f"auc.pos.{b}": 1.0 for b in range(MAX_BIN_PARTS)}
+    assert metrics_problem({**bins, **{f"m{i}": 0.0 for i in range(MAX_METRICS)}}) is None
+    assert "histogram bins" in str(metrics_problem({**bins, "auc.neg.0": 1.0}))
+    assert "metrics" in str(metrics_problem({f"m{i}": 0.0 for i in range(MAX_METRICS + 1)}))
