@@ -22,6 +22,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
 from fedcare.core.weights import Weights
 from fedcare.datasets.heart import HOSPITALS
+from fedcare.jobs.strategies import build_strategy
 from fedcare.server.workflows import CrossSiteValidation, FederatedStatistics, TrainRounds
 
 PARTITIONS = ("natural", "iid", "label_skew", "quantity_skew")
@@ -122,13 +123,9 @@ def make_job(
         if isinstance(dp_values, dict) and "target_epsilon" in dp_values:
             dp_values.setdefault("planned_steps", num_rounds * local_steps)
         trainer_params["dp"] = DpSgdSettings.from_mapping(dp_values).to_mapping()
-    try:
-        strategy = ALGORITHMS[algorithm](seed=seed, train_config={
-            "local_steps": local_steps, "lr": lr, "batch_size": batch_size,
-            "weight_decay": weight_decay,
-        }, **params)
-    except TypeError as exc:
-        raise ConfigError(f"heart job: bad algorithm_params for {algorithm}: {exc}") from None
+    strategy = build_strategy("heart", ALGORITHMS, algorithm, seed, {
+        "local_steps": local_steps, "lr": lr, "batch_size": batch_size,
+        "weight_decay": weight_decay}, params)
     return Job(
         name="heart",
         initial_weights=None,  # a site sends it: the server needs no torch

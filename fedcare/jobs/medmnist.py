@@ -20,6 +20,7 @@ from fedcare.algorithms.fedbn import DEFAULT_LOCAL
 from fedcare.core.errors import ConfigError
 from fedcare.core.job import Job
 from fedcare.datasets.medmnist import FILES
+from fedcare.jobs.strategies import build_strategy
 
 #: Strategies whose site side is plain local training (FedProx and SCAFFOLD need terms in the
 #: site's loss that this trainer does not add, so they are not offered).
@@ -86,13 +87,9 @@ def make_job(
     params: dict[str, Any] = dict(algorithm_params or {})
     if algorithm == "fedbn":
         params.setdefault("local_layers", list(BATCH_NORM_LAYERS))
-    try:
-        strategy = ALGORITHMS[algorithm](seed=seed, train_config={
-            "local_epochs": local_epochs, "lr": lr, "batch_size": batch_size,
-            "weight_decay": weight_decay,
-        }, **params)
-    except TypeError as exc:
-        raise ConfigError(f"medmnist job: bad algorithm_params for {algorithm}: {exc}") from None
+    strategy = build_strategy("medmnist", ALGORITHMS, algorithm, seed, {
+        "local_epochs": local_epochs, "lr": lr, "batch_size": batch_size,
+        "weight_decay": weight_decay}, params)
     return Job(
         name=f"medmnist-{dataset}",
         initial_weights=None,  # a site sends it: the server needs no torch

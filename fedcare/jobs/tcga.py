@@ -20,6 +20,7 @@ from fedcare.core.weights import Weights
 from fedcare.datasets.tcga_brca import CENTERS, NUM_FEATURES, load_center
 from fedcare.jobs.heart import ALGORITHMS
 from fedcare.jobs.heart_site import fit_scaler
+from fedcare.jobs.strategies import build_strategy
 from fedcare.pytorch import get_weights
 from fedcare.tabular import (
     CoxTrainer,
@@ -95,11 +96,8 @@ def make_job(*, num_rounds: int = 40, local_steps: int = 5, lr: float = 0.1, see
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"tcga job: algorithm must be one of {sorted(ALGORITHMS)}, "
                           f"got {algorithm!r}")
-    try:
-        strategy = ALGORITHMS[algorithm](seed=seed, train_config={
-            "local_steps": local_steps, "lr": lr}, **(algorithm_params or {}))
-    except TypeError as exc:
-        raise ConfigError(f"tcga job: bad algorithm_params for {algorithm}: {exc}") from None
+    strategy = build_strategy("tcga", ALGORITHMS, algorithm, seed,
+                              {"local_steps": local_steps, "lr": lr}, algorithm_params)
 
     def initial() -> Weights:
         torch.manual_seed(seed)
