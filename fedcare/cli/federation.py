@@ -123,7 +123,9 @@ def site_start(
     server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
 ) -> None:
     """Connect this site to the server and serve its tasks until stopped."""
+    import fedcare
     from fedcare.core.identity import SiteIdentity
+    from fedcare.core.site_profile import PolicySummary
     from fedcare.site.ledger import LEDGER_FILE, UploadLedger
     from fedcare.site.privacy_ledger import PRIVACY_LEDGER_FILE
     from fedcare.site.runtime import SiteRuntime
@@ -154,7 +156,8 @@ def site_start(
             raise ConfigError(f"kit config {kit.dir / 'config.yaml'}: {exc.message}") from None
         ledger = UploadLedger(kit.dir / LEDGER_FILE)  # what left the site: site uploads KIT
         connection = SiteConnection(cfg.name, address, tls, runtime.handle,
-                                    on_upload=ledger.record)
+                                    on_upload=ledger.record, version=fedcare.__version__,
+                                    policy=PolicySummary.of(cfg.policy, cfg.privacy))
     except FedcareError as exc:
         raise fail(exc) from None
     stop = _until_signalled()
