@@ -21,8 +21,12 @@ from fedcare.core.privacy_policy import PrivacyPolicy
 
 #: The longest version text a site may state.
 MAX_VERSION_CHARS = 64
-#: The longest policy summary (JSON) a site may state.
-MAX_POLICY_CHARS = 2048
+#: The most names in each list of a summary (a site's longer chain is stated in part).
+MAX_NAMES = 16
+#: The longest policy summary (JSON) a site may state: more than any summary within the
+#: schema's bounds needs (4.4 kB), so a site never builds one the server refuses; with the call's
+#: other headers still under gRPC's 8 KiB default for metadata.
+MAX_POLICY_CHARS = 5120
 _FilterName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 _Kind = Annotated[str, Field(pattern=KIND_PATTERN, max_length=64)]
 
@@ -41,23 +45,24 @@ class PolicySummary(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    outbound_filters: list[_FilterName] = Field(default_factory=list, max_length=32)
-    inbound_filters: list[_FilterName] = Field(default_factory=list, max_length=32)
-    required_filters: list[_FilterName] = Field(default_factory=list, max_length=32)
+    outbound_filters: list[_FilterName] = Field(default_factory=list, max_length=MAX_NAMES)
+    inbound_filters: list[_FilterName] = Field(default_factory=list, max_length=MAX_NAMES)
+    required_filters: list[_FilterName] = Field(default_factory=list, max_length=MAX_NAMES)
     budget_set: StrictBool = False
     min_rows: StrictInt = Field(default=0, ge=0, lt=2**31)
-    task_kinds: list[_Kind] | None = Field(default=None, max_length=16)
+    task_kinds: list[_Kind] | None = Field(default=None, max_length=MAX_NAMES)
 
     @classmethod
     def of(cls, policy: SitePolicy | None, privacy: PrivacyPolicy | None) -> PolicySummary:
-        """The summary of a site's kit policies (``policy:`` and ``privacy:``)."""
+        """The summary of a site's kit policies (``policy:`` and ``privacy:``); each list
+        holds at most its first ``MAX_NAMES`` names."""
         policy = policy or SitePolicy()
         privacy = privacy or PrivacyPolicy()
-        return cls(outbound_filters=[f.name for f in policy.outbound][:32],
-                   inbound_filters=[f.name for f in policy.inbound][:32],
-                   required_filters=sorted(privacy.require)[:32],
+        return cls(outbound_filters=[f.name for f in policy.outbound][:MAX_NAMES],
+                   inbound_filters=[f.name for f in policy.inbound][:MAX_NAMES],
+                   required_filters=sorted(privacy.require)[:MAX_NAMES],
                    budget_set=privacy.budget_epsilon is not None, min_rows=privacy.min_rows,
-                   task_kinds=(sorted(privacy.task_kinds)[:16]
+                   task_kinds=(sorted(privacy.task_kinds)[:MAX_NAMES]
                                if privacy.task_kinds is not None else None))
 
     def to_json(self) -> str:

@@ -4,7 +4,13 @@ import pytest
 
 from fedcare.core.policy import SitePolicy
 from fedcare.core.privacy_policy import PrivacyPolicy
-from fedcare.core.site_profile import PolicySummary, parse_policy, version_problem
+from fedcare.core.site_profile import (
+    MAX_NAMES,
+    MAX_POLICY_CHARS,
+    PolicySummary,
+    parse_policy,
+    version_problem,
+)
 from fedcare.server.presence import PresenceBook
 from fedcare.server.visibility import scope_of
 from fedcare.transport.grpc.server import SiteDetail
@@ -27,6 +33,12 @@ def test_the_transport_decides_and_a_late_close_leaves_since_unknown():
     book.record("a", False, at_s=12.0)  # the old stream's close, after the new one connected
     assert book.view(["a", "c"]) == {"a": {"connected": True, "since_s": None, **GONE},
                                      "c": {"connected": True, "since_s": None, **GONE}}
+
+
+NAME = "f" * 64
+LARGEST = PolicySummary(outbound_filters=[NAME] * MAX_NAMES, inbound_filters=[NAME] * MAX_NAMES,
+                        required_filters=[NAME] * MAX_NAMES, budget_set=True,
+                        min_rows=2**31 - 1, task_kinds=[NAME] * MAX_NAMES)
 
 
 def summary():
@@ -78,8 +90,14 @@ def test_the_policy_summary_holds_names_and_numbers_only():
     assert PolicySummary.of(None, None) == PolicySummary()
 
 
+def test_the_largest_summary_the_schema_allows_fits_the_limit():
+    assert len(LARGEST.to_json()) <= MAX_POLICY_CHARS
+    many = SitePolicy.model_validate({"outbound": [{"half_precision": {}}] * 40})
+    assert len(PolicySummary.of(many, None).outbound_filters) == MAX_NAMES
+
+
 @pytest.mark.parametrize("text, why", [
-    ("x" * 3000, "at most 2048"),
+    ("x" * 6000, "at most 5120"),
     ('{"outbound_filters": ["../etc/passwd"]}', "outbound_filters.0"),
     ('{"secret": "hunter2"}', "secret"),
     ('{"min_rows": -1}', "min_rows"),
