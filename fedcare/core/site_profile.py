@@ -93,3 +93,20 @@ def parse_policy(text: str) -> PolicySummary:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "summary"
         raise ValueError(f"malformed policy summary: {where}: {first['msg']}"[:300]) from None
+
+
+def describe_policy(policy: object) -> str | None:
+    """A policy summary as the admin API's JSON gives it, in one line for people ("outbound:
+    clip_update_norm; inbound: none; requires: svt; budget set; min_rows 20; task kinds:
+    evaluate, train"); None if it is not a valid summary."""
+    try:
+        summary = PolicySummary.model_validate(policy)
+    except _PydanticValidationError:
+        return None
+    parts = [f"{label}: {', '.join(names) or 'none'}" for label, names in (
+        ("outbound", summary.outbound_filters), ("inbound", summary.inbound_filters),
+        ("requires", summary.required_filters))]
+    parts += ["budget set" if summary.budget_set else "no budget", f"min_rows {summary.min_rows}",
+              "task kinds: " + (", ".join(summary.task_kinds)
+                                if summary.task_kinds is not None else "any")]
+    return "; ".join(parts)

@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedcare.core.site_profile import describe_policy
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -69,24 +71,6 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def policy_text(policy: object) -> str | None:
-    """A site's policy summary (admin ``Sites``) in one line: "outbound: clip_update_norm,
-    half_precision; budget set; min_rows 20; task kinds: evaluate, train"."""
-    if not isinstance(policy, Mapping):
-        return None
-    parts = []
-    for key, label in (("outbound_filters", "outbound"), ("inbound_filters", "inbound"),
-                       ("required_filters", "requires")):
-        names = [str(n) for n in _list(policy.get(key))]
-        parts.append(f"{label}: {', '.join(names) if names else 'none'}")
-    parts.append("budget set" if policy.get("budget_set") is True else "no budget")
-    parts.append(f"min_rows {_number(policy.get('min_rows')) or 0:.0f}")
-    kinds = policy.get("task_kinds")
-    parts.append("task kinds: " + (", ".join(str(k) for k in _list(kinds))
-                                   if isinstance(kinds, list) else "any"))
-    return "; ".join(parts)
-
-
 def site_rows(sites: Mapping[str, object], jobs: Sequence[Mapping[str, object]]
               ) -> list[SiteRow]:
     """The sites of an ``Admin.Sites`` reply, then those only a job's failures name."""
@@ -98,7 +82,7 @@ def site_rows(sites: Mapping[str, object], jobs: Sequence[Mapping[str, object]]
                                       _number(info.get("since_s")), "server",
                                       org=_text(info.get("org")),
                                       version=_text(info.get("version")),
-                                      policy=policy_text(info.get("policy")),
+                                      policy=describe_policy(info.get("policy")),
                                       last_message_age_s=_number(info.get("last_message_age_s")))
     for site in _list(sites.get("connected")):
         if str(site) not in rows:

@@ -213,7 +213,15 @@ def test_the_admin_command_line_runs_as_each_role(finished):
                              timeout=120, env={**os.environ, "COLUMNS": "200"})
         return out.returncode, out.stdout + out.stderr
 
-    assert admin("sam", "sites") == (0, "3 site(s) connected; yours: site-1\n")
+    code, out = admin("sam", "sites")  # its own site only, with what the site stated
+    assert code == 0 and out.startswith("3 site(s) connected; yours: site-1\n")
+    (line,) = out.splitlines()[1:]
+    assert line.startswith("  site-1 (site-1 (POC)): connected since ")
+    assert line.endswith(f", fedcare {fedcare.__version__}; policy: outbound: half_precision; "
+                         "inbound: none; requires: none; budget set; min_rows 0; task kinds: any")
+    assert "last message" in line and "site-0" not in out and "site-2" not in out
+    code, out = admin("vic", "sites")
+    assert (code, out) == (0, "3 site(s) connected; yours: -\n")
     code, out = admin("sam", "download", job_id, "--out", str(fed.workdir))
     assert code == 1 and "sam: role site_admin may not download" in out
     code, out = admin("admin", "download", "../../x", "--out", str(fed.workdir))

@@ -251,6 +251,7 @@ def test_text_from_the_federation_is_escaped_not_run():
     page = client.get("/").text
     assert "<b>Evil" not in page and "<script>v" not in page and "<img src=x>" not in page
     assert "&lt;b&gt;Evil&lt;/b&gt; Org" in page and "&lt;script&gt;v&lt;/script&gt;" in page
+    assert "not stated" in page  # a summary outside the schema is not shown at all
     api.jobs[JOB]["summary"] = '<script>alert(1)</script>'
     api.jobs[JOB]["params"] = {"x": "</code><img src=x onerror=alert(1)>"}
     for path in ["/jobs", f"/jobs/{JOB}"]:
