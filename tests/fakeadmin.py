@@ -92,7 +92,14 @@ class FakeAdmin:
     def sites(self):
         self._allow("Sites")
         return {"connected": ["site-0", "site-1"], "count": 2,
-                "presence": {"site-0": {"connected": True, "since_s": 1.7e9},
+                "presence": {"site-0": {"connected": True, "since_s": 1.7e9,
+                                        "org": "St Mary's", "version": "0.1.0",
+                                        "last_message_age_s": 42.0,
+                                        "policy": {"outbound_filters": ["clip_update_norm"],
+                                                   "inbound_filters": [],
+                                                   "required_filters": ["svt"],
+                                                   "budget_set": True, "min_rows": 20,
+                                                   "task_kinds": ["evaluate", "train"]}},
                              "site-1": {"connected": True, "since_s": None},
                              "site-3": {"connected": False, "since_s": 1.7e9 + 60}},
                 "received_bytes": 3_500_000, "sent_bytes": 12_000}

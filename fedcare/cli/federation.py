@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -123,7 +124,9 @@ def site_start(
     server: Annotated[str | None, typer.Option(help="override host:port of the server")] = None,
 ) -> None:
     """Connect this site to the server and serve its tasks until stopped."""
+    import fedcare
     from fedcare.core.identity import SiteIdentity
+    from fedcare.core.site_profile import PolicySummary
     from fedcare.site.ledger import LEDGER_FILE, UploadLedger
     from fedcare.site.privacy_ledger import PRIVACY_LEDGER_FILE
     from fedcare.site.runtime import SiteRuntime
@@ -154,7 +157,8 @@ def site_start(
             raise ConfigError(f"kit config {kit.dir / 'config.yaml'}: {exc.message}") from None
         ledger = UploadLedger(kit.dir / LEDGER_FILE)  # what left the site: site uploads KIT
         connection = SiteConnection(cfg.name, address, tls, runtime.handle,
-                                    on_upload=ledger.record)
+                                    on_upload=ledger.record, version=fedcare.__version__,
+                                    policy=PolicySummary.of(cfg.policy, cfg.privacy))
     except FedcareError as exc:
         raise fail(exc) from None
     stop = _until_signalled()
@@ -296,13 +300,35 @@ def admin_status(ctx: typer.Context, server: ServerOpt = None) -> None:
 
 @admin_app.command("sites")
 def admin_sites(ctx: typer.Context, server: ServerOpt = None) -> None:
-    """Sites connected now (a site admin sees its own site's name only, a viewer none)."""
+    """Sites connected now, and each visible site's organisation, connection, last message,
+    version and policy (a site admin sees its own site only, a viewer no site by name)."""
     reply = json.loads(_call(ctx.obj, server, "Sites", pb.Empty()).json)
     sites, count = reply["connected"], reply.get("count", len(reply["connected"]))
     shown = ", ".join(sites) or "-"
     console.print(f"{count} site(s) connected: {shown}" if len(sites) == count
                   else f"{count} site(s) connected; yours: {shown}", highlight=False,
                   markup=False)
+    presence = reply.get("presence") or {}
+    for site, info in sorted(presence.items()):  # only the sites this role may see
+        console.print(_site_line(site, info), highlight=False, markup=False, soft_wrap=True)
+
+
+def _site_line(site: str, info: dict[str, Any]) -> str:
+    """One site of ``Sites``' presence for people: organisation, connection, last message,
+    and what it stated (version, policy summary)."""
+    from fedcare.core.site_profile import describe_policy
+
+    since = info.get("since_s")
+    since_text = (time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+                  if isinstance(since, int | float) else "")
+    org = f" ({info['org']})" if info.get("org") else ""
+    if not info.get("connected"):
+        return f"  {site}{org}: not connected{since_text}"
+    age = info.get("last_message_age_s")
+    age_text = f", last message {age:.0f} s ago" if isinstance(age, int | float) else ""
+    policy = describe_policy(info.get("policy")) or "not stated"
+    return (f"  {site}{org}: connected{since_text}{age_text}, fedcare "
+            f"{info.get('version') or 'unknown'}; policy: {policy}")
 
 
 @admin_app.command("abort")

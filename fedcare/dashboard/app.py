@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from fedcare.dashboard.charts import learning_curves
 from fedcare.dashboard.client import AdminApi, AdminCallError, JsonDict, may
 from fedcare.dashboard.heatmap import heatmaps
-from fedcare.dashboard.jobs import duration, failures_of, job_sites, site_rows, size, when
+from fedcare.dashboard.jobs import ago, duration, failures_of, job_sites, site_rows, size, when
 from fedcare.dashboard.prometheus import CONTENT_TYPE, exposition
 from fedcare.dashboard.security import COOKIE, Gate, Session, csrf_matches
 from fedcare.server.admin import JOB_ID
@@ -54,7 +54,7 @@ def create_app(api: AdminApi, gate: Gate) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(may=lambda action: may(api.role, action), when=when,
-                                 size=size)
+                                 size=size, ago=ago)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:

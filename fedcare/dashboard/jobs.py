@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedcare.core.site_profile import describe_policy
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -47,12 +49,26 @@ def failures_of(job: Mapping[str, object], rounds: Sequence[Mapping[str, object]
 @dataclass(frozen=True)
 class SiteRow:
     """A site on the federation page: connected now or not, since when (Unix time, None if
-    the server does not know), and how the dashboard knows of it."""
+    the server does not know), and how the dashboard knows of it; its organisation, and what
+    a connected site stated (version, policy summary as text) and how long ago its last
+    message ended (None: not known or not stated)."""
 
     site_id: str
     connected: bool
     since_s: float | None
     source: str
+    org: str | None = None
+    version: str | None = None
+    policy: str | None = None
+    last_message_age_s: float | None = None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def site_rows(sites: Mapping[str, object], jobs: Sequence[Mapping[str, object]]
@@ -62,10 +78,12 @@ def site_rows(sites: Mapping[str, object], jobs: Sequence[Mapping[str, object]]
     presence = sites.get("presence")
     for site, info in (presence.items() if isinstance(presence, Mapping) else ()):
         if isinstance(info, Mapping):
-            since = info.get("since_s")
             rows[str(site)] = SiteRow(str(site), info.get("connected") is True,
-                                      float(since) if isinstance(since, int | float) else None,
-                                      "server")
+                                      _number(info.get("since_s")), "server",
+                                      org=_text(info.get("org")),
+                                      version=_text(info.get("version")),
+                                      policy=describe_policy(info.get("policy")),
+                                      last_message_age_s=_number(info.get("last_message_age_s")))
     for site in _list(sites.get("connected")):
         if str(site) not in rows:
             rows[str(site)] = SiteRow(str(site), True, None, "server")
@@ -91,6 +109,18 @@ def when(seconds: object) -> str:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def ago(seconds: object) -> str:
+    """An age in seconds for people: "12 s ago", "3 min ago", "2.0 h ago"; "-" if unknown."""
+    value = _number(seconds)
+    if value is None or value < 0:
+        return "-"
+    if value < 120:
+        return f"{value:.0f} s ago"
+    if value < 7200:
+        return f"{value / 60:.0f} min ago"
+    return f"{value / 3600:.1f} h ago"
 
 
 def size(size_bytes: object) -> str:

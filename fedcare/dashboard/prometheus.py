@@ -3,7 +3,7 @@
 Served by the dashboard at ``/metrics``, not by the server: the server speaks only mTLS gRPC,
 and a second listener there would be a second door to secure. The dashboard already reads
 everything through the admin API with the admin's certificate, so what it exposes is what
-that admin may see (a viewer's scrape has no per-site failures).
+that admin may see (a viewer's scrape has no per-site failures and no per-site ages).
 """
 
 from __future__ import annotations
@@ -72,6 +72,15 @@ def exposition(api: AdminApi) -> str:
             out.family(f"fedcare_{direction}_bytes_total", "counter",
                        f"Bytes the server {direction} on the sites' streams since it started.",
                        [({}, float(_int(sites.get(key))))])
+    presence = sites.get("presence")
+    ages = [({"site": site}, float(info["last_message_age_s"]))
+            for site, info in sorted(presence.items() if isinstance(presence, Mapping) else ())
+            if isinstance(info, Mapping) and isinstance(info.get("last_message_age_s"), int | float)
+            and not isinstance(info.get("last_message_age_s"), bool)]
+    if ages:  # only the sites this admin may see, connected now
+        out.family("fedcare_site_last_message_age_seconds", "gauge",
+                   "Seconds since the last message on a connected site's stream ended (a site "
+                   "waiting for tasks sends none).", ages)
     states = Counter(str(j.get("status")) for j in jobs)
     out.family("fedcare_jobs", "gauge", "Jobs the server knows, by state.",
                [({"status": s}, float(states.get(s, 0)))

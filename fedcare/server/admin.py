@@ -1,9 +1,13 @@
 """The admin API of the server: submit, status, sites, abort, download, metrics, watch, result.
 
 ``Sites`` answers ``{"connected": [...], "count": N, "presence": {site: {"connected": bool,
-"since_s": float | None}}, "received_bytes": N, "sent_bytes": N}``: who is connected now, how
-many, since when each site the caller may see is connected or gone, and the bytes the sites'
-streams carried (replies in, tasks out), all since this server process started.
+"since_s": float | None, "org": str | None, "version": str | None, "policy": {...} | None,
+"last_message_age_s": float | None}}, "received_bytes": N, "sent_bytes": N}``: who is
+connected now, how many, since when each site the caller may see is connected or gone, its
+certificate's organisation, what a connected site stated when it connected (its fedcare
+version and policy summary, :mod:`fedcare.core.site_profile`; None: not stated) and seconds
+since its last message ended, and the bytes the sites' streams carried (replies in, tasks out),
+all since this server process started.
 
 Every call is authorised from the caller's verified certificate: a project admin may do
 everything, a site admin may read (status, sites, metrics, watch), a viewer may read and
@@ -132,7 +136,8 @@ class AdminService(pb_grpc.AdminServicer):
         scope = scope_of(self._caller(context, "Sites").role)
         connected = self.server.transport.site_ids()
         sites = [s for s in connected if scope.sees(s)]
-        presence = {s: p for s, p in self.server.presence.view(connected).items()
+        details = self.server.transport.site_details()
+        presence = {s: p for s, p in self.server.presence.view(connected, details).items()
                     if scope.sees(s)}
         received, sent = self.server.transport.traffic.totals()
         return pb.JsonReply(json=json.dumps({"connected": sites, "count": len(connected),

@@ -208,7 +208,7 @@ class FederationServer:
     def _audit_connection(self, event: str, identity: PeerIdentity | None, detail: str) -> None:
         """A site connected, disconnected or was refused (``event``), as the transport saw it."""
         if identity is not None and event in ("connected", "disconnected"):
-            self.presence.record(identity.name, event == "connected")
+            self.presence.record(identity.name, event == "connected", org=identity.org)
         self.store.audit(identity.name if identity else "(no certificate)",
                          f"site_{event}", detail, role=(identity.role or "") if identity else "")
 

@@ -28,6 +28,7 @@ pytest.importorskip("fastapi", reason="the dashboard needs the dashboard extra")
 from fakeadmin import DONE, FakeAdmin  # noqa: E402
 from pocfed import submit_toy, toy_federation, until  # noqa: E402
 
+import fedcare  # noqa: E402
 from fedcare.transport.grpc import fedcare_pb2 as pb  # noqa: E402
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
@@ -158,6 +159,11 @@ def test_pages_load_and_a_job_advances_live_with_its_failed_site(setup):
         assert page.locator("#sites").get_by_text(site, exact=True).is_visible()
     assert page.locator("#site-count").inner_text().startswith("3 site(s) connected")
     assert page.locator("#sites tbody tr", has_text="UTC").count() == 3  # connected since
+    # what each site stated when it connected, its organisation, its last message
+    assert page.locator("#sites td.version", has_text=fedcare.__version__).count() == 3
+    assert page.locator("#sites td.policy", has_text="outbound: none").count() == 3
+    assert page.locator("#sites td.org", has_text="(POC)").count() == 3
+    assert page.locator("#sites td.last-message", has_text="ago").count() == 3
     shot(page, "federation")
 
     job_id = submit_toy(fed, {**FAILING, "num_rounds": 8, "train_delay_s": 0.4})

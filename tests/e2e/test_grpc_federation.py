@@ -36,10 +36,10 @@ def federation(tmp_path):
     server.start()
     stops = []
 
-    def start_site(name, tls, code=TOY_CODE):
+    def start_site(name, tls, code=TOY_CODE, **options):
         stop = threading.Event()
         conn = SiteConnection(name, f"127.0.0.1:{server.port}", tls,
-                              SiteRuntime(name, code=code).handle)
+                              SiteRuntime(name, code=code).handle, **options)
         errors = []
 
         def run():
@@ -150,6 +150,50 @@ def test_admin_roles(federation):
                                         params_json='{"num_rounds": 0}'))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "num_rounds must be >= 1" in info.value.details()
+
+
+def test_sites_state_version_and_policy_and_the_server_times_their_last_message(federation):
+    import time
+
+    from fedcare.core.site_profile import MAX_NAMES, PolicySummary
+    from fedcare.transport.codec import Hello, encode
+    from fedcare.transport.grpc.tls import POLICY_KEY, VERSION_KEY
+
+    ca, server, start_site, admin, _ = federation
+    policy = PolicySummary(outbound_filters=["half_precision"], budget_set=True, min_rows=5)
+    start_site("site-0", ca.issue("site-0", "site")[0], version="9.8.7", policy=policy)
+    start_site("site-1", ca.issue("site-1", "site")[0])  # an older site states nothing
+    name = "f" * 64  # the largest summary the schema allows passes gRPC's metadata limit
+    largest = PolicySummary(**{key: [name] * MAX_NAMES for key in (
+        "outbound_filters", "inbound_filters", "required_filters", "task_kinds")})
+    start_site("site-2", ca.issue("site-2", "site")[0], version="v" * 64, policy=largest)
+    assert len(server.transport.wait_for_sites(3, 30)) == 3
+    time.sleep(0.3)  # idle: no message on any stream
+    details = server.transport.site_details()
+    assert (details["site-0"].version, details["site-0"].policy) == ("9.8.7", policy)
+    assert (details["site-1"].version, details["site-1"].policy) == (None, None)
+    assert details["site-2"].policy == largest
+    assert all(d.last_message_age_s >= 0.3 for d in details.values())
+    run_job(admin(), "toyjob:make_job", '{"num_rounds": 1}')  # replies: fresh messages
+    assert all(d.last_message_age_s < 5 for d in server.transport.site_details().values())
+    presence = json.loads(admin().Sites(pb.Empty()).json)["presence"]
+    assert presence["site-0"]["version"] == "9.8.7"
+    assert presence["site-0"]["policy"]["outbound_filters"] == ["half_precision"]
+    assert presence["site-1"]["version"] is None
+    # a site that states a malformed version is refused, by name, and stays out
+    hello = encode(Hello(site_id="site-3"))
+    stub = pb_grpc.FederationStub(secure_channel(f"127.0.0.1:{server.port}",
+                                                 ca.issue("site-3", "site")[0]))
+    for bad in ((VERSION_KEY, "x" * 65), (POLICY_KEY, '{"secret": "/etc/key.pem"}')):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Connect(iter([pb.Chunk(data=hello, total_size=len(hello), last=True)]),
+                              metadata=(bad,), timeout=20))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith("site site-3 stated a bad profile: ")
+        assert "/etc/key.pem" not in info.value.details()
+    assert "site-3" not in server.transport.site_ids()
+    with pytest.raises(ValueError, match="site site-5: version of 0 characters"):
+        SiteConnection("site-5", "x:1", ca.issue("site-5", "site")[0], print, version="")
 
 
 def _rogue_stream(ca, server, mode):

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from toyjob import ENTRY_POINTS
 
+import fedcare
 from fedcare.cli.poc import PocFederation
 from fedcare.transport.codec import decode
 from fedcare.transport.grpc import fedcare_pb2 as pb
@@ -35,6 +36,9 @@ def finished(tmp_path_factory):
     fed = PocFederation(tmp_path_factory.mktemp("roles") / "poc", SITES, admins=ADMINS,
                          allowed_jobs=ENTRY_POINTS)
     fed.provision()
+    # site-1 states its policy when it connects (its filters' names, its budget, no values)
+    fed.edit_kit("site-1", lambda config: config.update(
+        policy={"outbound": [{"half_precision": {}}]}, privacy={"budget_epsilon": 100.0}))
     fed.start_server()
     fed.start_sites()
     fed.wait_for_sites(3)
@@ -134,9 +138,20 @@ def test_sites_shows_each_role_its_own_organisation_only(finished):
                     "viewer": {"connected": [], "count": 3}}
     # since when each is connected: every site to the project admin, its own to a site admin
     assert sorted(presence["project_admin"]) == SITES and presence["viewer"] == {}
+    ages = {role: {s: p.pop("last_message_age_s") for s, p in seen_.items()}
+            for role, seen_ in presence.items()}  # taken a moment apart
     assert presence["site_admin"] == {"site-1": presence["project_admin"]["site-1"]}
     assert all(p["connected"] and abs(time.time() - p["since_s"]) < 300
                for p in presence["project_admin"].values())
+    # what each site process stated when it connected, and its certificate's organisation
+    assert all(p["version"] == fedcare.__version__ and p["org"] == f"{s} (POC)"
+               for s, p in presence["project_admin"].items())
+    assert presence["site_admin"]["site-1"]["policy"] == {
+        "outbound_filters": ["half_precision"], "inbound_filters": [], "required_filters": [],
+        "budget_set": True, "min_rows": 0, "task_kinds": None}
+    assert presence["project_admin"]["site-0"]["policy"]["outbound_filters"] == []
+    assert all(0 <= age < 300 for age in ages["project_admin"].values())
+    assert list(ages["site_admin"]) == ["site-1"] and ages["viewer"] == {}
     # the bytes of the sites' streams are an aggregate: every role sees them (a job ran)
     assert all(received > 1000 and sent > 1000 for received, sent in traffic.values())
 
@@ -198,7 +213,15 @@ def test_the_admin_command_line_runs_as_each_role(finished):
                              timeout=120, env={**os.environ, "COLUMNS": "200"})
         return out.returncode, out.stdout + out.stderr
 
-    assert admin("sam", "sites") == (0, "3 site(s) connected; yours: site-1\n")
+    code, out = admin("sam", "sites")  # its own site only, with what the site stated
+    assert code == 0 and out.startswith("3 site(s) connected; yours: site-1\n")
+    (line,) = out.splitlines()[1:]
+    assert line.startswith("  site-1 (site-1 (POC)): connected since ")
+    assert line.endswith(f", fedcare {fedcare.__version__}; policy: outbound: half_precision; "
+                         "inbound: none; requires: none; budget set; min_rows 0; task kinds: any")
+    assert "last message" in line and "site-0" not in out and "site-2" not in out
+    code, out = admin("vic", "sites")
+    assert (code, out) == (0, "3 site(s) connected; yours: -\n")
     code, out = admin("sam", "download", job_id, "--out", str(fed.workdir))
     assert code == 1 and "sam: role site_admin may not download" in out
     code, out = admin("admin", "download", "../../x", "--out", str(fed.workdir))

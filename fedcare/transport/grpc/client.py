@@ -28,6 +28,7 @@ import grpc
 
 from fedcare.core.errors import TransportError
 from fedcare.core.message import Reply, Task
+from fedcare.core.site_profile import PolicySummary, version_problem
 from fedcare.core.text import one_line
 from fedcare.transport.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -41,6 +42,8 @@ from fedcare.transport.grpc.chunks import GRPC_MESSAGE_LIMIT, Reassembler, to_wi
 from fedcare.transport.grpc.tls import (
     ACCEPTED,
     KEEPALIVE_OPTIONS,
+    POLICY_KEY,
+    VERSION_KEY,
     TlsFiles,
     channel_credentials,
 )
@@ -53,7 +56,9 @@ STEADY_S = 5.0
 #: Told of every reply just before its bytes are handed to the stream: (task, reply, the
 #: message's buffers). It must not change or keep the buffers past hashing them.
 UploadHook = Callable[[Task, Reply, Sequence[bytes | memoryview]], None]
-_FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+#: Refusals that retrying cannot change: the certificate, or what this site states about itself.
+_FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+          grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def secure_channel(address: str, tls: TlsFiles, *,
@@ -81,13 +86,26 @@ class SiteConnection:
     def __init__(self, site_id: str, address: str, tls: TlsFiles, handler: Handler, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  reconnect_max_s: float = 10.0, duplicate_grace_s: float = 60.0,
-                 on_upload: UploadHook | None = None) -> None:
+                 on_upload: UploadHook | None = None, version: str | None = None,
+                 policy: PolicySummary | None = None) -> None:
         """``duplicate_grace_s``: how long the server may keep saying that this site is
         already connected by another process with the same kit before this site gives up
         with a fatal error (that process may be this machine's previous one, killed, whose
         stream the server has not yet found dead: keepalive takes up to about 30 s).
         ``on_upload``: called with each task, its reply and the reply's encoded buffers as
-        they are sent (the site's ledger)."""
+        they are sent (the site's ledger). ``version``, ``policy``: what this site states
+        about itself when it connects (its fedcare version, its policy summary), shown to
+        the admins who may see it; None: not stated.
+
+        Raises:
+            ValueError: ``version`` is not 1 to 64 printable ASCII characters.
+        """
+        problem = version_problem(version) if version is not None else None
+        if problem:
+            raise ValueError(f"site {site_id}: {problem}")
+        self.profile: tuple[tuple[str, str], ...] = (
+            *(((VERSION_KEY, version),) if version is not None else ()),
+            *(((POLICY_KEY, policy.to_json()),) if policy is not None else ()))
         self.site_id = site_id
         self.instance = secrets.token_hex(8)
         self.duplicate_grace_s = duplicate_grace_s
@@ -166,7 +184,7 @@ class SiteConnection:
             # Serialized Chunks both ways (see chunks.to_wire_chunks), hence no (de)serializer.
             connect = channel.stream_stream("/fedcare.v1.Federation/Connect",
                                             request_serializer=None, response_deserializer=None)
-            responses = connect(requests())
+            responses = connect(requests(), metadata=self.profile)
             self._responses = responses
             if self._stop is not None and self._stop.is_set():  # stopped while dialling
                 responses.cancel()  # type: ignore[no-untyped-call]

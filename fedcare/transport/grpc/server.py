@@ -19,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 
 from fedcare.core.errors import TransportError, Unavailable
 from fedcare.core.message import Reply, Task
+from fedcare.core.site_profile import PolicySummary, parse_policy, version_problem
 from fedcare.core.stream import StreamTarget
 from fedcare.core.text import one_line
 from fedcare.transport.base import Transport
@@ -39,6 +41,8 @@ from fedcare.transport.grpc.chunks import (
 from fedcare.transport.grpc.tls import (
     ACCEPTED,
     KEEPALIVE_OPTIONS,
+    POLICY_KEY,
+    VERSION_KEY,
     PeerIdentity,
     TlsFiles,
     peer_identity,
@@ -64,15 +68,38 @@ FLOW_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 BIND_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
+@dataclass(frozen=True)
+class SiteDetail:
+    """What the server knows of a connected site beyond its name (admin ``Sites``).
+
+    ``version`` and ``policy`` are what the site stated when it connected (None: a site that
+    predates them); ``org`` is its certificate's organisation; ``last_message_age_s`` the
+    seconds since the last message (its Hello, or a reply) ended on its stream. A site sends
+    nothing while it waits for tasks (gRPC keepalive pings, below the messages, check the
+    connection meanwhile), so an idle site's age grows while it is still connected.
+    """
+
+    version: str | None
+    policy: PolicySummary | None
+    org: str | None
+    last_message_age_s: float
+
+
 class _Session:
     """One live stream of one site."""
 
     def __init__(self, site_id: str, context: grpc.ServicerContext | None = None,
-                 identity: PeerIdentity | None = None, instance: str = "") -> None:
+                 identity: PeerIdentity | None = None, instance: str = "",
+                 version: str | None = None, policy: PolicySummary | None = None) -> None:
         self.site_id = site_id
         self.context = context
         self.identity = identity
         self.instance = instance
+        self.version = version
+        self.policy = policy
+        #: When the last whole message ended on this stream (monotonic); written by the
+        #: stream's reader thread alone, read without a lock (a float is swapped atomically).
+        self.last_message_at = time.monotonic()
         # Why the server ended the stream, told to the site as the call's status.
         self.end_reason: str | None = None
         self.end_code = grpc.StatusCode.UNAVAILABLE
@@ -194,7 +221,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             log.warning("refused a connection from %s: %s", identity.address, message)
             self._tell("refused", identity, f"{message}, from {identity.address}")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        session = self._open(identity, context, hello.instance or "")
+        version, policy = self._profile(identity, context)
+        session = self._open(identity, context, hello.instance or "", version, policy)
         if session is None:
             message = (f"site {identity.name} is already connected from another process using "
                        "the same site kit; stop one of them")
@@ -222,6 +250,38 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             context.set_code(session.end_code)
             context.set_details(session.end_reason)
 
+    def _profile(self, identity: PeerIdentity, context: grpc.ServicerContext
+                 ) -> tuple[str | None, PolicySummary | None]:
+        """The version and policy summary the site stated in its call's metadata (None for
+        what it did not state); a malformed one refuses the site (INVALID_ARGUMENT)."""
+        stated = {k: v for k, v in context.invocation_metadata() or ()
+                  if k in (VERSION_KEY, POLICY_KEY) and isinstance(v, str)}
+        version = stated.get(VERSION_KEY)
+        problem = version_problem(version) if version is not None else None
+        policy = None
+        if problem is None and POLICY_KEY in stated:
+            try:
+                policy = parse_policy(stated[POLICY_KEY])
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is not None:
+            message = f"site {identity.name} stated a bad profile: {one_line(problem, 400)}"
+            log.warning("refused a connection from %s: %s", identity.address, message)
+            self._tell("refused", identity, f"{message}, from {identity.address}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        return version, policy
+
+    def site_details(self) -> dict[str, SiteDetail]:
+        """What each connected site stated, its organisation and how long ago its last
+        message ended."""
+        now = time.monotonic()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return {s.site_id: SiteDetail(s.version, s.policy,
+                                      s.identity.org if s.identity is not None else None,
+                                      max(0.0, now - s.last_message_at))
+                for s in sessions}
+
     def _read_hello(self, request_iterator: Iterator[bytes]) -> object:
         reassembler = Reassembler(_HELLO_LIMIT)
         try:
@@ -242,7 +302,8 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
             log.exception("connection listener failed on %s", event)
 
     def _open(self, identity: PeerIdentity, context: grpc.ServicerContext,
-              instance: str) -> _Session | None:
+              instance: str, version: str | None = None,
+              policy: PolicySummary | None = None) -> _Session | None:
         """The site's new session; None if another process of the same site is connected.
 
         A site process names itself with a random ``instance`` in its Hello: the same instance
@@ -250,7 +311,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
         while the old stream lives is a second process with a copy of the kit, and is refused.
         """
         site_id = identity.name
-        session = _Session(site_id, context, identity, instance)
+        session = _Session(site_id, context, identity, instance, version, policy)
         with self._lock:
             old = self._sessions.get(site_id)
             if (old is not None and not old.closed.is_set() and old.instance and instance
@@ -294,6 +355,7 @@ class GrpcServerTransport(Transport, pb_grpc.FederationServicer):
                     del data
                     reply = message if isinstance(message, Reply) else None
                 session.upload_progress_at = None
+                session.last_message_at = time.monotonic()
                 if reply is None or reply.site_id != session.site_id:
                     raise TransportError(f"expected a Reply from {session.site_id}")
                 with self._lock:

@@ -24,6 +24,12 @@ KEEPALIVE_OPTIONS = [
 
 #: Initial-metadata key by which the server tells a site its stream was accepted.
 ACCEPTED = "fedcare-accepted"
+#: Call-metadata keys with which a site states its fedcare version and its policy summary
+#: (:mod:`fedcare.core.site_profile`) when it connects. Metadata, not fields of the codec's
+#: Hello: a server that predates them ignores them, where it would refuse a Hello with fields
+#: it does not know; a site that predates them sends none and shows as "unknown".
+VERSION_KEY = "fedcare-version"
+POLICY_KEY = "fedcare-policy"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class PeerIdentity:
     #: What the CA certified this participant to be ("server", "site", "project_admin",
     #: "site_admin:<site>", "viewer"): the certificate's title attribute, set at provisioning.
     role: str | None = None
+    #: The organisation the CA certified (the certificate's O), None without one.
+    org: str | None = None
 
 
 def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
@@ -68,4 +76,7 @@ def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
     cert = x509.load_pem_x509_certificate(cast(bytes, pems[0]))
     titles = cert.subject.get_attributes_for_oid(x509.NameOID.TITLE)
     role = str(titles[0].value) if titles else None
-    return PeerIdentity(cast(bytes, names[0]).decode(), cert.serial_number, context.peer(), role)
+    orgs = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    org = str(orgs[0].value) if orgs else None
+    return PeerIdentity(cast(bytes, names[0]).decode(), cert.serial_number, context.peer(), role,
+                        org)

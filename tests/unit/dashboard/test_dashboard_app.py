@@ -71,6 +71,11 @@ def test_the_federation_and_jobs_pages_show_sites_and_full_job_ids():
     assert "site-3" in page and "2023-11-14 22:14:20 UTC" in page  # gone since
     assert page.count("not connected") == 2
     assert "3.5 MB in, 12.0 kB out" in page
+    # what site-0 stated, its organisation and its last message; site-1 predates them
+    assert "St Mary&#39;s" in page and "0.1.0" in page and "42 s ago" in page
+    assert ("outbound: clip_update_norm; inbound: none; requires: svt; budget set; "
+            "min_rows 20; task kinds: evaluate, train") in page
+    assert "unknown" in page and "not stated" in page
     assert "privacy ledger" in page.lower() and "fedcare site privacy KIT" in page
     jobs = client.get("/jobs").text
     assert JOB in jobs and DONE in jobs and "toyjob:make_job" in jobs
@@ -198,6 +203,16 @@ def test_metrics_are_prometheus_text_with_a_bearer_token_or_the_session():
     assert "fedcare_received_bytes_total 3500000.0" in lines
     assert "# TYPE fedcare_sent_bytes_total counter" in lines
     assert f'fedcare_job_rounds_completed{{job_id="{JOB}"}} 1.0' in lines
+    assert 'fedcare_site_last_message_age_seconds{site="site-0"} 42.0' in lines
+    assert "# TYPE fedcare_site_last_message_age_seconds gauge" in lines
+
+
+def test_a_viewers_metrics_have_no_per_site_ages():
+    api = FakeAdmin("viewer")
+    api.sites = lambda: {"connected": [], "count": 2, "presence": {}}  # as the server filters
+    text = client_for(api).get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+    assert "fedcare_sites_connected 2.0" in text
+    assert "fedcare_site_last_message_age_seconds" not in text
 
 
 def test_pages_forbid_scripts_and_frames_from_elsewhere():
@@ -229,6 +244,14 @@ def test_a_site_admin_cannot_submit_even_with_its_session_token():
 
 def test_text_from_the_federation_is_escaped_not_run():
     api, client, _ = signed_in()
+    site = api.sites()
+    site["presence"]["site-0"].update(org="<b>Evil</b> Org", version="<script>v</script>",
+                                      policy={"outbound_filters": ["<img src=x>"]})
+    api.sites = lambda: site
+    page = client.get("/").text
+    assert "<b>Evil" not in page and "<script>v" not in page and "<img src=x>" not in page
+    assert "&lt;b&gt;Evil&lt;/b&gt; Org" in page and "&lt;script&gt;v&lt;/script&gt;" in page
+    assert "not stated" in page  # a summary outside the schema is not shown at all
     api.jobs[JOB]["summary"] = '<script>alert(1)</script>'
     api.jobs[JOB]["params"] = {"x": "</code><img src=x onerror=alert(1)>"}
     for path in ["/jobs", f"/jobs/{JOB}"]:
