@@ -41,11 +41,9 @@ from fedcare.core.errors import AggregationError, ConfigError
 from fedcare.core.job import Job
 from fedcare.core.message import Config, Metrics, StatsResult, TrainResult
 from fedcare.core.secagg.crypto import KEY_BYTES
-from fedcare.core.validation import non_finite
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import SiteFailure, SiteMetrics, StepOutcome, WorkflowContext
-from fedcare.server.metrics import WeightedMetrics
-from fedcare.server.workflows.steps import RoundSteps
+from fedcare.server.workflows.steps import RoundSteps, finite_model, summed_metrics
 from fedcare.server.workflows.training import TrainRounds
 
 log = logging.getLogger(__name__)
@@ -129,18 +127,11 @@ class HomomorphicAggregation(TrainRounds):
         n = sum(samples[s] for s in summed)
         mean = run.decrypt(summed[:self.decryptors], public.serialize(total), n, size,
                            self.tolerance)
-        new_weights = _applied(weights, mean)
-        bad = non_finite(new_weights)
-        if bad:
-            raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
-                                   "good model", job_id=ctx.job_id, round_num=round_num)
-        train_metrics = WeightedMetrics()
-        for site in summed:
-            train_metrics.add(samples[site], metrics[site])
+        new_weights = finite_model(ctx, round_num, _applied(weights, mean))
         log.info("job %s round %d: homomorphically summed %d of %d sites (context from %s)",
                  ctx.job_id, round_num, len(summed), len(selected), elected)
         ctx.finish_round(round_num, new_weights,
-                         StepOutcome(summed, train_metrics.result(), failures,
+                         StepOutcome(summed, summed_metrics(summed, samples, metrics), failures,
                                      {s: SiteMetrics(samples[s], dict(metrics[s]))
                                       for s in summed}), started)
         return new_weights

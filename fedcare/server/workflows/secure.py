@@ -44,12 +44,11 @@ from fedcare.core.secagg.fixedpoint import FixedPoint
 from fedcare.core.secagg.graph import neighbours, share_holders
 from fedcare.core.secagg.masks import pair_seed, remove_masks
 from fedcare.core.secagg.shamir import SHARE_BYTES, combine
-from fedcare.core.validation import incompatibilities, non_finite
+from fedcare.core.validation import incompatibilities
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import SiteFailure, SiteMetrics, StepOutcome, WorkflowContext
-from fedcare.server.metrics import WeightedMetrics
 from fedcare.server.streams import RoundStreams
-from fedcare.server.workflows.steps import RoundSteps
+from fedcare.server.workflows.steps import RoundSteps, finite_model, summed_metrics
 from fedcare.server.workflows.training import TrainRounds
 
 log = logging.getLogger(__name__)
@@ -158,14 +157,8 @@ class SecureAggregation(TrainRounds):
         remove_masks(aggregator.sums, seeds, dropped_pairs)
         new_weights = self._decoded(aggregator, weights, expected, FixedPoint(self.clip, len(u1)),
                                     sum(weight[s] for s in u3))
-        bad = non_finite(new_weights)
-        if bad:
-            raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
-                                   "good model", job_id=ctx.job_id, round_num=round_num)
-        train_metrics = WeightedMetrics()
-        for site in u3:
-            train_metrics.add(samples[site], metrics[site])
-        summary = {**train_metrics.result(), p.CLIPPED: float(clipped)}
+        finite_model(ctx, round_num, new_weights)
+        summary = {**summed_metrics(u3, samples, metrics), p.CLIPPED: float(clipped)}
         log.info("job %s round %d: securely summed %d of %d sites (t=%d, %s graph)", ctx.job_id,
                  round_num, len(u3), len(selected), t,
                  "complete" if self.neighbours is None else f"degree-{self.neighbours}")

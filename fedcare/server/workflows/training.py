@@ -19,7 +19,7 @@ import numpy as np
 from fedcare.core.errors import AggregationError
 from fedcare.core.int8 import dequantise, is_quantised
 from fedcare.core.message import TaskKind, TrainResult
-from fedcare.core.validation import incompatibilities, non_finite
+from fedcare.core.validation import incompatibilities
 from fedcare.core.weights import Weights
 from fedcare.core.workflow import (
     Gather,
@@ -32,6 +32,7 @@ from fedcare.core.workflow import (
 from fedcare.server.checks import values_problem
 from fedcare.server.metrics import WeightedMetrics
 from fedcare.server.streams import RoundStreams
+from fedcare.server.workflows.steps import finite_model
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,7 @@ class TrainRounds(Workflow):
                 site_train[site_id] = SiteMetrics(result.num_samples, dict(result.metrics))
                 del result, arrival  # dropped before the next one arrives: one upload in memory
         ctx.require(aggregator.num_results, round_num, "train", failures)
-        new_weights = aggregator.finish()
-        bad = non_finite(new_weights)
-        if bad:
-            raise AggregationError(f"aggregated model is not finite in {bad}; keeping the last "
-                                   "good model", job_id=ctx.job_id, round_num=round_num)
+        new_weights = finite_model(ctx, round_num, aggregator.finish())
         metrics = {**train_metrics.result(), **strategy.round_metrics(round_num)}
         ctx.finish_round(round_num, new_weights,
                          StepOutcome(trained, metrics, failures, site_train), started)
