@@ -29,18 +29,13 @@ from fedcare.core.message import Config, StatsResult, Task, TrainResult
 from fedcare.core.secagg.crypto import KEY_BYTES, agree, new_private_key, public_key, seal, unseal
 from fedcare.core.settings import setting_int, setting_str
 from fedcare.core.weights import Weights
+from fedcare.site.kept_update import KeptUpdate
 
 _WHAT = "homomorphic aggregation"
 
 
 @dataclass
-class _Round:
-    job_id: str
-    round_num: int
-    session: str
-    update: Weights
-    start: Weights
-    num_samples: int
+class _Round(KeptUpdate):
     private: bytes = field(default_factory=new_private_key, repr=False)
     keys: CkksKeys | None = field(default=None, repr=False)
 
@@ -63,8 +58,7 @@ class HomomorphicSite:
         if sorted(trained.weights) != sorted(names):
             raise ValueError("homomorphic aggregation sums every model parameter; the update "
                              f"has {sorted(trained.weights)}, the model {sorted(names)}")
-        state = _Round(task.job_id, task.round_num, _session(task.config), trained.weights,
-                       task.weights, trained.num_samples)
+        state = _Round.kept(task, trained, _session(task.config), task.weights)
         self._round = state
         key = public_key(state.private)
         signed = identity.sign(_statement(state, self.site_id, key))

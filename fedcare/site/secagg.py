@@ -35,18 +35,13 @@ from fedcare.core.secagg.masks import add_masks, pair_seed
 from fedcare.core.secagg.shamir import SHARE_BYTES, split
 from fedcare.core.settings import setting_int, setting_str
 from fedcare.core.weights import Weights
+from fedcare.site.kept_update import KeptUpdate
 
 _SHARE_PURPOSE = "share"
 
 
 @dataclass
-class _Round:
-    job_id: str
-    round_num: int
-    session: str
-    update: Weights
-    start: Weights
-    num_samples: int
+class _Round(KeptUpdate):
     mask_private: bytes = field(default_factory=new_private_key, repr=False)
     share_private: bytes = field(default_factory=new_private_key, repr=False)
     self_seed: bytes = field(default_factory=lambda: os.urandom(KEY_BYTES), repr=False)
@@ -87,8 +82,7 @@ class SecureAggregationSite:
         if missing:
             raise ValueError(f"secure aggregation averages model parameters only; {missing} "
                              "are not in the global model")
-        state = _Round(task.job_id, task.round_num, _session(task.config), trained.weights,
-                       task.weights, trained.num_samples)
+        state = _Round.kept(task, trained, _session(task.config), task.weights)
         self._round = state
         mask, share = public_key(state.mask_private), public_key(state.share_private)
         signed = identity.sign(_statement(state, self.site_id, mask, share))
