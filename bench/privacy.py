@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from transport import git_sha
 
 from fedcare.jobs.heart_attack import audit, without_dp
 
@@ -54,13 +54,6 @@ def params_for(method: str, epsilon: float | None) -> dict[str, object]:
     base[key]["target_epsilon"] = epsilon
     return base
 
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from transport import git_sha
 
 from fedcare import load_job, simulate
 from fedcare.core.policy import FilterSpec, SitePolicy
@@ -29,13 +29,6 @@ from fedcare.core.policy import FilterSpec, SitePolicy
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = [1.0, 0.4, 0.1]
 
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def accuracy(fraction: float, seed: int) -> float:

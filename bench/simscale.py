@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from transport import git_sha
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -142,13 +144,6 @@ def run_case(backend: str, num_sites: int, fraction: float, num_params: int,
             "setup_s": setup_s, "ray_start_s": ray_start_s, "total_s": total_s,
             "peak_pss_mib": peak_mib, "summary": result.summary}
 
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
